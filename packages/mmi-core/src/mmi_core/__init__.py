@@ -1,0 +1,66 @@
+"""mmi-core: MMInference semantics in PyTorch — model- and engine-agnostic.
+
+Layouts (`ModalityLayout`) say where text, images and video sit in a sequence; pattern configs (`Grid`,
+`VerticalSlash`, `AShape`, `BlockSparse`, `Dense`) and `HeadConfigs` say what each head keeps; `Permutation`s put
+grid lines into dense blocks; a `Selection` is one head's exact keep set (key blocks + key columns, causal on
+original positions); `sparse_attention_reference` computes attention on it; metrics measure recall, error, density.
+Depends only on torch, numpy and pydantic.
+"""
+
+from mmi_core.budgets import pattern_for_density
+from mmi_core.head_configs import SCHEMA_VERSION, ConfigError, HeadConfigs, HeadSpec, LayerConfig
+from mmi_core.layout import LayoutError, Modality, ModalityLayout, Segment, VisualGrid
+from mmi_core.metrics import attention_recall, density, output_error, sample_rows
+from mmi_core.patterns import AShape, BlockSparse, Coverage, Dense, Grid, PatternConfig, VerticalSlash
+from mmi_core.permutation import Permutation, grid_permutation, grid_residues, modality_permutation
+from mmi_core.reference import check_qkv, dense_attention_reference, sparse_attention_reference
+from mmi_core.selection import (
+    Selection,
+    ashape_selection,
+    block_sparse_selection,
+    dense_selection,
+    grid_selection,
+    keep_mask,
+    union_selections,
+    vertical_slash_selection,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AShape",
+    "BlockSparse",
+    "ConfigError",
+    "Coverage",
+    "Dense",
+    "Grid",
+    "HeadConfigs",
+    "HeadSpec",
+    "LayerConfig",
+    "LayoutError",
+    "Modality",
+    "ModalityLayout",
+    "PatternConfig",
+    "Permutation",
+    "Segment",
+    "Selection",
+    "VerticalSlash",
+    "VisualGrid",
+    "ashape_selection",
+    "attention_recall",
+    "block_sparse_selection",
+    "check_qkv",
+    "dense_attention_reference",
+    "dense_selection",
+    "density",
+    "grid_permutation",
+    "grid_residues",
+    "grid_selection",
+    "keep_mask",
+    "modality_permutation",
+    "output_error",
+    "pattern_for_density",
+    "sample_rows",
+    "sparse_attention_reference",
+    "union_selections",
+    "vertical_slash_selection",
+]
