@@ -1,0 +1,295 @@
+"""Online estimation in readable, batched PyTorch: which columns, diagonals, blocks and grid lines each head keeps.
+
+This is the specification the fused GPU estimation kernels match. Everything is computed from scores, batched over
+heads (no per-head Python loop), with no host synchronisation until a Python int is needed to build a `Selection`.
+
+Rules that a reimplementation must follow to match exactly:
+
+- **Last-query scores** (`last_query_scores`): the last ``L = min(last_q, n_q)`` query rows, ``softmax(q·kᵀ·scale)``
+  in fp32 over all ``n_k`` keys, causal on original positions (row ``i`` of the last ``L`` sits at position
+  ``n_k - L + i``).
+- **Deterministic ties** (`stable_top`): entries are ranked by ``(-score, index)`` (a stable sort of ``-score``), so
+  equal scores keep the lowest index first. ``torch.topk`` is not stable and is not used.
+- **Budgets**: ``vertical``/``slash``/``top_k`` count entries chosen *in addition to* the always-kept ones (sinks,
+  local diagonals, diagonal and first blocks); the always-kept entries are excluded from ranking. With a `Coverage`
+  the count is the smallest ``c`` such that the always-kept mass plus the ``c`` best entries reach ``threshold`` of
+  the total estimated mass, clamped to ``[ceil(min_fraction·budget), floor(max_fraction·budget)]``.
+- **Grid stride and phase** (`estimate_stride_phase`): see its docstring for the exact formula.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from mmi_core.layout import Modality, ModalityLayout
+from mmi_core.patterns import BlockSparse, Coverage, Grid, VerticalSlash
+
+__all__ = [
+    "STRIDE_TOLERANCE",
+    "block_scores",
+    "estimate_block_sparse",
+    "estimate_stride_phase",
+    "estimate_vertical_slash",
+    "grid_fold_ratios",
+    "grid_stride_candidates",
+    "last_query_scores",
+    "stable_top",
+    "vertical_slash_scores",
+]
+
+STRIDE_TOLERANCE = 0.8
+"""A stride is chosen as the *smallest* candidate whose score is at least this fraction of the best score.
+
+A signal periodic in ``T`` is also periodic in ``2T, 3T, …`` with the same normalised concentration (up to noise,
+which only favours the larger multiples), while ``T/2`` roughly halves it; preferring the smallest near-best stride
+therefore picks ``T`` and not its multiples."""
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# -- scores ---------------------------------------------------------------------------------------------------------
+def last_query_scores(
+    q: torch.Tensor, k: torch.Tensor, last_q: int = 64, *, scale: float | None = None
+) -> torch.Tensor:
+    """Softmax scores of the last query rows: fp32 ``[Hq, L, n_k]`` with ``L = min(last_q, n_q)``.
+
+    ``q [n_q, Hq, D]`` and ``k [n_k, Hkv, D]`` are token-major; queries are the last ``n_q`` of the ``n_k`` keys;
+    query head ``h`` reads KV head ``h // (Hq // Hkv)``. Memory is ``O(Hq · L · n_k)``.
+    Raises ValueError for ``last_q < 1``, zero queries, or inconsistent shapes.
+    """
+    if q.dim() != 3 or k.dim() != 3:
+        raise ValueError(f"q and k must be 3-D token-major, got {tuple(q.shape)} and {tuple(k.shape)}")
+    n_q, hq, d = q.shape
+    n_k, hkv, dk = k.shape
+    if dk != d or hkv == 0 or hq % hkv:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not fit (head_dim, GQA)")
+    if n_q > n_k:
+        raise ValueError(f"{n_q} queries but {n_k} keys: queries must be the last n_q of the keys")
+    if last_q < 1:
+        raise ValueError(f"last_q must be >= 1, got {last_q}")
+    if n_q == 0:
+        raise ValueError("cannot estimate from zero query rows")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    n_last, g = min(last_q, n_q), hq // hkv
+    q_last = q[n_q - n_last :].float().reshape(n_last, hkv, g, d)
+    s = torch.einsum("lhgd,nhd->hgln", q_last, k.float()) * scale
+    rows = torch.arange(n_k - n_last, n_k, device=q.device)
+    s = s.masked_fill(torch.arange(n_k, device=q.device)[None, :] > rows[:, None], float("-inf"))
+    return torch.softmax(s, dim=-1).reshape(hq, n_last, n_k)
+
+
+def vertical_slash_scores(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column sums and diagonal sums of last-query scores ``probs [H, L, n_k]`` (rows at positions
+    ``n_k - L …  n_k - 1``).
+
+    Returns fp32 ``(vertical [H, n_k], slash [H, n_k])``; ``slash[:, o]`` sums the scores of pairs with
+    ``query position - key position = o``.
+    """
+    h, n_last, n_k = probs.shape
+    dev = probs.device
+    vertical = probs.sum(dim=1)
+    offsets = (torch.arange(n_k - n_last, n_k, device=dev)[:, None] - torch.arange(n_k, device=dev)[None, :]).clamp(
+        min=0
+    )  # non-causal pairs have probability 0, so clamping them onto offset 0 adds nothing
+    slash = torch.zeros(h, n_k, dtype=probs.dtype, device=dev)
+    slash.scatter_add_(1, offsets.reshape(1, -1).expand(h, -1), probs.reshape(h, -1))
+    return vertical, slash
+
+
+def block_scores(q: torch.Tensor, k: torch.Tensor, block: int, *, scale: float | None = None) -> torch.Tensor:
+    """Mean-pooled block scores: fp32 ``[Hq, nqb, nkb]``, softmax over causal key blocks of each query block.
+
+    Query block ``qb`` pools rows ``[qb·block, (qb+1)·block)`` of the ``n_q`` queries (the last one may be short);
+    key block ``kb`` pools keys ``[kb·block, …)``. Key block ``kb`` is causal for ``qb`` when its first key is at or
+    before the query block's last position. Memory ``O(Hq · nqb · nkb)``.
+    """
+    n_q, hq, d = q.shape
+    n_k, hkv, _ = k.shape
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    nqb, nkb, g = _cdiv(n_q, block), _cdiv(n_k, block), hq // hkv
+    qp = _mean_pool(q.float(), block).reshape(nqb, hkv, g, d)
+    kp = _mean_pool(k.float(), block)
+    s = torch.einsum("qhgd,khd->hgqk", qp, kp).reshape(hq, nqb, nkb) * scale
+    last = torch.clamp((n_k - n_q) + (torch.arange(nqb, device=q.device) + 1) * block - 1, max=n_k - 1)
+    causal = torch.arange(nkb, device=q.device)[None, :] * block <= last[:, None]
+    return torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
+
+
+def _mean_pool(x: torch.Tensor, block: int) -> torch.Tensor:
+    """[n, H, D] -> [ceil(n / block), H, D], the mean of each block's real rows."""
+    n = x.shape[0]
+    nb = _cdiv(n, block)
+    padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, nb * block - n))
+    counts = torch.full((nb,), float(block), device=x.device)
+    counts[-1] = n - (nb - 1) * block
+    return padded.reshape(nb, block, *x.shape[1:]).sum(1) / counts[:, None, None]
+
+
+# -- ranking --------------------------------------------------------------------------------------------------------
+def stable_top(
+    scores: torch.Tensor,
+    budget: int,
+    *,
+    valid: torch.Tensor | None = None,
+    forced: torch.Tensor | None = None,
+    coverage: Coverage | None = None,
+) -> torch.Tensor:
+    """Keep mask bool ``[..., n]``: the ``budget`` best entries of ``scores [..., n]`` per row, lowest index on ties.
+
+    ``valid`` (bool, same shape): entries that may be chosen at all; ``forced``: entries kept anyway by the caller
+    (excluded from ranking, not returned, their mass counts towards coverage). With ``coverage`` the per-row count is
+    adaptive (see the module docstring). The count never exceeds the number of rankable entries.
+    """
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid
+    rankable = valid.clone()
+    if forced is not None:
+        rankable &= ~forced
+    s = scores.float().masked_fill(~rankable, float("-inf"))
+    sorted_neg, order = torch.sort(-s, dim=-1, stable=True)
+    n = scores.shape[-1]
+    count = torch.full(scores.shape[:-1], budget, dtype=torch.int64, device=scores.device)
+    if coverage is not None:
+        total = scores.float().masked_fill(~valid, 0.0).sum(-1)
+        have = scores.float().masked_fill(~(forced & valid), 0.0).sum(-1) if forced is not None else 0.0 * total
+        need = coverage.threshold * total - have
+        csum = torch.cumsum((-sorted_neg).clamp_min(0.0).nan_to_num(0.0), dim=-1)
+        adaptive = (csum < need[..., None]).sum(-1) + 1
+        adaptive = torch.where(need > 0, adaptive, torch.zeros_like(adaptive))
+        lo, hi = math.ceil(coverage.min_fraction * budget), math.floor(coverage.max_fraction * budget)
+        count = adaptive.clamp(min=lo, max=hi)
+    count = torch.minimum(count.clamp(max=n), rankable.sum(-1))
+    keep_sorted = torch.arange(n, device=scores.device) < count[..., None]
+    return torch.zeros_like(rankable).scatter(-1, order, keep_sorted)
+
+
+# -- patterns -------------------------------------------------------------------------------------------------------
+def estimate_vertical_slash(probs: torch.Tensor, cfg: VerticalSlash) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top columns and diagonals of heads sharing one `VerticalSlash` config from ``probs [H, L, n_k]``.
+
+    Returns bool ``(columns [H, n_k], offsets [H, n_k])``: key positions kept as columns and diagonal offsets kept
+    as slashes, *besides* the first ``sink`` columns and ``local`` offsets (always kept by
+    `vertical_slash_selection`). Offsets that no query of the chunk can reach are never chosen.
+    """
+    h, _n_last, n_k = probs.shape
+    vertical, slash = vertical_slash_scores(probs)
+    idx = torch.arange(n_k, device=probs.device)
+    cov = cfg.coverage
+    columns = stable_top(vertical, cfg.vertical, forced=(idx < cfg.sink).expand(h, n_k), coverage=cov)
+    offsets = stable_top(slash, cfg.slash, forced=(idx < cfg.local).expand(h, n_k), coverage=cov)
+    return columns, offsets
+
+
+def estimate_block_sparse(
+    q: torch.Tensor, k: torch.Tensor, cfg: BlockSparse, *, scale: float | None = None
+) -> torch.Tensor:
+    """Top key blocks per query block for heads sharing one `BlockSparse` config.
+
+    ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]``. Returns int64 ``[Hq, nqb, width]`` key-block ids, padded with -1 (the
+    input of `block_sparse_selection`), chosen besides the diagonal block(s) and block 0.
+    """
+    n_q, n_k, b = q.shape[0], k.shape[0], cfg.block
+    p = block_scores(q, k, b, scale=scale)
+    nqb, nkb = p.shape[1:]
+    kb = torch.arange(nkb, device=q.device)
+    first = (n_k - n_q) + torch.arange(nqb, device=q.device) * b
+    last = torch.clamp(first + b - 1, max=n_k - 1)
+    valid = kb[None, :] * b <= last[:, None]
+    forced = ((kb[None, :] >= (first // b)[:, None]) & (kb[None, :] <= (last // b)[:, None])) | (kb == 0)[None, :]
+    keep = stable_top(p, cfg.top_k, valid=valid.expand_as(p), forced=forced.expand_as(p), coverage=cfg.coverage)
+    width = max(int(keep.sum(-1).max()), 1) if keep.numel() else 1
+    # kept ids first, in ascending order; -1 padding after
+    ids = torch.where(keep, kb, nkb + kb)
+    ids = torch.sort(ids, dim=-1).values[..., :width]
+    return torch.where(ids < nkb, ids, torch.full_like(ids, -1))
+
+
+def grid_stride_candidates(layout: ModalityLayout, cfg: Grid) -> list[int]:
+    """Candidate strides of a `Grid` config on ``layout`` (ascending).
+
+    - int stride: ``[stride]``;
+    - ``"frame"``: ``[tokens_per_frame]`` (of the video segment with the most tokens when frame sizes differ);
+    - ``"search"``: divisors ``>= 2`` of each video segment's tokens per frame and its multiples ×2, ×3, ×4, all
+      ``<= max_stride``; ``2 … max_stride`` when the layout has no video.
+    Raises ValueError when the list would be empty (e.g. every frame size and multiple exceeds ``max_stride``, or
+    ``"frame"`` on a layout without video, or a frame size of 1).
+    """
+    if isinstance(cfg.stride, int):
+        return [cfg.stride]
+    videos = [s for s in layout.segments_of(Modality.VIDEO) if s.grid is not None]
+    if cfg.stride == "frame":
+        if not videos:
+            raise ValueError("Grid stride 'frame' needs a video segment in the layout")
+        tpf = max(videos, key=lambda s: s.length).grid.tokens_per_frame  # type: ignore[union-attr]
+        if not 2 <= tpf <= cfg.max_stride:
+            raise ValueError(f"tokens per frame {tpf} is outside the stride range [2, max_stride={cfg.max_stride}]")
+        return [tpf]
+    if not videos:
+        return list(range(2, cfg.max_stride + 1))
+    cands: set[int] = set()
+    for tpf in {s.grid.tokens_per_frame for s in videos}:  # type: ignore[union-attr]
+        cands |= {d for d in range(2, tpf + 1) if tpf % d == 0}
+        cands |= {tpf * m for m in (2, 3, 4)}
+    out = sorted(c for c in cands if c <= cfg.max_stride)
+    if not out:
+        raise ValueError(f"no stride candidate <= max_stride={cfg.max_stride} for frame sizes of this layout")
+    return out
+
+
+def grid_fold_ratios(key_mass: torch.Tensor, video: torch.Tensor, stride: int) -> torch.Tensor:
+    """Concentration of ``key_mass [U, n_k]`` on residues ``pos mod stride``: fp32 ``[U, stride]``.
+
+    Only keys where ``video [n_k]`` (bool) is True are folded. With ``M`` the folded mass, ``N`` the number of video
+    keys and ``c_r`` the number with residue ``r``, ``ratio[r] = mass_r / (M · c_r / N)``: 1.0 everywhere for
+    uniform attention, independent of the stride; 0 where ``c_r = 0`` or ``M = 0``.
+    """
+    u, n_k = key_mass.shape
+    dev = key_mass.device
+    res = torch.remainder(torch.arange(n_k, device=dev), stride)
+    w = key_mass.float() * video[None, :]
+    mass = torch.zeros(u, stride, device=dev).index_add_(1, res, w)
+    counts = torch.zeros(stride, device=dev).index_add_(0, res, video.float())
+    expected = w.sum(-1, keepdim=True) * counts[None, :] / video.sum().clamp_min(1)
+    return torch.where(expected > 0, mass / expected.clamp_min(1e-30), torch.zeros_like(mass))
+
+
+def estimate_stride_phase(
+    key_mass: torch.Tensor, video: torch.Tensor, candidates: Sequence[int], lines: int, *, default: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stride and kept residues (``[:, 0]`` is the phase) for ``U`` units from ``key_mass [U, n_k]``.
+
+    ``key_mass`` is the last-query score mass of each key (summed over the unit's rows and pooled heads). For each
+    candidate ``s`` (ascending), `grid_fold_ratios` gives per-residue ratios; ``score(s) = max_r ratio[r]``, the
+    mass the best phase captures normalised against the uniform baseline. The stride is the smallest candidate with
+    ``score >= STRIDE_TOLERANCE · max score``. The residues are the ``lines`` best ratios of that stride, ties to the
+    lowest residue (``lines`` is capped at the stride; missing entries repeat the phase). A unit with no mass on
+    video keys gets ``default`` (when a candidate) or the first candidate, and residues ``0 … lines-1``.
+
+    Returns int64 ``(stride [U], residues [U, lines])``. Raises ValueError when ``candidates`` is empty.
+    """
+    if not candidates:
+        raise ValueError("estimate_stride_phase needs at least one stride candidate")
+    cands = sorted(candidates)
+    u, dev = key_mass.shape[0], key_mass.device
+    scores, tops = [], []
+    for s in cands:  # a host loop over candidate strides (data independent); batched over units
+        ratio = grid_fold_ratios(key_mass, video, s)
+        scores.append(ratio.max(-1).values)
+        top = torch.sort(-ratio, dim=-1, stable=True).indices[:, : min(lines, s)]
+        tops.append(torch.cat([top, top[:, :1].expand(u, lines - top.shape[1])], dim=1))
+    score = torch.stack(scores, dim=1)  # [U, n_cand]
+    best = score.max(-1, keepdim=True).values
+    choice = torch.argmax((score >= STRIDE_TOLERANCE * best).to(torch.int8), dim=-1)  # first (smallest) near-best
+    fallback = cands.index(default) if default in cands else 0
+    empty = best.squeeze(-1) <= 0
+    choice = torch.where(empty, torch.full_like(choice, fallback), choice)
+    stride = torch.tensor(cands, device=dev)[choice]
+    residues = torch.stack(tops, dim=1)[torch.arange(u, device=dev), choice]
+    residues = torch.where(empty[:, None], torch.arange(lines, device=dev).remainder(stride[:, None]), residues)
+    return stride, residues
