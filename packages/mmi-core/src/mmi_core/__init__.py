@@ -9,6 +9,7 @@ Depends only on torch, numpy and pydantic.
 
 from mmi_core.budgets import pattern_for_density
 from mmi_core.head_configs import SCHEMA_VERSION, ConfigError, HeadConfigs, HeadSpec, LayerConfig
+from mmi_core.layer import estimate_layer_selections, mmi_attention_reference
 from mmi_core.layout import LayoutError, Modality, ModalityLayout, Segment, VisualGrid
 from mmi_core.metrics import attention_recall, density, output_error, sample_rows
 from mmi_core.patterns import AShape, BlockSparse, Coverage, Dense, Grid, PatternConfig, VerticalSlash
@@ -52,10 +53,12 @@ __all__ = [
     "dense_attention_reference",
     "dense_selection",
     "density",
+    "estimate_layer_selections",
     "grid_permutation",
     "grid_residues",
     "grid_selection",
     "keep_mask",
+    "mmi_attention_reference",
     "modality_permutation",
     "output_error",
     "pattern_for_density",
