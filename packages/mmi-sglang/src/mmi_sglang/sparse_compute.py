@@ -1,0 +1,114 @@
+"""The attention math the backend runs itself, one request at a time or one batch at a time.
+
+Tensors are token-major like SGLang's: ``q [n_q, Hq, D]``, ``k, v [n_k, Hkv, D]`` (this rank's heads); queries are the
+last ``n_q`` of the ``n_k`` keys (``n_k - n_q`` = the cached prefix, read back from the KV pool).
+
+- `dense_request`: causal attention of one request (mixed batches: its text-only/short requests).
+- `reference_sparse_request`: MMInference on CPU through ``mmi_core.mmi_attention_reference`` (readable, exact
+  semantics, O(n_q x n_k) memory).
+- `KernelSparsePrefill`: the GPU call site of mmi-kernels' batched wrapper (``SparsePrefillWrapper.plan`` once per
+  batch, ``.run`` per layer). Availability is detected at run time; this is the only place that calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mmi_core import HeadConfigs, ModalityLayout
+
+__all__ = [
+    "KernelSparsePrefill",
+    "dense_request",
+    "kernels_available",
+    "reference_available",
+    "reference_sparse_request",
+]
+
+
+def dense_request(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention with the queries at the end of the keys (lower-right causal), SDPA in q's dtype.
+
+    q [n_q, Hq, D], k/v [n_k, Hkv, D] -> [n_q, Hq, D]."""
+    n_q, hq, _ = q.shape
+    n_k, hkv, _ = k.shape
+    g = hq // hkv
+    qh = q.transpose(0, 1).unsqueeze(0)
+    kh = k.transpose(0, 1).repeat_interleave(g, dim=0).unsqueeze(0)
+    vh = v.transpose(0, 1).repeat_interleave(g, dim=0).unsqueeze(0)
+    if n_q == n_k:
+        o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    else:
+        from torch.nn.attention.bias import causal_lower_right
+
+        o = torch.nn.functional.scaled_dot_product_attention(
+            qh, kh, vh, attn_mask=causal_lower_right(n_q, n_k), scale=scale
+        )
+    return o.squeeze(0).transpose(0, 1)
+
+
+def reference_available() -> bool:
+    """True when this mmi-core has ``mmi_attention_reference`` (one layer of MMInference, estimation included)."""
+    import mmi_core
+
+    return hasattr(mmi_core, "mmi_attention_reference")
+
+
+def reference_sparse_request(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: ModalityLayout,
+    head_configs: HeadConfigs,
+    layer: int,
+    scale: float,
+) -> torch.Tensor:
+    """MMInference for one request and one layer on the mmi-core reference: layout over the whole sequence
+    (``layout.num_tokens == n_k``), queries = the chunk. q [n_q, Hq, D], k/v [n_k, Hkv, D] -> [n_q, Hq, D] in q's
+    dtype. Raises what ``mmi_core.mmi_attention_reference`` raises (shapes, layout size, config geometry)."""
+    from mmi_core import mmi_attention_reference
+
+    return mmi_attention_reference(q, k, v, layout, head_configs, layer, scale=scale)
+
+
+def kernels_available() -> bool:
+    """True when mmi-kernels exports its batched ``SparsePrefillWrapper`` and CUDA is usable."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import mmi_kernels
+    except ImportError:
+        return False
+    return hasattr(mmi_kernels, "SparsePrefillWrapper")
+
+
+class KernelSparsePrefill:
+    """mmi-kernels' batched sparse prefill for the sparse requests of one extend batch.
+
+    ``plan`` once per batch: layouts of the sparse requests, their query lengths and page-table rows (``req_to_token``
+    rows, int32 ``[n_sparse, max n_k]``, i.e. KV-pool slot of each key position). ``run`` per layer: q/k/v rows of those
+    requests concatenated in batch order (``[sum n_q, H, D]``), the layer's K/V pool buffers ``[slots, Hkv, D]``.
+    """
+
+    def __init__(self, head_configs: HeadConfigs, device: torch.device | str) -> None:
+        from mmi_kernels import SparsePrefillWrapper
+
+        self.head_configs = head_configs
+        self.wrapper: Any = SparsePrefillWrapper(device=torch.device(device))
+
+    def plan(self, layouts: Sequence[ModalityLayout], q_lens: Sequence[int], page_table: torch.Tensor) -> None:
+        self.wrapper.plan(list(layouts), self.head_configs, q_lens=list(q_lens), page_table=page_table)
+
+    def run(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        return self.wrapper.run(q, k, v, layer, k_cache=k_cache, v_cache=v_cache, scale=scale)
