@@ -1,0 +1,535 @@
+"""`SparseIndex`: the keep sets of a whole batch as fixed-capacity lists the prefill kernel reads directly.
+
+Shape of the data (S head slots, R requests, TQ/TK query/key tokens of all requests, TQB/TKB query/key blocks of all
+requests, every block ``block`` tokens of the slot's *permuted* order):
+
+- a **head slot** is what one kernel program row-tile serves: one KV head whose GQA group executes together (the
+  group shares one `Selection`), or one query head when heads execute separately. ``slot_q_head[s]`` is its first
+  query head, ``slot_num_heads[s]`` how many consecutive query heads it serves, ``slot_kv_head[s]`` their KV head.
+  Both kinds may be mixed in one index (and one launch).
+- per (slot, query block): ``block_prefix``: the kept key blocks that lead the slot's key blocks sorted by their
+  smallest original position (``k_blocks_by_pos``) are stored as a count, not a list; ``block_count`` +
+  ``block_ids[..., :count]`` (request-local key-block ids, ascending) are the other kept blocks; ``column_count`` +
+  ``column_ids[..., :count]`` (request-local *key-permuted* column ids, ascending) the kept single columns. A Grid
+  ``hline`` block (its line rows keep every causal key) or a dense head therefore costs one integer, not a list as
+  long as the sequence, and the lists' capacity stays the pattern's budget. See docs/kernels/NOTES.md.
+- per (slot, request): ``q_order`` / ``k_order`` (int32, request-local): the token at permuted row ``p`` is
+  ``order[p]``; queries of a request are the last ``n_q`` of its ``n_k`` keys (original position = prefix + index).
+- per (slot, block): smallest/largest original position of its rows (``q_pos_min`` ...): a tile needs a causal mask
+  only when ``k_pos_max > q_pos_min``; the kernel skips the mask everywhere else.
+
+Lists are exact and canonical: blocks and columns that hold no causal pair for the query block are dropped, columns
+inside kept blocks are dropped (mmi_core.Selection guarantees that already), so the kept (query, key) pairs are
+exactly ``mmi_core.keep_mask`` and no pair is visited twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from itertools import accumulate
+
+import torch
+
+from mmi_core import AShape, BlockSparse, Dense, Grid, PatternConfig, Selection, VerticalSlash
+
+__all__ = [
+    "BlockSparseRows",
+    "IndexCapacityError",
+    "SlotKeep",
+    "SparseIndex",
+    "index_from_keeps",
+    "index_from_selections",
+    "index_keep_mask",
+    "index_to_bsr",
+    "pattern_capacity",
+]
+
+
+class IndexCapacityError(ValueError):
+    """A keep set needs more list entries than the capacity fixed at plan time."""
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class SlotKeep:
+    """Keep set of one (request, head slot) in the form GPU estimators produce.
+
+    q_order: int [n_q] (query index at each permuted row), k_order: int [n_k]; prefix = n_k - n_q.
+    blocks: bool [ceil(n_q/block), ceil(n_k/block)] in permuted orders.
+    column_ids: int [ceil(n_q/block), C] key-permuted column ids per query block, -1 = padding (may repeat, may fall
+    inside kept blocks: both are removed), or None.
+    """
+
+    q_order: torch.Tensor
+    k_order: torch.Tensor
+    blocks: torch.Tensor
+    column_ids: torch.Tensor | None = None
+
+    @classmethod
+    def from_selection(cls, sel: Selection) -> SlotKeep:
+        cols = None
+        if sel.columns is not None:
+            n_k = sel.n_k
+            key = torch.where(sel.columns, torch.arange(n_k, device=sel.columns.device), n_k)
+            width = int(sel.columns.sum(1).max())
+            srt = torch.sort(key, dim=1).values[:, : max(width, 1)]
+            cols = torch.where(srt < n_k, srt, -1)
+        return cls(sel.q_perm.order, sel.k_perm.order, sel.blocks, cols)
+
+
+@dataclass(frozen=True)
+class SparseIndex:
+    """Keep sets of a batch (R requests x S head slots) as fixed-capacity lists. All tensors int32 on one device.
+
+    slot_q_head, slot_num_heads, slot_kv_head: [S]
+    cu_seqlens_q, cu_seqlens_k, cu_qblocks, cu_kblocks: [R + 1] (prefix sums of tokens and blocks per request)
+    qblock_request: [TQB] request of each global query block
+    q_order: [S, TQ], k_order: [S, TK] request-local token index at each permuted row (segments by cu_seqlens)
+    q_pos_min, q_pos_max: [S, TQB]; k_pos_min, k_pos_max: [S, TKB] original positions (prefix included)
+    k_blocks_by_pos: [S, TKB] request-local key-block ids sorted by k_pos_min (stable)
+    block_prefix, block_count: [S, TQB]; block_ids: [S, TQB, block_capacity]
+    column_count: [S, TQB]; column_ids: [S, TQB, column_capacity]
+    """
+
+    block: int
+    num_q_heads: int
+    num_kv_heads: int
+    seqlens_q: tuple[int, ...]
+    seqlens_k: tuple[int, ...]
+    slot_q_head: torch.Tensor
+    slot_num_heads: torch.Tensor
+    slot_kv_head: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    cu_qblocks: torch.Tensor
+    cu_kblocks: torch.Tensor
+    qblock_request: torch.Tensor
+    q_order: torch.Tensor
+    k_order: torch.Tensor
+    q_pos_min: torch.Tensor
+    q_pos_max: torch.Tensor
+    k_pos_min: torch.Tensor
+    k_pos_max: torch.Tensor
+    k_blocks_by_pos: torch.Tensor
+    block_prefix: torch.Tensor
+    block_count: torch.Tensor
+    block_ids: torch.Tensor
+    column_count: torch.Tensor
+    column_ids: torch.Tensor
+
+    def __post_init__(self) -> None:
+        s, r = self.num_slots, self.num_requests
+        tq, tk = sum(self.seqlens_q), sum(self.seqlens_k)
+        tqb = sum(_cdiv(n, self.block) for n in self.seqlens_q)
+        tkb = sum(_cdiv(n, self.block) for n in self.seqlens_k)
+        want = {
+            "slot_num_heads": (s,),
+            "slot_kv_head": (s,),
+            "cu_seqlens_q": (r + 1,),
+            "cu_seqlens_k": (r + 1,),
+            "cu_qblocks": (r + 1,),
+            "cu_kblocks": (r + 1,),
+            "qblock_request": (tqb,),
+            "q_order": (s, tq),
+            "k_order": (s, tk),
+            "q_pos_min": (s, tqb),
+            "q_pos_max": (s, tqb),
+            "k_pos_min": (s, tkb),
+            "k_pos_max": (s, tkb),
+            "k_blocks_by_pos": (s, tkb),
+            "block_prefix": (s, tqb),
+            "block_count": (s, tqb),
+            "column_count": (s, tqb),
+        }
+        for name, shape in want.items():
+            t = getattr(self, name)
+            if tuple(t.shape) != shape or t.dtype != torch.int32 or t.device != self.slot_q_head.device:
+                raise ValueError(
+                    f"SparseIndex.{name} must be int32 {shape} on {self.slot_q_head.device}, "
+                    f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+                )
+        for name in ("block_ids", "column_ids"):
+            t = getattr(self, name)
+            if t.dim() != 3 or tuple(t.shape[:2]) != (s, tqb) or t.dtype != torch.int32 or t.shape[2] < 1:
+                raise ValueError(f"SparseIndex.{name} must be int32 [{s}, {tqb}, capacity>=1], got {tuple(t.shape)}")
+        if any(nq > nk for nq, nk in zip(self.seqlens_q, self.seqlens_k, strict=True)):
+            raise ValueError("every request needs n_q <= n_k (queries are the last n_q keys)")
+
+    @property
+    def num_slots(self) -> int:
+        return self.slot_q_head.numel()
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.seqlens_q)
+
+    @property
+    def total_qblocks(self) -> int:
+        return self.qblock_request.numel()
+
+    @property
+    def block_capacity(self) -> int:
+        return self.block_ids.shape[2]
+
+    @property
+    def column_capacity(self) -> int:
+        return self.column_ids.shape[2]
+
+    @property
+    def max_heads_per_slot(self) -> int:
+        return int(self.slot_num_heads.max())
+
+    @property
+    def device(self) -> torch.device:
+        return self.slot_q_head.device
+
+    def nbytes(self) -> int:
+        """Bytes held by the index tensors."""
+        return sum(
+            getattr(self, f.name).numel() * 4 for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
+        )
+
+    def to(self, device: torch.device | str) -> SparseIndex:
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return SparseIndex(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+
+
+def _default_slots(num_slots: int, hq: int, hkv: int) -> list[tuple[int, int]]:
+    g = hq // hkv
+    if num_slots == hkv:
+        return [(s * g, g) for s in range(hkv)]
+    if num_slots == hq:
+        return [(h, 1) for h in range(hq)]
+    raise ValueError(
+        f"{num_slots} slots per request is neither {hkv} (KV heads, groups executing together) nor {hq} "
+        f"(query heads); pass slot_heads=[(first_query_head, num_heads), ...]"
+    )
+
+
+def _check_slots(slot_heads: Sequence[tuple[int, int]], hq: int, hkv: int) -> None:
+    if hkv < 1 or hq % hkv:
+        raise ValueError(f"{hq} query heads are not a multiple of {hkv} KV heads")
+    g = hq // hkv
+    for first, count in slot_heads:
+        if count < 1 or first < 0 or first + count > hq or first // g != (first + count - 1) // g:
+            raise ValueError(
+                f"slot (first_query_head={first}, num_heads={count}) must cover >= 1 consecutive query heads "
+                f"of one GQA group (group size {g}, {hq} query heads)"
+            )
+    covered = sorted(h for first, count in slot_heads for h in range(first, first + count))
+    if covered != list(range(hq)):
+        raise ValueError(f"slots must cover every one of the {hq} query heads exactly once, got {list(slot_heads)}")
+
+
+def _compact(key: torch.Tensor, keep: torch.Tensor, big: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the sorted unique ``key`` values where ``keep``: (count int64 [rows], ids int64 [rows, width])."""
+    k = torch.where(keep, key, big)
+    k = torch.sort(k, dim=1).values
+    if k.shape[1] > 1:  # duplicates (possible in user column lists) -> big
+        dup = torch.zeros_like(k, dtype=torch.bool)
+        dup[:, 1:] = k[:, 1:] == k[:, :-1]
+        k = torch.sort(torch.where(dup, big, k), dim=1).values
+    count = (k < big).sum(1)
+    return count, k
+
+
+@dataclass(frozen=True)
+class _SlotLists:
+    q_order: torch.Tensor
+    k_order: torch.Tensor
+    q_min: torch.Tensor
+    q_max: torch.Tensor
+    k_min: torch.Tensor
+    k_max: torch.Tensor
+    k_by_pos: torch.Tensor
+    prefix: torch.Tensor
+    b_count: torch.Tensor
+    b_ids: torch.Tensor
+    c_count: torch.Tensor
+    c_ids: torch.Tensor
+
+
+def _block_minmax(pos: torch.Tensor, block: int, n_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest and largest of each block of ``pos`` (positions in [0, n_k); padding never wins)."""
+    n = pos.numel()
+    nb = _cdiv(n, block)
+    pad = nb * block - n
+    lo = torch.nn.functional.pad(pos, (0, pad), value=n_k).view(nb, block).amin(1)
+    hi = torch.nn.functional.pad(pos, (0, pad), value=-1).view(nb, block).amax(1)
+    return lo, hi
+
+
+def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
+    qo = keep.q_order.to(device, torch.int64)
+    ko = keep.k_order.to(device, torch.int64)
+    n_q, n_k = qo.numel(), ko.numel()
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    if n_q < 1 or n_q > n_k:
+        raise ValueError(f"a request needs 1 <= n_q <= n_k, got n_q={n_q}, n_k={n_k}")
+    if tuple(keep.blocks.shape) != (nqb, nkb) or keep.blocks.dtype != torch.bool:
+        raise ValueError(f"blocks must be bool [{nqb}, {nkb}], got {keep.blocks.dtype} {tuple(keep.blocks.shape)}")
+    q_min, q_max = _block_minmax(qo + (n_k - n_q), block, n_k)
+    k_min, k_max = _block_minmax(ko, block, n_k)
+    causal = k_min[None, :] <= q_max[:, None]  # [nqb, nkb]: the tile holds at least one causal pair
+    kept = keep.blocks.to(device) & causal
+    k_by_pos = torch.sort(k_min, stable=True).indices
+    rank = torch.empty_like(k_by_pos)
+    rank[k_by_pos] = torch.arange(nkb, device=device)
+    lead = torch.gather(kept, 1, k_by_pos.expand(nqb, nkb)).to(torch.int64).cumprod(1).sum(1)  # [nqb]
+    in_lead = rank[None, :] < lead[:, None]
+    kb = torch.arange(nkb, device=device)
+    b_count, b_ids = _compact(kb.expand(nqb, nkb), kept & ~in_lead, nkb)
+    if keep.column_ids is not None and keep.column_ids.numel():
+        cid = keep.column_ids.to(device, torch.int64)
+        if cid.dim() != 2 or cid.shape[0] != nqb:
+            raise ValueError(f"column_ids must be [{nqb}, C], got {tuple(cid.shape)}")
+        ok = (cid >= 0) & (cid < n_k)
+        safe = torch.where(ok, cid, 0)
+        ok &= ~torch.gather(kept, 1, safe // block)  # inside a kept block: already counted
+        ok &= ko[safe] <= q_max[:, None]  # no causal pair for any row of the block
+        c_count, c_ids = _compact(safe, ok, n_k)
+    else:
+        c_count, c_ids = torch.zeros(nqb, dtype=torch.int64, device=device), torch.zeros(nqb, 0, dtype=torch.int64)
+    return _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, b_ids, c_count, c_ids)
+
+
+def _pad_ids(ids: torch.Tensor, cap: int, device: torch.device) -> torch.Tensor:
+    out = torch.zeros(ids.shape[0], cap, dtype=torch.int64, device=device)
+    w = min(cap, ids.shape[1])
+    out[:, :w] = ids[:, :w].to(device)
+    return out
+
+
+def index_from_keeps(
+    keeps: Sequence[Sequence[SlotKeep]],
+    *,
+    block: int,
+    num_q_heads: int,
+    num_kv_heads: int,
+    slot_heads: Sequence[tuple[int, int]] | None = None,
+    block_capacity: int | None = None,
+    column_capacity: int | None = None,
+    device: torch.device | str | None = None,
+) -> SparseIndex:
+    """Build the index from per-(request, slot) keep sets (``keeps[r][s]``). Exact: see `index_keep_mask`.
+
+    ``slot_heads[s] = (first_query_head, num_heads)``; by default slots are the KV heads (when there are
+    ``num_kv_heads`` slots) or the query heads (``num_q_heads`` slots). ``block_capacity`` / ``column_capacity``
+    fix the list widths (plan time, e.g. from `pattern_capacity`); None = the exact maximum of this batch.
+    Raises `IndexCapacityError` when a list would not fit (it is never truncated), ValueError on bad shapes.
+    """
+    if not keeps:
+        raise ValueError("index_from_keeps needs at least one request")
+    n_slots = len(keeps[0])
+    if n_slots < 1 or any(len(k) != n_slots for k in keeps):
+        raise ValueError(f"every request needs the same number (>= 1) of slots, got {[len(k) for k in keeps]}")
+    slots = list(slot_heads) if slot_heads is not None else _default_slots(n_slots, num_q_heads, num_kv_heads)
+    if len(slots) != n_slots:
+        raise ValueError(f"{len(slots)} slot_heads for {n_slots} slots")
+    _check_slots(slots, num_q_heads, num_kv_heads)
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= 16, got {block}")
+    dev = torch.device(device) if device is not None else keeps[0][0].blocks.device
+    lists = [[_slot_lists(k, block, dev) for k in req] for req in keeps]
+    seq_q = tuple(req[0].q_order.numel() for req in lists)
+    seq_k = tuple(req[0].k_order.numel() for req in lists)
+    for r, req in enumerate(lists):
+        if any(sl.q_order.numel() != seq_q[r] or sl.k_order.numel() != seq_k[r] for sl in req):
+            raise ValueError(f"request {r}: slots disagree on n_q / n_k")
+
+    def need(attr: str) -> tuple[int, str]:
+        best, where = 0, ""
+        for r, req in enumerate(lists):
+            for s, sl in enumerate(req):
+                c = getattr(sl, attr)
+                if c.numel() and int(c.max()) > best:
+                    best, where = int(c.max()), f"request {r}, slot {s}, query block {int(c.argmax())}"
+        return best, where
+
+    nb, where_b = need("b_count")
+    nc, where_c = need("c_count")
+    if block_capacity is not None and nb > block_capacity:
+        raise IndexCapacityError(f"{where_b} keeps {nb} key blocks, over the block capacity {block_capacity}")
+    if column_capacity is not None and nc > column_capacity:
+        raise IndexCapacityError(f"{where_c} keeps {nc} key columns, over the column capacity {column_capacity}")
+    cap_b = max(block_capacity if block_capacity is not None else nb, 1)
+    cap_c = max(column_capacity if column_capacity is not None else nc, 1)
+
+    def cat(attr: str, pad: int | None = None) -> torch.Tensor:
+        per_slot = []
+        for s in range(n_slots):
+            parts = [getattr(req[s], attr) for req in lists]
+            if pad is not None:
+                parts = [_pad_ids(p, pad, dev) for p in parts]
+            per_slot.append(torch.cat(parts))
+        return torch.stack(per_slot).to(torch.int32)
+
+    i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=dev)
+    cum = lambda xs: i32([0, *accumulate(xs)])
+    nqbs = [_cdiv(n, block) for n in seq_q]
+    nkbs = [_cdiv(n, block) for n in seq_k]
+    return SparseIndex(
+        block=block,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        seqlens_q=seq_q,
+        seqlens_k=seq_k,
+        slot_q_head=i32([f for f, _ in slots]),
+        slot_num_heads=i32([c for _, c in slots]),
+        slot_kv_head=i32([f // (num_q_heads // num_kv_heads) for f, _ in slots]),
+        cu_seqlens_q=cum(seq_q),
+        cu_seqlens_k=cum(seq_k),
+        cu_qblocks=cum(nqbs),
+        cu_kblocks=cum(nkbs),
+        qblock_request=torch.repeat_interleave(torch.arange(len(seq_q), device=dev), i32(nqbs)).to(torch.int32),
+        q_order=cat("q_order"),
+        k_order=cat("k_order"),
+        q_pos_min=cat("q_min"),
+        q_pos_max=cat("q_max"),
+        k_pos_min=cat("k_min"),
+        k_pos_max=cat("k_max"),
+        k_blocks_by_pos=cat("k_by_pos"),
+        block_prefix=cat("prefix"),
+        block_count=cat("b_count"),
+        block_ids=cat("b_ids", cap_b),
+        column_count=cat("c_count"),
+        column_ids=cat("c_ids", cap_c),
+    )
+
+
+def index_from_selections(
+    selections: Sequence[Sequence[Selection]],
+    *,
+    num_q_heads: int,
+    num_kv_heads: int,
+    slot_heads: Sequence[tuple[int, int]] | None = None,
+    block_capacity: int | None = None,
+    column_capacity: int | None = None,
+    device: torch.device | str | None = None,
+) -> SparseIndex:
+    """Exact conversion of ``selections[r][s]`` (request r, head slot s) to a `SparseIndex`.
+
+    A slot that serves a GQA group needs the group's union (`mmi_core.union_selections`). All selections must share
+    one block size. Arguments and errors as `index_from_keeps`.
+    """
+    blocks = {sel.block for req in selections for sel in req}
+    if len(blocks) != 1:
+        raise ValueError(f"all selections of one index must share one block size, got {sorted(blocks)}")
+    return index_from_keeps(
+        [[SlotKeep.from_selection(sel) for sel in req] for req in selections],
+        block=blocks.pop(),
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        slot_heads=slot_heads,
+        block_capacity=block_capacity,
+        column_capacity=column_capacity,
+        device=device,
+    )
+
+
+@dataclass(frozen=True)
+class BlockSparseRows:
+    """flashinfer-style BSR view of an index: row ``s * TQB + qb`` (slot s, global query block qb).
+
+    indptr, column_indptr: int32 [S * TQB + 1]; indices: int32 [nnz] request-local key-block ids (leading run
+    expanded, ascending); column_indices: int32 [nnz_c] request-local key-permuted column ids.
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    column_indptr: torch.Tensor
+    column_indices: torch.Tensor
+
+
+def _rows_from_lists(count: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    count = count.reshape(-1).to(torch.int64)
+    ids = ids.reshape(count.numel(), -1)
+    valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < count[:, None]
+    indptr = torch.zeros(count.numel() + 1, dtype=torch.int64, device=ids.device)
+    indptr[1:] = torch.cumsum(count, 0)
+    return indptr.to(torch.int32), ids[valid].to(torch.int32)
+
+
+def index_to_bsr(index: SparseIndex) -> BlockSparseRows:
+    """Expand the index into BSR rows: each row's kept key blocks (leading run and list together), ascending."""
+    s_, tqb, dev = index.num_slots, index.total_qblocks, index.device
+    big = torch.iinfo(torch.int64).max
+    nkb_max = max(_cdiv(n, index.block) for n in index.seqlens_k)
+    req = index.qblock_request.to(torch.int64)
+    kb0 = index.cu_kblocks.to(torch.int64)[req]  # [TQB]
+    j = torch.arange(nkb_max, device=dev)
+    gidx = torch.clamp(kb0[:, None] + j[None, :], max=index.k_blocks_by_pos.shape[1] - 1)  # [TQB, nkb_max]
+    lead = index.k_blocks_by_pos.to(torch.int64)[:, gidx]  # [S, TQB, nkb_max]
+    lead = torch.where(j[None, None, :] < index.block_prefix.to(torch.int64)[:, :, None], lead, big)
+    c = torch.arange(index.block_capacity, device=dev)
+    rest = torch.where(c[None, None, :] < index.block_count.to(torch.int64)[:, :, None], index.block_ids.long(), big)
+    ids = torch.sort(torch.cat([lead, rest], dim=2), dim=2).values
+    indptr, indices = _rows_from_lists((index.block_prefix + index.block_count).view(s_, tqb), ids)
+    cptr, cind = _rows_from_lists(index.column_count, index.column_ids)
+    return BlockSparseRows(indptr, indices, cptr, cind)
+
+
+def index_keep_mask(index: SparseIndex, request: int, slot: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [n_q or len(rows), n_k] in original order: the pairs the index keeps (causal on original positions).
+
+    The index-side twin of `mmi_core.keep_mask`; O(rows x n_k), for tests.
+    """
+    b = index.block
+    n_q, n_k = index.seqlens_q[request], index.seqlens_k[request]
+    q0, k0 = int(index.cu_seqlens_q[request]), int(index.cu_seqlens_k[request])
+    qb0, kb0 = int(index.cu_qblocks[request]), int(index.cu_kblocks[request])
+    nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    bsr = index_to_bsr(index)
+    tqb = index.total_qblocks
+    blocks = torch.zeros(nqb, nkb, dtype=torch.bool)
+    cols = torch.zeros(nqb, n_k, dtype=torch.bool)
+    bp, bi = bsr.indptr.cpu().long(), bsr.indices.cpu().long()
+    cp, ci = bsr.column_indptr.cpu().long(), bsr.column_indices.cpu().long()
+    for qb in range(nqb):
+        row = slot * tqb + qb0 + qb
+        blocks[qb, bi[bp[row] : bp[row + 1]]] = True
+        cols[qb, ci[cp[row] : cp[row + 1]]] = True
+    q_inv = torch.empty(n_q, dtype=torch.int64)
+    q_inv[index.q_order[slot, q0 : q0 + n_q].cpu().long()] = torch.arange(n_q)
+    k_inv = torch.empty(n_k, dtype=torch.int64)
+    k_inv[index.k_order[slot, k0 : k0 + n_k].cpu().long()] = torch.arange(n_k)
+    del kb0
+    qi = torch.arange(n_q) if rows is None else rows.to(torch.int64).cpu()
+    qb_of = q_inv[qi] // b
+    m = blocks[qb_of][:, k_inv // b] | cols[qb_of][:, k_inv]
+    return m & (torch.arange(n_k)[None, :] <= (qi + n_k - n_q)[:, None])
+
+
+def pattern_capacity(cfg: PatternConfig, n_k: int, *, video_segments: int = 1) -> tuple[int, int]:
+    """Upper bounds (key blocks, key columns) of one head's list entries per query block, from its budget alone.
+
+    A GQA group executing together needs the sum over its heads (capped by the number of key blocks / keys).
+    Leading runs (dense rows, Grid ``hline`` blocks) cost no capacity. Grid without a known layout is bounded
+    by its worst case: ``sink`` blocks, ``block * (local + 1)`` diagonal blocks (the block's own rows may be spread
+    over up to ``block`` key blocks when a cached prefix shifts the query permutation against the key permutation),
+    and the vline/slash residue classes, each spanning at most ``ceil(n_k / (stride * block)) + 1`` blocks per
+    segment (``video_segments`` of them); with ``stride="search"``/``"frame"`` the smallest stride (2) is assumed, which is loose.
+    """
+    if isinstance(cfg, Dense):
+        return 0, 0
+    b = cfg.block
+    nkb = _cdiv(n_k, b)
+    if isinstance(cfg, AShape):
+        nb = _cdiv(cfg.sink, b) + _cdiv(cfg.local, b) + 3
+        return min(nb, nkb), 0
+    if isinstance(cfg, VerticalSlash):
+        nb = 2 * (cfg.slash + cfg.local) + 2
+        return min(nb, nkb), min(cfg.vertical + cfg.sink, n_k)
+    if isinstance(cfg, BlockSparse):
+        return min(cfg.top_k + 3, nkb), 0
+    if isinstance(cfg, Grid):
+        stride = cfg.stride if isinstance(cfg.stride, int) else 2
+        per_class = _cdiv(n_k, stride * b) + video_segments
+        classes = cfg.lines * int(cfg.vline) + min(b, stride) * int(cfg.slash)
+        nb = min(cfg.sink, nkb) + b * (cfg.local + 1) + classes * per_class
+        return min(nb, nkb), 0
+    raise ValueError(f"unknown pattern {cfg!r}")
