@@ -217,12 +217,13 @@ class HeadConfigs(BaseModel):
             hkv = self.num_kv_heads // world_size
             kv0 = rank * hkv
         else:
+            # replicate: each KV head serves world_size / num_kv_heads consecutive ranks
+            if world_size % self.num_kv_heads:
+                raise ConfigError(f"{self.num_kv_heads} kv heads cannot be replicated evenly over {world_size} ranks")
             hkv = 1
             kv0 = rank * self.num_kv_heads // world_size
         layers = [
             LayerConfig(heads=lc.heads[rank * hq : (rank + 1) * hq], gqa=lc.gqa[kv0 : kv0 + hkv]) for lc in self.layers
         ]
         meta = {**self.metadata, "tp": {"rank": rank, "world_size": world_size}}
-        return HeadConfigs(
-            num_layers=self.num_layers, num_q_heads=hq, num_kv_heads=hkv, layers=layers, metadata=meta
-        )
+        return HeadConfigs(num_layers=self.num_layers, num_q_heads=hq, num_kv_heads=hkv, layers=layers, metadata=meta)

@@ -7,6 +7,7 @@ prefill are the last ``n_q`` tokens of it; nothing here depends on how many toke
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ class Modality(enum.IntEnum):
                 raise LayoutError(f"unknown modality {value!r}; expected one of text, image, video") from None
         try:
             return cls(int(value))
-        except ValueError:
+        except (TypeError, ValueError):
             raise LayoutError(f"unknown modality code {value!r}; expected 0 (text), 1 (image) or 2 (video)") from None
 
 
@@ -114,8 +115,9 @@ class Segment:
             raise LayoutError(f"{self.modality.name.lower()} segment [{self.start}, {self.end}) needs a VisualGrid")
         if self.grid is not None and self.grid.num_tokens != self.length:
             raise LayoutError(
-                f"{self.modality.name.lower()} segment [{self.start}, {self.end}) has {self.length} tokens but its grid "
-                f"{self.grid} has {self.grid.num_tokens} ({self.grid.frames} frames x {self.grid.tokens_per_frame})"
+                f"{self.modality.name.lower()} segment [{self.start}, {self.end}) has {self.length} tokens but "
+                f"its grid {self.grid} has {self.grid.num_tokens} "
+                f"({self.grid.frames} frames x {self.grid.tokens_per_frame})"
             )
 
     @property
@@ -127,8 +129,9 @@ class Segment:
 class ModalityLayout:
     """One sequence as ordered, contiguous, non-overlapping segments covering ``[0, num_tokens)``.
 
-    Empty segments are dropped on construction (an empty text segment between two videos is legal input).
-    Raises `LayoutError` on gaps, overlaps, or segments past ``num_tokens``.
+    ``ModalityLayout(n)`` with no segments is all text. Empty segments are dropped on construction (an empty text
+    segment between two videos is legal input). Raises `LayoutError` on gaps, overlaps, segments out of order, or
+    segments that do not end exactly at ``num_tokens``.
     """
 
     num_tokens: int
@@ -137,9 +140,9 @@ class ModalityLayout:
     def __post_init__(self) -> None:
         if self.num_tokens < 0:
             raise LayoutError(f"num_tokens must be >= 0, got {self.num_tokens}")
+        if not self.segments and self.num_tokens > 0:  # ModalityLayout(n): all text
+            object.__setattr__(self, "segments", (Segment(Modality.TEXT, 0, self.num_tokens),))
         segs = tuple(s for s in self.segments if s.length > 0)
-        if not segs and self.num_tokens > 0:
-            segs = (Segment(Modality.TEXT, 0, self.num_tokens),)
         pos = 0
         for s in segs:
             if s.start < pos:
@@ -190,7 +193,7 @@ class ModalityLayout:
         segs: list[Segment] = []
         grid_iter = iter(grids)
         used = 0
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds):
             m = Modality(int(codes[a]))
             if m == Modality.TEXT:
                 segs.append(Segment(m, a, b))

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 import torch
 
 from mmi_core.reference import check_qkv
-from mmi_core.selection import Selection, keep_mask
+from mmi_core.selection import Selection, _query_rows, keep_mask
 
 __all__ = ["attention_recall", "density", "output_error", "sample_rows"]
 
 
 def sample_rows(n_q: int, count: int, seed: int = 0) -> torch.Tensor:
     """``count`` distinct query rows (sorted; the last row always included), or all rows when ``count >= n_q``."""
+    if count < 1:
+        raise ValueError(f"sample_rows needs count >= 1, got {count}")
     if count >= n_q:
         return torch.arange(n_q)
     g = torch.Generator().manual_seed(seed)
@@ -33,10 +35,19 @@ def attention_recall(
     scale: float | None = None,
     rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """fp32 [Hq]: mean over query rows of the dense causal softmax mass that falls inside each head's keep set."""
+    """fp32 [Hq]: mean over query rows of the dense causal softmax mass that falls inside each head's keep set.
+
+    q [n_q, Hq, D], k [n_k, Hkv, D]; one selection per query head (None = dense, recall 1). Scores in fp32.
+    Raises ValueError for bad shapes, a wrong number of selections or a selection of other sizes.
+    """
     n_q, n_k, hq, hkv, d = check_qkv(q, k, k)
+    if len(selections) != hq:
+        raise ValueError(f"{len(selections)} selections for {hq} query heads")
+    for h, sel in enumerate(selections):
+        if sel is not None and (sel.n_q, sel.n_k) != (n_q, n_k):
+            raise ValueError(f"selection of head {h} is for (n_q, n_k)={(sel.n_q, sel.n_k)}, inputs are {(n_q, n_k)}")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    r = torch.arange(n_q) if rows is None else rows.to(torch.int64).cpu()
+    r = _query_rows(n_q, rows)
     causal = torch.arange(n_k)[None, :] <= (r + n_k - n_q)[:, None]
     g = hq // hkv
     out = torch.empty(hq, dtype=torch.float32)
@@ -65,6 +76,6 @@ def density(selection: Selection | None, rows: torch.Tensor | None = None) -> fl
     """Kept pairs / causal pairs (on sampled rows when given). Dense (None) is 1.0."""
     if selection is None:
         return 1.0
-    r = torch.arange(selection.n_q) if rows is None else rows.to(torch.int64).cpu()
+    r = _query_rows(selection.n_q, rows)
     causal = (r + selection.prefix + 1).sum().item()
     return keep_mask(selection, r).sum().item() / max(causal, 1)

@@ -114,6 +114,8 @@ class Grid(BaseModel):
     def _stride(self) -> Grid:
         if isinstance(self.stride, int) and not 2 <= self.stride <= self.max_stride:
             raise ValueError(f"Grid.stride {self.stride} must be within [2, max_stride={self.max_stride}]")
+        if isinstance(self.stride, int) and self.lines > self.stride:
+            raise ValueError(f"Grid.lines {self.lines} exceeds the stride {self.stride} (residue classes available)")
         if not (self.hline or self.vline or self.slash):
             raise ValueError("Grid needs at least one of hline, vline, slash")
         return self

@@ -21,6 +21,9 @@ class Permutation:
 
     ``offset`` is the original position of index 0: queries of a chunk over a cached prefix of length P have
     ``offset = P``. ``inverse[i]`` is the permuted position of index ``i``; ``positions = offset + order``.
+
+    order: int [n] (stored as int64); inverse: int64 [n], derived. Raises ValueError when ``order`` is not 1-D, not
+    integer, not a permutation of ``0..n-1``, or ``offset < 0``.
     """
 
     order: torch.Tensor
@@ -28,14 +31,21 @@ class Permutation:
     inverse: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.order.dim() != 1:
+            raise ValueError(f"Permutation.order must be 1-D, got shape {tuple(self.order.shape)}")
+        if self.order.is_floating_point() or self.order.is_complex():
+            raise ValueError(f"Permutation.order must be an integer tensor, got {self.order.dtype}")
+        if self.offset < 0:
+            raise ValueError(f"Permutation.offset must be >= 0, got {self.offset}")
         order = self.order.to(torch.int64)
-        if order.dim() != 1:
-            raise ValueError(f"Permutation.order must be 1-D, got shape {tuple(order.shape)}")
         n = order.numel()
+        # Range check first: negative ids would silently wrap in the scatter below, large ones raise IndexError.
+        if n and (int(order.min()) < 0 or int(order.max()) >= n):
+            raise ValueError(f"Permutation.order is not a permutation of 0..{n - 1}: ids outside that range")
         inverse = torch.full((n,), -1, dtype=torch.int64, device=order.device)
         inverse[order] = torch.arange(n, device=order.device)
-        if n and (order.min() < 0 or order.max() >= n or bool((inverse < 0).any())):
-            raise ValueError("Permutation.order is not a permutation of 0..n-1")
+        if bool((inverse < 0).any()):
+            raise ValueError(f"Permutation.order is not a permutation of 0..{n - 1}: repeated ids")
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "inverse", inverse)
 
@@ -65,7 +75,8 @@ class Permutation:
         return x.index_select(dim, self.inverse.to(x.device))
 
     def then(self, other: Permutation) -> Permutation:
-        """The permutation that applies ``self`` first, then ``other`` (to the already permuted sequence)."""
+        """The permutation that applies ``self`` first, then ``other`` (to the already permuted sequence):
+        ``self.then(other).apply(x) == other.apply(self.apply(x))``. Keeps ``self.offset``."""
         if other.size != self.size:
             raise ValueError(f"cannot compose permutations of sizes {self.size} and {other.size}")
         return Permutation(self.order[other.order.to(self.order.device)], self.offset)

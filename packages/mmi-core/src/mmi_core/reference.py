@@ -13,13 +13,14 @@ from collections.abc import Sequence
 
 import torch
 
-from mmi_core.selection import Selection, keep_mask
+from mmi_core.selection import Selection, _query_rows, keep_mask
 
 __all__ = ["check_qkv", "dense_attention_reference", "sparse_attention_reference"]
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
-    """Validate token-major q/k/v; return (n_q, n_k, Hq, Hkv, D). Raises ValueError naming the problem."""
+    """Validate token-major ``q [n_q, Hq, D]``, ``k, v [n_k, Hkv, D]`` (same floating dtype and device,
+    ``Hq % Hkv == 0``, ``n_q <= n_k``); return (n_q, n_k, Hq, Hkv, D). Raises ValueError naming the problem."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(
             f"q, k, v must be 3-D token-major [tokens, heads, head_dim], got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -37,6 +38,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
         raise ValueError(f"{n_q} queries but {n_k} keys: queries must be the last n_q of the keys")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.is_floating_point():
+        raise ValueError(f"q, k, v must be floating point (fp16/bf16/fp32), got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
     return n_q, n_k, hq, hkv, d
@@ -52,10 +55,6 @@ def _attend(
     return p @ v.to(dtype)
 
 
-def _rows(n_q: int, rows: torch.Tensor | None) -> torch.Tensor:
-    return torch.arange(n_q) if rows is None else rows.to(torch.int64).cpu()
-
-
 def sparse_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -66,15 +65,19 @@ def sparse_attention_reference(
     rows: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Attention of every query head restricted to its selection (None = dense causal).
+    """Attention of every query head restricted to its selection (``keep_mask``; None = dense causal).
 
-    Returns ``[n_q or len(rows), Hq, D]`` in q's dtype.
+    q [n_q, Hq, D], k/v [n_k, Hkv, D]; ``selections``: one per query head (heads of a GQA group executing together
+    pass the same `union_selections`); ``rows``: int query-row ids (sampled rows) or None for all.
+    Returns ``[n_q or len(rows), Hq, D]`` in q's dtype. A row whose keep set is empty would be NaN; the builders in
+    `mmi_core.selection` never produce one. Raises ValueError for bad shapes (`check_qkv`), a wrong number of
+    selections, a selection of other sizes, or rows out of range.
     """
     n_q, n_k, hq, hkv, d = check_qkv(q, k, v)
     if len(selections) != hq:
         raise ValueError(f"{len(selections)} selections for {hq} query heads")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    r = _rows(n_q, rows)
+    r = _query_rows(n_q, rows)
     causal = torch.arange(n_k)[None, :] <= (r + n_k - n_q)[:, None]
     out = torch.empty(r.numel(), hq, d, dtype=compute_dtype, device=q.device)
     g = hq // hkv
@@ -96,6 +99,4 @@ def dense_attention_reference(
     compute_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Causal attention (queries are the last n_q keys). Returns ``[n_q or len(rows), Hq, D]`` in q's dtype."""
-    return sparse_attention_reference(
-        q, k, v, [None] * q.shape[1], scale=scale, rows=rows, compute_dtype=compute_dtype
-    )
+    return sparse_attention_reference(q, k, v, [None] * q.shape[1], scale=scale, rows=rows, compute_dtype=compute_dtype)

@@ -4,12 +4,22 @@ A selection keeps, for each query block ``qb`` (``block`` consecutive rows of th
 - key blocks ``kb`` (``block`` consecutive keys of the *key-permuted* order) where ``blocks[qb, kb]``, and
 - single key columns ``c`` (key-permuted index) where ``columns[qb, c]``,
 and then only the pairs that are causal on **original positions** (key position <= query position).
-Queries are the last ``n_q`` of the ``n_k`` keys (``n_q < n_k``: a chunk over a cached prefix).
+Queries are the last ``n_q`` of the ``n_k`` keys (``n_q < n_k``: a chunk over a cached prefix of ``n_k - n_q``).
+`keep_mask` turns a selection into the boolean (query, key) mask in original order; it is the truth every kernel and
+planner is tested against.
 
-Canonical form (enforced on construction): no column lies inside a key block kept for the same query block, so a
-kernel that iterates blocks then columns never counts a pair twice. The builders below turn explicit pattern
-parameters (column ids, diagonal offsets, top blocks, grid stride/residues) into selections; the online estimation
-in `mmi_core.estimation` chooses those parameters from scores.
+Canonical form (enforced on construction, so two selections with the same keep set and permutations have equal
+tensors, and ``blocks.sum()`` / ``columns.sum()`` count exactly the tiles and columns a kernel computes):
+- no kept block or column is entirely non-causal for its query block (every key of it after every row of it), and
+- no column lies inside a key block kept for the same query block, so a kernel that iterates blocks then columns
+  never counts a pair twice.
+
+How the builders read a pattern: each rule of a pattern names a set of causal (query, key) pairs (sink keys, a
+local window, a diagonal, a grid line); a key block is kept for a query block when it holds at least one such pair
+for one of the block's rows ("covered by the blocks they touch"), and vertical lines stay single columns. Every
+builder keeps each row's own position, so no softmax row is empty. The builders turn explicit pattern parameters
+(column ids, diagonal offsets, top blocks, grid stride/residues) into selections; the online estimation chooses
+those parameters from scores.
 """
 
 from __future__ import annotations
@@ -41,10 +51,16 @@ def _cdiv(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class Selection:
-    """Keep set of one head (or one GQA group executing together).
+    """Keep set of one head (or one GQA group executing together); see the module docstring for the rules.
 
-    blocks:  bool [ceil(n_q / block), ceil(n_k / block)]
-    columns: bool [ceil(n_q / block), n_k] (key-permuted index), or None
+    block:   tokens per query block and per key block (>= 1; kernels accept only their tile sizes)
+    q_perm:  `Permutation` of the ``n_q`` query rows, ``offset = n_k - n_q``
+    k_perm:  `Permutation` of the ``n_k`` keys, ``offset = 0``
+    blocks:  bool [ceil(n_q / block), ceil(n_k / block)] in (query-permuted, key-permuted) block order
+    columns: bool [ceil(n_q / block), n_k] (key-permuted index), or None (no columns)
+
+    Both tensors are stored in canonical form (module docstring). Raises ValueError for inconsistent sizes,
+    dtypes or permutation offsets.
     """
 
     block: int
@@ -67,11 +83,16 @@ class Selection:
         want = (_cdiv(n_q, b), _cdiv(n_k, b))
         if tuple(self.blocks.shape) != want or self.blocks.dtype != torch.bool:
             raise ValueError(f"blocks must be bool {want}, got {self.blocks.dtype} {tuple(self.blocks.shape)}")
+        dev = self.blocks.device
+        qmax, kmin, kpos = _tile_bounds(self.q_perm, self.k_perm, b, dev)
+        object.__setattr__(self, "blocks", self.blocks & (kmin[None, :] <= qmax[:, None]))
         if self.columns is not None:
             if tuple(self.columns.shape) != (want[0], n_k) or self.columns.dtype != torch.bool:
-                raise ValueError(f"columns must be bool {(want[0], n_k)}, got {tuple(self.columns.shape)}")
+                raise ValueError(
+                    f"columns must be bool {(want[0], n_k)}, got {self.columns.dtype} {tuple(self.columns.shape)}"
+                )
             in_block = self.blocks.repeat_interleave(b, dim=1)[:, :n_k]
-            cols = self.columns & ~in_block
+            cols = self.columns.to(dev) & ~in_block & (kpos[None, :] <= qmax[:, None])
             object.__setattr__(self, "columns", cols if bool(cols.any()) else None)
 
     @property
@@ -84,7 +105,32 @@ class Selection:
 
     @property
     def prefix(self) -> int:
+        """Cached prefix length ``n_k - n_q`` (original position of query row 0)."""
         return self.n_k - self.n_q
+
+
+def _tile_bounds(
+    q_perm: Permutation, k_perm: Permutation, block: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int64 [nqb] last original position of each query block, int64 [nkb] first original position of each key
+    block, int64 [n_k] original position of each key-permuted index). A tile holds a causal pair iff kmin <= qmax."""
+    n_q, n_k = q_perm.size, k_perm.size
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    qpos = q_perm.positions.to(device)
+    kpos = k_perm.positions.to(device)
+    qmax = torch.nn.functional.pad(qpos, (0, nqb * block - n_q), value=-1).view(nqb, block).amax(1)
+    kmin = torch.nn.functional.pad(kpos, (0, nkb * block - n_k), value=n_k).view(nkb, block).amin(1)
+    return qmax, kmin, kpos
+
+
+def _query_rows(n_q: int, rows: torch.Tensor | None) -> torch.Tensor:
+    """int64 [r] on CPU: the query rows to compute (all when None). Raises ValueError for ids outside [0, n_q)."""
+    if rows is None:
+        return torch.arange(n_q)
+    r = rows.to(torch.int64).cpu().flatten()
+    if r.numel() and (int(r.min()) < 0 or int(r.max()) >= n_q):
+        raise ValueError(f"rows must be query-row ids in [0, {n_q}), got range [{int(r.min())}, {int(r.max())}]")
+    return r
 
 
 def keep_mask(sel: Selection, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,7 +139,7 @@ def keep_mask(sel: Selection, rows: torch.Tensor | None = None) -> torch.Tensor:
     ``rows`` (int64 query-row indices) restricts the mask to sampled rows, for large N.
     """
     b = sel.block
-    qi = torch.arange(sel.n_q) if rows is None else rows.to(torch.int64).cpu()
+    qi = _query_rows(sel.n_q, rows)
     kj = torch.arange(sel.n_k)
     qb = sel.q_perm.inverse.cpu()[qi] // b
     pk = sel.k_perm.inverse.cpu()
@@ -103,11 +149,11 @@ def keep_mask(sel: Selection, rows: torch.Tensor | None = None) -> torch.Tensor:
     return m & (kj[None, :] <= (qi + sel.prefix)[:, None])
 
 
-def _rows_blocks(sel_q: Permutation, k_perm: Permutation, pair: torch.Tensor, block: int) -> torch.Tensor:
-    """Any-reduce a pair mask [n_q, n_k] (original order) to blocks [nqb, nkb] of the permuted orders."""
+def _rows_blocks(q_perm: Permutation, k_perm: Permutation, pair: torch.Tensor, block: int) -> torch.Tensor:
+    """Any-reduce a pair mask bool [n_q, n_k] (original order) to tiles bool [nqb, nkb] of the permuted orders."""
     n_q, n_k = pair.shape
     nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
-    p = pair[sel_q.order][:, k_perm.order]
+    p = pair[q_perm.order][:, k_perm.order]
     p = torch.nn.functional.pad(p, (0, nkb * block - n_k, 0, nqb * block - n_q))
     return p.view(nqb, block, nkb, block).any(dim=3).any(dim=1)
 
@@ -132,7 +178,8 @@ def dense_selection(n_q: int, n_k: int, block: int = 64) -> Selection:
 
 
 def ashape_selection(n_q: int, n_k: int, cfg: AShape) -> Selection:
-    """Sink keys ``[0, sink)`` and keys within ``local`` tokens before any query of the block, rounded to blocks."""
+    """A-shape: row ``i`` keeps keys ``j < cfg.sink`` and ``i - cfg.local <= j <= i``, each rounded to the key blocks
+    it touches (identity orders). ``local = 0`` still keeps the row's own block."""
     b = cfg.block
     qp, kp = _identity_perms(n_q, n_k)
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
@@ -149,8 +196,10 @@ def ashape_selection(n_q: int, n_k: int, cfg: AShape) -> Selection:
 def vertical_slash_selection(
     n_q: int, n_k: int, cfg: VerticalSlash, columns: torch.Tensor, offsets: torch.Tensor
 ) -> Selection:
-    """Columns ``columns ∪ [0, sink)`` (key positions) for every query; diagonals ``offsets ∪ [0, local)``
-    (``key = query - offset``) covered by the key blocks they touch in each query block."""
+    """Vertical-slash: key columns ``columns ∪ [0, cfg.sink)`` (int key positions, any shape) for every row, kept as
+    single columns; diagonals ``offsets ∪ [0, cfg.local)`` (int, any shape; row ``i`` keeps key ``i - offset``)
+    rounded to the key blocks they touch in each query block (identity orders). Ids outside ``[0, n_k)`` are ignored.
+    ``cfg.local >= 1`` keeps offset 0, each row's own position."""
     b = cfg.block
     qp, kp = _identity_perms(n_q, n_k)
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
@@ -163,8 +212,9 @@ def vertical_slash_selection(
     valid = hi >= 0
     kb = torch.arange(nkb)
     blocks = torch.zeros(nqb, nkb, dtype=torch.bool)
-    for j in range(offs.numel()):  # diagonals touch contiguous block ranges; loop over offsets keeps memory O(nqb*nkb)
-        blocks |= valid[:, j, None] & (kb[None, :] >= (lo[:, j] // b)[:, None]) & (kb[None, :] <= (hi[:, j] // b)[:, None])
+    for j in range(offs.numel()):  # a diagonal touches a contiguous block range; looping keeps memory O(nqb * nkb)
+        touched = (kb[None, :] >= (lo[:, j] // b)[:, None]) & (kb[None, :] <= (hi[:, j] // b)[:, None])
+        blocks |= valid[:, j, None] & touched
     cols = torch.unique(torch.cat([columns.flatten().cpu().to(torch.int64), torch.arange(min(cfg.sink, n_k))]))
     cols = cols[(cols >= 0) & (cols < n_k)]
     colmask = torch.zeros(nqb, n_k, dtype=torch.bool)
@@ -173,7 +223,9 @@ def vertical_slash_selection(
 
 
 def block_sparse_selection(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> Selection:
-    """Key blocks ``top_blocks[qb]`` (int [nqb, k]; entries < 0 are padding) plus the diagonal block(s) and block 0."""
+    """Block-sparse: key blocks ``top_blocks[qb]`` (int [nqb, k]; entries < 0 or >= nkb are padding) plus the
+    key block(s) holding the query block's own positions and key block 0 (identity orders).
+    Raises ValueError when ``top_blocks`` is not [ceil(n_q / block), k]."""
     b = cfg.block
     qp, kp = _identity_perms(n_q, n_k)
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
@@ -192,54 +244,67 @@ def grid_selection(
     layout: ModalityLayout, n_q: int, cfg: Grid, stride: int, residues: Sequence[int] | torch.Tensor
 ) -> Selection:
     """Grid keep set for ``stride`` and the kept grid lines ``residues`` (values of ``pos mod stride``;
-    ``residues[0]`` is the phase).
+    ``residues[0]`` is the phase; int [lines] or a sequence).
 
-    Queries and keys are grid-permuted (`grid_permutation`, video segments only) with that phase. Per query block
-    the kept key blocks are those holding: keys at positions < ``sink``; the block's own rows and ``local`` blocks
-    before each (diagonal); keys of the same (segment, residue) class as any of its video rows (``slash``); video
-    keys on a kept residue (``vline``); and every key if any of its video rows is on a kept residue (``hline``).
-    A layout without video therefore keeps only sink + local.
+    Keys (the whole ``layout``) and queries (its last ``n_q`` tokens) are grid-permuted separately with that phase
+    (`grid_permutation`, video segments only): with a cached prefix that ends inside a video segment, the queries'
+    part of the segment is sorted on its own, so query and key blocks differ. The rules, each a set of causal pairs
+    (query at position i, key at position j <= i) rounded to the key blocks it touches:
+
+    - sink: keys ``j < cfg.sink``;
+    - own: ``j == i`` (the block holding the row's own key), plus the ``cfg.local`` key blocks before that block in
+      key-permuted order (a block rule; blocks without a causal pair are dropped by canonicalisation);
+    - ``slash``: video rows keep the keys of their own (video segment, residue class): the diagonals spaced by the
+      stride, which the permutation turns into one contiguous run per class;
+    - ``vline``: every row keeps the video keys on a kept residue;
+    - ``hline``: video rows on a kept residue keep every key.
+
+    Text and image tokens are on no line and in no class. A layout without video keeps only sink + own + local.
+    Raises ValueError for an empty ``residues``, a stride < 1 or ``n_q`` outside [0, num_tokens].
     """
     b, n_k = cfg.block, layout.num_tokens
-    res = torch.as_tensor(list(residues) if not isinstance(residues, torch.Tensor) else residues, dtype=torch.int64)
+    res = torch.as_tensor(list(residues) if not isinstance(residues, torch.Tensor) else residues.cpu())
+    res = res.to(torch.int64).flatten()
     if res.numel() == 0:
         raise ValueError("grid_selection needs at least one residue (the phase)")
     if stride < 1:
         raise ValueError(f"grid stride must be >= 1, got {stride}")
+    if not 0 <= n_q <= n_k:
+        raise ValueError(f"n_q {n_q} must be within [0, num_tokens={n_k}]")
     phase = int(res[0])
     prefix = n_k - n_q
     kp = grid_permutation(layout, stride, phase, 0, n_k)
     qp = grid_permutation(layout, stride, phase, prefix, n_k)
     pos = torch.arange(n_k)
+    qpos = pos[prefix:]
     is_video = layout.token_modalities() == int(Modality.VIDEO)
     seg_id = torch.zeros(n_k, dtype=torch.int64)
     for i, s in enumerate(layout.segments):
         seg_id[s.start : s.end] = i
     r = grid_residues(pos, stride, phase)
-    group = torch.where(is_video, seg_id * stride + r, -1 - pos)  # non-video tokens: singleton groups
     on_line = is_video & torch.isin(torch.remainder(pos, stride), torch.remainder(res, stride))
-    qpos = pos[prefix:]
-    pair = torch.zeros(n_q, n_k, dtype=torch.bool)
+    pair = pos[None, :] < cfg.sink  # [n_q, n_k], original order; made causal below
+    pair = pair | (qpos[:, None] == pos[None, :])
     if cfg.slash:
-        pair |= group[prefix:, None] == group[None, :]
+        group = torch.where(is_video, seg_id * stride + r, -1)
+        pair = pair | ((group[prefix:, None] == group[None, :]) & is_video[prefix:, None])
     if cfg.vline:
-        pair |= on_line[None, :].expand(n_q, n_k)
-    blocks = _rows_blocks(qp, kp, pair, b)
+        pair = pair | on_line[None, :]
     if cfg.hline:
-        blocks |= _rows_blocks(qp, kp, on_line[prefix:, None].expand(n_q, n_k), b).any(dim=1, keepdim=True)
-    nqb, nkb = blocks.shape
-    kblock_of = kp.inverse // b  # key position -> key block
-    if cfg.sink:
-        blocks[:, torch.unique(kblock_of[: min(cfg.sink, n_k)])] = True
-    diag = torch.zeros(nqb, nkb, dtype=torch.bool)
-    diag[qp.inverse // b, kblock_of[qpos]] = True
-    for shift in range(cfg.local + 1):  # own blocks and `local` blocks before each, in key-permuted order
-        blocks[:, shift:] |= diag[:, : nkb - shift]
+        pair = pair | on_line[prefix:, None]
+    pair = pair & (pos[None, :] <= qpos[:, None])
+    blocks = _rows_blocks(qp, kp, pair, b)
+    own = _rows_blocks(qp, kp, qpos[:, None] == pos[None, :], b)
+    nkb = blocks.shape[1]
+    for shift in range(1, min(cfg.local, nkb) + 1):  # `local` key blocks before each own block, key-permuted order
+        blocks[:, : nkb - shift] |= own[:, shift:]
     return Selection(b, qp, kp, blocks)
 
 
 def union_selections(selections: Sequence[Selection]) -> Selection:
     """Union of the keep sets of one GQA group executing together (they must share block size and permutations)."""
+    if not selections:
+        raise ValueError("union_selections needs at least one selection")
     first = selections[0]
     for s in selections[1:]:
         if s.block != first.block or not (
