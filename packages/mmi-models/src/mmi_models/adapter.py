@@ -349,4 +349,3 @@ def adapter_for(model_or_config: Any) -> ModelAdapter:
 def _load_builtin() -> None:
     # Imported lazily so that this module has no import cycle with the family modules that register themselves.
     from mmi_models import families  # noqa: F401
-

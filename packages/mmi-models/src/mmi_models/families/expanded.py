@@ -73,7 +73,9 @@ class ExpandedMediaAdapter(ModelAdapter):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **metadata: Any
     ) -> BatchLayouts:
         ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-        mask = None if attention_mask is None else (attention_mask if attention_mask.dim() == 2 else attention_mask[None])
+        mask = (
+            None if attention_mask is None else (attention_mask if attention_mask.dim() == 2 else attention_mask[None])
+        )
         if mask is not None and mask.shape != ids.shape:
             raise AdapterError(f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
         ids = ids.to("cpu", torch.int64)

@@ -48,7 +48,8 @@ def _frames_per_video(pixel_values_videos: Any, video_frames: Any, family: str) 
     else:
         if pixel_values_videos.dim() != 5:
             raise AdapterError(
-                f"{family}: pixel_values_videos must be [videos, frames, C, H, W], got {tuple(pixel_values_videos.shape)}"
+                f"{family}: pixel_values_videos must be [videos, frames, C, H, W], "
+                f"got {tuple(pixel_values_videos.shape)}"
             )
         frames = [int(pixel_values_videos.shape[1])] * int(pixel_values_videos.shape[0])
     if any(f < 1 for f in frames):
