@@ -37,7 +37,12 @@ def sg():
     from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
     from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
     from sglang.srt.layers.radix_attention import RadixAttention
-    from sglang.srt.managers.schedule_batch import Modality, MultimodalDataItem, MultimodalInputs
+    from sglang.srt.managers.schedule_batch import MultimodalDataItem, MultimodalInputs
+
+    try:  # sglang >= 0.5.2x moved the enum (tools/check_sglang_latest.sh runs these tests on the newest release)
+        from sglang.srt.multimodal.modality import Modality
+    except ImportError:
+        from sglang.srt.managers.schedule_batch import Modality
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
     from sglang.srt.server_args import ServerArgs
