@@ -154,7 +154,7 @@ def test_unknown_architecture_and_bad_configs(patched):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=32))
-    with pytest.raises(AdapterError, match="known architectures: .*Qwen2_5_VLForConditionalGeneration"):
+    with pytest.raises(AdapterError, match=r"known architectures: .*Qwen2_5_VLForConditionalGeneration"):
         apply_mminference(gpt)
     wrong = HeadConfigs.uniform(3, 4, 2, Dense())
     with pytest.raises(ConfigError, match=r"\(3, 4, 2\).*\(2, 4, 2\)"):
