@@ -1,7 +1,9 @@
 # mmi — every target documented with `## text`; `make help` lists them.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv: on PATH, in ~/.local/bin, or the pip-installed module; looked up when a recipe runs (after `install` may have
+# pip-installed it), not when make parses this file.
+UV ?= $$(command -v uv 2>/dev/null || { [ -x "$(HOME)/.local/bin/uv" ] && echo "$(HOME)/.local/bin/uv"; } || echo "python3 -m uv")
 VENV := .venv
 STAMP := $(VENV)/.mmi-synced
 PY := $(VENV)/bin/python
@@ -15,8 +17,9 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml uv.lock packages/*/pyproject.toml
-	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install -q uv
-	$(shell command -v uv 2>/dev/null || echo $(UV)) sync --frozen --all-packages
+	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install -q --user uv || python3 -m pip install -q --user --break-system-packages uv
+	$(UV) sync --frozen --all-packages
 	@touch $(STAMP)
 
 install: $(STAMP) ## set up the environment (installs uv if missing, then uv sync from uv.lock)
@@ -32,7 +35,7 @@ lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff format --check packages tests tools
 
 build: $(STAMP) ## build the four wheels into dist/
-	$(shell command -v uv 2>/dev/null || echo $(UV)) build --all-packages -o dist
+	$(UV) build --all-packages -o dist
 
 bench: $(STAMP) ## benchmark: the embedded CPU default here, the GPU suite where CUDA is present
 	PYTHONUNBUFFERED=1 $(PY) tools/bench.py
