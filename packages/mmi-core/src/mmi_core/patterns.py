@@ -93,8 +93,8 @@ class Grid(BaseModel):
     ``lines``: how many residue classes (phases) are kept as grid lines; the best one is the phase.
     ``vline``: keys on the lines are kept for every query; ``hline``: queries on the lines keep every key;
     ``slash``: each query keeps the keys of its own residue class (the diagonals spaced by the stride).
-    The first ``sink`` key positions and ``local`` key blocks before each query block (in permuted order) are always
-    kept, as is the query block's own (diagonal) block.
+    The first ``sink`` key positions, each row's own key block and the ``local`` key blocks before it (in key-permuted
+    order) are always kept. Exact rules: `mmi_core.selection.grid_selection`.
     """
 
     model_config = _FROZEN
