@@ -13,9 +13,25 @@ from mmi_kernels.index import (
     pattern_capacity,
 )
 from mmi_kernels.sparse_attention import KernelConfig, sparse_attention, sparse_attention_fwd
+from mmi_kernels.estimate import estimate_layer_keeps, last_query_stats, layer_slots
+from mmi_kernels.keep_planner import LayoutTensors, ashape_keep, block_sparse_keep, dense_keep, grid_keep, vertical_slash_keep
+from mmi_kernels.wrapper import PrefillPlan, SparsePrefillWrapper, dense_causal_attention, sparse_prefill
 
 __all__: list[str] = [
     "BlockSparseRows",
+    "LayoutTensors",
+    "PrefillPlan",
+    "SparsePrefillWrapper",
+    "ashape_keep",
+    "block_sparse_keep",
+    "dense_causal_attention",
+    "dense_keep",
+    "estimate_layer_keeps",
+    "grid_keep",
+    "last_query_stats",
+    "layer_slots",
+    "sparse_prefill",
+    "vertical_slash_keep",
     "IndexCapacityError",
     "KernelConfig",
     "SlotKeep",

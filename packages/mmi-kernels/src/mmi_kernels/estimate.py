@@ -1,0 +1,191 @@
+"""Online estimation of one layer on the GPU: (q, k, layout, HeadConfigs, layer) -> one `SlotKeep` per head slot.
+
+It follows `mmi_core.layer.estimate_layer_selections` rule for rule (the specification; the tests compare the two
+through the index for exact equality) and reuses mmi_core's scoring and ranking primitives, but never builds an
+O(n_q·n_k) tensor: last-query statistics are accumulated over key chunks, and keep sets come from
+`mmi_kernels.keep_planner`.
+
+Head slots are fixed per layer from the configs alone (`layer_slots`), so that one index layout serves every
+request of a batch: a KV head whose group executes together is one slot (a dense member makes it a dense slot) unless
+the group mixes Grid heads with identity-order patterns, which cannot share a permutation; then each query head is a
+slot, as in mmi_core.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, PatternConfig, VerticalSlash
+from mmi_core.estimation import (
+    estimate_block_sparse,
+    estimate_stride_phase,
+    grid_stride_candidates,
+    last_query_scores,
+    stable_top,
+    vertical_slash_scores,
+)
+from mmi_kernels.index import SlotKeep
+from mmi_kernels.keep_planner import (
+    LayoutTensors,
+    ashape_keep,
+    block_sparse_keep,
+    dense_keep,
+    grid_keep,
+    union_keeps,
+    vertical_slash_keep,
+)
+
+__all__ = ["estimate_layer_keeps", "last_query_stats", "layer_block", "layer_slots"]
+
+STATS_CHUNK = 32768
+"""Keys per chunk of the last-query statistics. Up to this many keys the exact mmi_core functions are called (same
+arithmetic, so selections match bit for bit); beyond it a two-pass chunked softmax bounds memory to
+O(Hq · last_q · STATS_CHUNK)."""
+
+
+def layer_block(head_configs: HeadConfigs, layer: int) -> int | None:
+    """The layer's block size (one per layer, validated by HeadConfigs), or None when every head is dense."""
+    blocks = {h.block for h in head_configs.layers[layer].heads} - {None}
+    return blocks.pop() if blocks else None
+
+
+def layer_slots(head_configs: HeadConfigs, layer: int) -> list[tuple[int, int]]:
+    """``(first_query_head, num_heads)`` of every head slot of ``layer``, in query-head order."""
+    lc = head_configs.layers[layer]
+    g = head_configs.group_size
+    slots: list[tuple[int, int]] = []
+    for j, mode in enumerate(lc.gqa):
+        pats = [lc.heads[h].pattern for h in range(j * g, (j + 1) * g)]
+        dense = any(isinstance(p, Dense) for p in pats)
+        grids = sum(isinstance(p, Grid) for p in pats)
+        if mode == "group" and (dense or grids in (0, g)):
+            slots.append((j * g, g))
+        else:
+            slots += [(h, 1) for h in range(j * g, (j + 1) * g)]
+    return slots
+
+
+def last_query_stats(
+    q: torch.Tensor, k: torch.Tensor, last_q: int, *, scale: float | None = None, chunk: int = STATS_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column sums and diagonal sums of the last-query softmax: fp32 ``(vertical [Hq, n_k], slash [Hq, n_k])``.
+
+    Equals ``vertical_slash_scores(last_query_scores(q, k, last_q))`` (exactly up to ``chunk`` keys; to fp32
+    rounding beyond, where it runs in two passes over key chunks: row log-sum-exp, then sums of probabilities).
+    """
+    n_q, hq, d = q.shape
+    n_k, hkv, _ = k.shape
+    if n_k <= chunk:
+        return vertical_slash_scores(last_query_scores(q, k, last_q, scale=scale))
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    n_last, g, dev = min(last_q, n_q), hq // hkv, q.device
+    q_last = q[n_q - n_last :].float().reshape(n_last, hkv, g, d)
+    rows = torch.arange(n_k - n_last, n_k, device=dev)
+
+    def scores(a: int, b: int) -> torch.Tensor:  # [Hq, L, b - a], causal-masked
+        s = torch.einsum("lhgd,nhd->hgln", q_last, k[a:b].float()).reshape(hq, n_last, b - a) * scale
+        return s.masked_fill(torch.arange(a, b, device=dev)[None, :] > rows[:, None], float("-inf"))
+
+    lse = torch.full((hq, n_last), float("-inf"), device=dev)
+    for a in range(0, n_k, chunk):
+        lse = torch.logaddexp(lse, torch.logsumexp(scores(a, min(a + chunk, n_k)), dim=-1))
+    vertical = torch.empty(hq, n_k, device=dev)
+    slash = torch.zeros(hq, n_k, device=dev)
+    for a in range(0, n_k, chunk):
+        b = min(a + chunk, n_k)
+        p = torch.exp(scores(a, b) - lse[..., None])
+        vertical[:, a:b] = p.sum(1)
+        offs = (rows[:, None] - torch.arange(a, b, device=dev)[None, :]).clamp(min=0)
+        slash.scatter_add_(1, offs.reshape(1, -1).expand(hq, -1), p.reshape(hq, -1))
+    return vertical, slash
+
+
+def estimate_layer_keeps(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lt: LayoutTensors,
+    head_configs: HeadConfigs,
+    layer: int,
+    *,
+    scale: float | None = None,
+    chunk: int = STATS_CHUNK,
+) -> list[SlotKeep]:
+    """One request's keep sets, one per slot of `layer_slots`. ``q [n_q, Hq, D]`` (the request's queries, the last
+    n_q of its keys), ``k [n_k, Hkv, D]`` on the layout tensors' device. Boundary kinds 'q'/'2d' follow mmi_core's
+    temporary rule (the head pattern over the whole sequence)."""
+    n_q, hq = q.shape[0], q.shape[1]
+    n_k, hkv = k.shape[0], k.shape[1]
+    if lt.layout.num_tokens != n_k:
+        raise ValueError(f"layout has {lt.layout.num_tokens} tokens but k has {n_k}")
+    lc = head_configs.layers[layer]
+    g = hq // hkv
+    patterns: list[PatternConfig] = [spec.pattern for spec in lc.heads]
+    block = layer_block(head_configs, layer) or 64
+    dev = q.device
+
+    # last-query statistics per distinct last_q (heads use their own last rows)
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for p in patterns:
+        if isinstance(p, VerticalSlash | Grid) and p.last_q not in stats:
+            stats[p.last_q] = last_query_stats(q, k, p.last_q, scale=scale, chunk=chunk)
+
+    keep: list[SlotKeep | None] = [None] * hq
+    by_cfg: dict[PatternConfig, list[int]] = defaultdict(list)
+    for h, p in enumerate(patterns):
+        by_cfg[p].append(h)
+    idx = torch.arange(n_k, device=dev)
+    for cfg, heads in by_cfg.items():
+        if isinstance(cfg, AShape):
+            kp = ashape_keep(n_q, n_k, cfg, dev)
+            for h in heads:
+                keep[h] = kp
+        elif isinstance(cfg, VerticalSlash):
+            vertical, slash = (t[heads] for t in stats[cfg.last_q])
+            forced_c = (idx < cfg.sink).expand(len(heads), n_k)
+            forced_s = (idx < cfg.local).expand(len(heads), n_k)
+            cols = stable_top(vertical, cfg.vertical, forced=forced_c, coverage=cfg.coverage)
+            offs = stable_top(slash, cfg.slash, forced=forced_s, coverage=cfg.coverage)
+            for i, h in enumerate(heads):
+                keep[h] = vertical_slash_keep(n_q, n_k, cfg, cols[i], offs[i])
+        elif isinstance(cfg, BlockSparse):
+            kv = k.index_select(1, torch.tensor([h // g for h in heads], device=dev))
+            top = estimate_block_sparse(q.index_select(1, torch.tensor(heads, device=dev)), kv, cfg, scale=scale)
+            for i, h in enumerate(heads):
+                keep[h] = block_sparse_keep(n_q, n_k, cfg, top[i])
+
+    # Grid: one unit per executing group (pooled scores) or per head, exactly as mmi_core.layer
+    units: list[list[int]] = []
+    for j in range(hkv):
+        grid_heads = [h for h in range(j * g, (j + 1) * g) if isinstance(patterns[h], Grid)]
+        if grid_heads:
+            units += [grid_heads] if lc.gqa[j] == "group" else [[h] for h in grid_heads]
+    if units:
+        by_search: dict[tuple[tuple[int, ...], int, int | None], list[int]] = defaultdict(list)
+        for u, heads in enumerate(units):
+            cfg0 = patterns[heads[0]]
+            assert isinstance(cfg0, Grid)
+            cands = tuple(grid_stride_candidates(lt.layout, cfg0))
+            by_search[(cands, cfg0.lines, lt.layout.tokens_per_frame)].append(u)
+        for (cands, lines, tpf), us in by_search.items():
+            unit_mass = torch.stack(
+                [sum(stats[patterns[h].last_q][0][h] for h in units[u]) for u in us]  # type: ignore[union-attr]
+            )
+            stride, residues = estimate_stride_phase(unit_mass, lt.is_video, cands, lines, default=tpf)
+            strides = stride.tolist()  # the permutation's shape depends on it: one host read per layer
+            for i, u in enumerate(us):
+                for h in units[u]:
+                    cfg_h = patterns[h]
+                    assert isinstance(cfg_h, Grid)
+                    keep[h] = grid_keep(lt, n_q, cfg_h, int(strides[i]), residues[i])
+
+    out: list[SlotKeep] = []
+    for first, count in layer_slots(head_configs, layer):
+        heads = range(first, first + count)
+        if any(isinstance(patterns[h], Dense) for h in heads):
+            out.append(dense_keep(n_q, n_k, block, dev))
+        else:
+            out.append(union_keeps([keep[h] for h in heads]))  # type: ignore[misc]
+    return out

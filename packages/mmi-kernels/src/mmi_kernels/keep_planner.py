@@ -1,0 +1,208 @@
+"""Keep-set planners that run on the GPU: pattern parameters -> `SlotKeep`, in O(n + nqb·nkb) memory.
+
+`mmi_core.selection`'s builders are the specification; they materialise (query, key) pair masks, O(n_q·n_k), which
+is fine for tests and impossible at 1M tokens. These planners build the same key-block sets from per-row and
+per-block quantities (positions, runs of a grid class in key-permuted order) with a handful of batched tensor ops
+and no host synchronisation, on the device of their inputs. The tests check `index_from_keeps` of these against
+`index_from_selections` of mmi_core's builders for exact equality.
+
+The one idea that keeps Grid linear: a video key is sorted by ``(residue, position)`` inside its segment, so the
+keys of a row's own (segment, residue) class that are causal for the row are exactly the run from the class's first
+key-permuted index up to the row's own key — one interval per row, turned into blocks with a difference array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mmi_core import AShape, BlockSparse, Grid, Modality, ModalityLayout, VerticalSlash
+from mmi_kernels.index import SlotKeep
+
+__all__ = [
+    "LayoutTensors",
+    "ashape_keep",
+    "block_sparse_keep",
+    "dense_keep",
+    "grid_keep",
+    "grid_order",
+    "union_keeps",
+    "vertical_slash_keep",
+]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class LayoutTensors:
+    """Per-token facts of one layout on a device, computed once per batch (plan time): video mask, segment id."""
+
+    def __init__(self, layout: ModalityLayout, device: torch.device | str) -> None:
+        self.layout = layout
+        self.device = torch.device(device)
+        n = layout.num_tokens
+        self.is_video = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.seg_id = torch.zeros(n, dtype=torch.int64, device=self.device)
+        for i, s in enumerate(layout.segments):
+            self.seg_id[s.start : s.end] = i
+            if s.modality == Modality.VIDEO:
+                self.is_video[s.start : s.end] = True
+        self.video_segments = [(s.start, s.end) for s in layout.segments_of(Modality.VIDEO)]
+        self.segment_start = torch.zeros(n, dtype=torch.int64, device=self.device)
+        for s in layout.segments:
+            self.segment_start[s.start : s.end] = s.start
+
+
+def _identity(n_q: int, n_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(n_q, device=device), torch.arange(n_k, device=device)
+
+
+def _own_blocks(n_q: int, n_k: int, block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Identity orders: first / last key block holding the positions of each query block."""
+    first = (n_k - n_q) + torch.arange(_cdiv(n_q, block), device=device) * block
+    last = torch.clamp(first + block - 1, max=n_k - 1)
+    return first, last
+
+
+def dense_keep(n_q: int, n_k: int, block: int, device: torch.device | str) -> SlotKeep:
+    """Every causal pair."""
+    dev = torch.device(device)
+    qo, ko = _identity(n_q, n_k, dev)
+    return SlotKeep(qo, ko, torch.ones(_cdiv(n_q, block), _cdiv(n_k, block), dtype=torch.bool, device=dev))
+
+
+def ashape_keep(n_q: int, n_k: int, cfg: AShape, device: torch.device | str) -> SlotKeep:
+    """`mmi_core.ashape_selection` on ``device``."""
+    dev, b = torch.device(device), cfg.block
+    qo, ko = _identity(n_q, n_k, dev)
+    first, last = _own_blocks(n_q, n_k, b, dev)
+    kb = torch.arange(_cdiv(n_k, b), device=dev)
+    blocks = (kb[None, :] * b < cfg.sink) | (
+        (kb[None, :] >= (torch.clamp(first - cfg.local, min=0) // b)[:, None]) & (kb[None, :] <= (last // b)[:, None])
+    )
+    return SlotKeep(qo, ko, blocks)
+
+
+def vertical_slash_keep(
+    n_q: int, n_k: int, cfg: VerticalSlash, columns: torch.Tensor, offsets: torch.Tensor
+) -> SlotKeep:
+    """`mmi_core.vertical_slash_selection` from bool masks ``columns [n_k]`` (key positions) and ``offsets [n_k]``
+    (diagonal offsets), sinks and local diagonals added here. A diagonal spans ``block`` consecutive keys of a query
+    block, so it touches at most two key blocks: ``(first - d) // block`` and ``(last - d) // block``."""
+    dev, b = columns.device, cfg.block
+    qo, ko = _identity(n_q, n_k, dev)
+    nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    idx = torch.arange(n_k, device=dev)
+    offs = idx[offsets | (idx < cfg.local)]  # one host sync for the list length; see wrapper notes
+    first, last = _own_blocks(n_q, n_k, b, dev)
+    lo = torch.clamp(first[:, None] - offs[None, :], min=0) // b  # [nqb, n_off]
+    hi = last[:, None] - offs[None, :]
+    valid = hi >= 0
+    hi = torch.clamp(hi, min=0) // b
+    blocks = torch.zeros(nqb, nkb + 1, dtype=torch.bool, device=dev)  # column nkb swallows invalid diagonals
+    sink = torch.full_like(lo, nkb)
+    blocks.scatter_(1, torch.where(valid, lo, sink), True)
+    blocks.scatter_(1, torch.where(valid, hi, sink), True)
+    cols = idx[columns | (idx < cfg.sink)]
+    return SlotKeep(qo, ko, blocks[:, :nkb], cols[None, :].expand(nqb, cols.numel()))
+
+
+def block_sparse_keep(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> SlotKeep:
+    """`mmi_core.block_sparse_selection`: ``top_blocks`` int [nqb, w] (-1 padding) plus own block(s) and block 0."""
+    dev, b = top_blocks.device, cfg.block
+    qo, ko = _identity(n_q, n_k, dev)
+    nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    first, last = _own_blocks(n_q, n_k, b, dev)
+    kb = torch.arange(nkb, device=dev)
+    blocks = (kb[None, :] >= (first // b)[:, None]) & (kb[None, :] <= (last // b)[:, None])
+    blocks[:, 0] = True
+    tb = top_blocks.to(torch.int64)
+    ok = (tb >= 0) & (tb < nkb)
+    extra = torch.zeros(nqb, nkb + 1, dtype=torch.bool, device=dev)
+    extra.scatter_(1, torch.where(ok, tb, nkb), True)
+    return SlotKeep(qo, ko, blocks | extra[:, :nkb])
+
+
+def grid_order(lt: LayoutTensors, stride: int, phase: int, start: int = 0) -> torch.Tensor:
+    """`mmi_core.grid_permutation(...).order` of tokens ``[start, n)`` on the layout's device (int64)."""
+    n = lt.layout.num_tokens
+    order = torch.arange(start, n, device=lt.device)
+    for a0, b0 in lt.video_segments:
+        a, b = max(a0, start), b0
+        if a >= b:
+            continue
+        pos = torch.arange(a, b, device=lt.device)
+        key = torch.remainder(pos - phase, stride) * n + pos
+        order[a - start : b - start] = pos[torch.argsort(key)]
+    return order - start
+
+
+def grid_keep(lt: LayoutTensors, n_q: int, cfg: Grid, stride: int, residues: torch.Tensor) -> SlotKeep:
+    """`mmi_core.grid_selection` for ``stride`` and kept lines ``residues`` (int [lines], ``[0]`` the phase)."""
+    dev, b, n_k = lt.device, cfg.block, lt.layout.num_tokens
+    res = residues.to(dev, torch.int64).flatten()
+    phase = int(res[0])  # the permutation itself depends on it: one small host read per (request, slot)
+    prefix = n_k - n_q
+    nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    ko = grid_order(lt, stride, phase, 0)
+    qo = grid_order(lt, stride, phase, prefix)
+    kinv = torch.empty_like(ko)
+    kinv[ko] = torch.arange(n_k, device=dev)
+    qinv = torch.empty_like(qo)
+    qinv[qo] = torch.arange(n_q, device=dev)
+    pos = torch.arange(n_k, device=dev)
+    big = n_k  # "no such key" position
+    on_line = lt.is_video & torch.isin(torch.remainder(pos, stride), torch.remainder(res, stride))
+    kpos = ko  # original position at each key-permuted index
+    kmin = torch.nn.functional.pad(kpos, (0, nkb * b - n_k), value=big).view(nkb, b).amin(1)
+
+    def min_where(mask_k: torch.Tensor) -> torch.Tensor:  # per key block: smallest position among keys in mask
+        m = torch.where(mask_k[kpos], kpos, big)
+        return torch.nn.functional.pad(m, (0, nkb * b - n_k), value=big).view(nkb, b).amin(1)
+
+    q_pos = qo + prefix  # original position of each query-permuted row
+    q_block = torch.arange(n_q, device=dev) // b
+    q_max = torch.full((nqb,), -1, dtype=torch.int64, device=dev).scatter_reduce(0, q_block, q_pos, "amax")
+    blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
+    if cfg.sink:
+        blocks |= min_where(pos < cfg.sink)[None, :] <= q_max[:, None]
+    if cfg.vline:
+        blocks |= min_where(on_line)[None, :] <= q_max[:, None]
+    if cfg.hline:
+        line_rows = on_line[q_pos]
+        h_max = torch.full((nqb,), -1, dtype=torch.int64, device=dev).scatter_reduce(
+            0, q_block, torch.where(line_rows, q_pos, -1), "amax"
+        )
+        blocks |= kmin[None, :] <= h_max[:, None]
+    own = kinv[q_pos] // b  # key block of each row's own key
+    # rows' intervals in key-permuted order, as [lo, hi] key blocks: own key always; own class up to itself (slash)
+    lo = own.clone()
+    if cfg.slash:
+        # first key-permuted index of each row's (segment, residue) class: its key index minus its rank in the class
+        s0 = lt.segment_start[q_pos]
+        rank = (q_pos - s0) // stride  # keys of the class before the row's own: s0 + (q_pos - s0) % stride, ...
+        lo = torch.where(lt.is_video[q_pos], (kinv[q_pos] - rank) // b, own)
+    diff = torch.zeros(nqb, nkb + 1, dtype=torch.int32, device=dev)
+    diff.index_put_((q_block, lo), torch.ones_like(lo, dtype=torch.int32), accumulate=True)
+    diff.index_put_((q_block, own + 1), -torch.ones_like(own, dtype=torch.int32), accumulate=True)
+    blocks |= diff.cumsum(1)[:, :nkb] > 0
+    if cfg.local:
+        owned = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
+        owned[q_block, own] = True
+        for shift in range(1, min(cfg.local, nkb) + 1):  # `local` key blocks before each own block
+            blocks[:, : nkb - shift] |= owned[:, shift:]
+    return SlotKeep(qo, ko, blocks)
+
+
+def union_keeps(keeps: Sequence[SlotKeep]) -> SlotKeep:
+    """Union of keep sets that share permutations (a GQA group executing together)."""
+    first = keeps[0]
+    for kp in keeps[1:]:
+        if not (torch.equal(kp.q_order, first.q_order) and torch.equal(kp.k_order, first.k_order)):
+            raise ValueError("keeps of one executing group must share their permutations")
+    blocks = torch.stack([kp.blocks for kp in keeps]).any(0)
+    cols = [kp.column_ids for kp in keeps if kp.column_ids is not None]
+    column_ids = torch.cat(cols, dim=1) if cols else None  # duplicates are removed by the index builder
+    return SlotKeep(first.q_order, first.k_order, blocks, column_ids)

@@ -1,0 +1,133 @@
+"""GPU keep planners (mmi_kernels.keep_planner / estimate) against mmi_core's builders: exact index equality."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+import torch
+from conftest_kernels import LAYOUTS, mixed_head_configs
+
+from mmi_core import (
+    AShape,
+    BlockSparse,
+    Grid,
+    VerticalSlash,
+    ashape_selection,
+    block_sparse_selection,
+    estimate_layer_selections,
+    grid_selection,
+    vertical_slash_selection,
+)
+from mmi_core.estimation import last_query_scores, vertical_slash_scores
+from mmi_kernels import (
+    LayoutTensors,
+    ashape_keep,
+    block_sparse_keep,
+    estimate_layer_keeps,
+    grid_keep,
+    index_from_keeps,
+    index_from_selections,
+    last_query_stats,
+    layer_slots,
+    vertical_slash_keep,
+)
+
+
+def assert_same_index(a, b) -> None:
+    """Equal indexes: every tensor equal, list entries compared up to their counts (padding is free)."""
+    for ids, count in (("block_ids", "block_count"), ("column_ids", "column_count")):
+        x, y, n = getattr(a, ids), getattr(b, ids), getattr(a, count)
+        assert torch.equal(n, getattr(b, count)), count
+        w = int(n.max()) if n.numel() else 0
+        valid = torch.arange(w)[None, None, :] < n[..., None]
+        assert torch.equal(torch.where(valid, x[..., :w], -1), torch.where(valid, y[..., :w], -1)), ids
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name in ("block_ids", "column_ids"):
+            continue
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), f.name
+        else:
+            assert x == y, f.name
+
+
+ONE_HEAD = {"num_q_heads": 1, "num_kv_heads": 1}
+
+
+def assert_same_keep(keep, sel) -> None:
+    assert_same_index(
+        index_from_keeps([[keep]], block=sel.block, **ONE_HEAD), index_from_selections([[sel]], **ONE_HEAD)
+    )
+
+
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+@pytest.mark.parametrize("prefix_frac", [0.0, 0.4], ids=["no_prefix", "prefix"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Grid(stride=8, block=16, local=1, sink=4),
+        Grid(stride=8, block=16, local=0, sink=0, hline=False),
+        Grid(stride=8, block=32, local=2, sink=40, vline=False, slash=True, hline=True),
+        Grid(stride=8, block=16, local=1, sink=0, vline=True, slash=False, hline=False),
+    ],
+    ids=["all", "no_hline", "b32_no_vline", "vline_only"],
+)
+@pytest.mark.parametrize("stride,residues", [(16, [3]), (17, [0, 5]), (7, [6, 1, 2])])
+def test_grid_keep_equals_mmi_core(layout_name, prefix_frac, cfg, stride, residues) -> None:
+    layout = LAYOUTS[layout_name]
+    n_k = layout.num_tokens
+    n_q = n_k - int(prefix_frac * n_k)
+    sel = grid_selection(layout, n_q, cfg, stride, residues)
+    keep = grid_keep(LayoutTensors(layout, "cpu"), n_q, cfg, stride, torch.tensor(residues))
+    assert_same_keep(keep, sel)
+
+
+@pytest.mark.parametrize("n_q,n_k", [(100, 100), (37, 150), (1, 65), (64, 64)])
+@pytest.mark.parametrize("block", [16, 32])
+def test_identity_order_keeps_equal_mmi_core(n_q, n_k, block) -> None:
+    g = torch.Generator().manual_seed(n_q * 1000 + n_k)
+    for cfg in [AShape(sink=5, local=20, block=block), AShape(sink=0, local=0, block=block)]:
+        sel = ashape_selection(n_q, n_k, cfg)
+        keep = ashape_keep(n_q, n_k, cfg, "cpu")
+        assert_same_keep(keep, sel)
+    vs = VerticalSlash(vertical=5, slash=4, sink=3, local=5, block=block)
+    cols = torch.rand(n_k, generator=g) < 0.1
+    offs = torch.rand(n_k, generator=g) < 0.1
+    sel = vertical_slash_selection(n_q, n_k, vs, torch.nonzero(cols).flatten(), torch.nonzero(offs).flatten())
+    keep = vertical_slash_keep(n_q, n_k, vs, cols, offs)
+    assert_same_keep(keep, sel)
+    bs = BlockSparse(top_k=2, block=block)
+    nqb, nkb = -(-n_q // block), -(-n_k // block)
+    top = torch.randint(-1, nkb, (nqb, 3), generator=g)
+    sel = block_sparse_selection(n_q, n_k, bs, top)
+    keep = block_sparse_keep(n_q, n_k, bs, top)
+    assert_same_keep(keep, sel)
+
+
+def test_last_query_stats_chunked_matches_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(50, 4, 16, generator=g)
+    k = torch.randn(130, 2, 16, generator=g)
+    v_ref, s_ref = vertical_slash_scores(last_query_scores(q, k, 24))
+    v, s = last_query_stats(q, k, 24, chunk=32)
+    torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout_name", ["text_video_text", "two_videos"])
+@pytest.mark.parametrize("prefix", [0, 30])
+def test_estimate_layer_keeps_equals_mmi_core(layout_name, prefix) -> None:
+    layout = LAYOUTS[layout_name]
+    hq, hkv = 8, 2
+    n_k = layout.num_tokens
+    g = torch.Generator().manual_seed(prefix + n_k)
+    q = torch.randn(n_k - prefix, hq, 16, generator=g)
+    k = torch.randn(n_k, hkv, 16, generator=g)
+    hc = mixed_head_configs(hq, hkv)
+    sels = estimate_layer_selections(q, k, layout, hc, 0)
+    slots = layer_slots(hc, 0)
+    ref = index_from_selections([[sels[f] for f, _ in slots]], num_q_heads=hq, num_kv_heads=hkv, slot_heads=slots)
+    keeps = estimate_layer_keeps(q, k, LayoutTensors(layout, "cpu"), hc, 0)
+    got = index_from_keeps([keeps], block=16, num_q_heads=hq, num_kv_heads=hkv, slot_heads=slots)
+    assert_same_index(got, ref)
