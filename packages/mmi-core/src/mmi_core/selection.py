@@ -194,7 +194,7 @@ def ashape_selection(n_q: int, n_k: int, cfg: AShape) -> Selection:
 
 
 def vertical_slash_selection(
-    n_q: int, n_k: int, cfg: VerticalSlash, columns: torch.Tensor, offsets: torch.Tensor
+    n_q: int, n_k: int, cfg: VerticalSlash, columns: torch.Tensor | Sequence[int], offsets: torch.Tensor | Sequence[int]
 ) -> Selection:
     """Vertical-slash: key columns ``columns ∪ [0, cfg.sink)`` (int key positions, any shape) for every row, kept as
     single columns; diagonals ``offsets ∪ [0, cfg.local)`` (int, any shape; row ``i`` keeps key ``i - offset``)
@@ -203,6 +203,7 @@ def vertical_slash_selection(
     b = cfg.block
     qp, kp = _identity_perms(n_q, n_k)
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    offsets, columns = torch.as_tensor(offsets), torch.as_tensor(columns)
     offs = torch.unique(torch.cat([offsets.flatten().cpu().to(torch.int64), torch.arange(cfg.local)]))
     offs = offs[(offs >= 0) & (offs < n_k)]
     first = (n_k - n_q) + torch.arange(nqb) * b
@@ -222,13 +223,16 @@ def vertical_slash_selection(
     return Selection(b, qp, kp, blocks, colmask)
 
 
-def block_sparse_selection(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> Selection:
+def block_sparse_selection(
+    n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor | Sequence[Sequence[int]]
+) -> Selection:
     """Block-sparse: key blocks ``top_blocks[qb]`` (int [nqb, k]; entries < 0 or >= nkb are padding) plus the
     key block(s) holding the query block's own positions and key block 0 (identity orders).
     Raises ValueError when ``top_blocks`` is not [ceil(n_q / block), k]."""
     b = cfg.block
     qp, kp = _identity_perms(n_q, n_k)
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    top_blocks = torch.as_tensor(top_blocks)
     if top_blocks.dim() != 2 or top_blocks.shape[0] != nqb:
         raise ValueError(f"top_blocks must be [{nqb}, k], got {tuple(top_blocks.shape)}")
     tb = top_blocks.cpu().to(torch.int64)
