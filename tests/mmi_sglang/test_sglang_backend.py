@@ -422,3 +422,29 @@ def test_bad_settings_are_clear_errors(registered, monkeypatch, tmp_path, caplog
     assert "MMI_MIN_SEQ_LEN" in caplog.text
     with pytest.raises(ConfigError, match="MMI_MIN_SEQ_LEN"):
         sg.ATTENTION_BACKENDS["mmi"](rig.runner)
+
+
+def test_examples_use_existing_sglang_api(registered):
+    """The examples import and build against this sglang (no server or GPU): the frontend program is an
+    sgl.function using sgl.video, Engine.generate takes video_data, and the launch flags parse."""
+    import inspect
+    import runpy
+    from pathlib import Path
+
+    import sglang as sgl
+    from sglang.lang.ir import SglFunction
+
+    ex = Path(__file__).parents[2] / "examples" / "sglang"
+    fp = runpy.run_path(str(ex / "frontend_program.py"), run_name="example")
+    assert isinstance(fp["describe_video"], SglFunction)
+    assert "video_data" in inspect.signature(sgl.Engine.generate).parameters
+    runpy.run_path(str(ex / "engine_generate.py"), run_name="example")
+    runpy.run_path(str(ex / "openai_video_request.py"), run_name="example")
+    fields = registered.ServerArgs.__dataclass_fields__
+    assert {"prefill_attention_backend", "decode_attention_backend", "context_length"} <= set(fields)
+    launch = (ex / "launch_server.sh").read_text()
+    parser = argparse.ArgumentParser()
+    registered.ServerArgs.add_cli_args(parser)
+    flags = "--model-path m --prefill-attention-backend mmi --decode-attention-backend triton"
+    parser.parse_args([*flags.split(), "--context-length", "262144", "--enable-metrics"])
+    assert "--prefill-attention-backend mmi --decode-attention-backend triton" in launch
