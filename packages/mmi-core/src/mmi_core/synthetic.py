@@ -1,0 +1,385 @@
+"""Seeded synthetic VLM attention workloads: ``(q, k, v, layout)`` with planted, known structure.
+
+Each workload draws its layout and content from the frozen ranges of ``synthetic_spec.json`` (`SyntheticSpec`), so
+the difficulty is fixed independently of the estimator. The logit of query ``i`` and key ``j`` of head ``h`` is built
+exactly as a sum of interpretable terms (then hidden by a random orthogonal rotation per KV head)::
+
+    logit = sharpness_h · ( content_h · <c_i, c_j>          # token content (unit vectors)
+                          + sum_f local_h/F · cos(w_f (i - o - j)) over planted offsets o   # rotary-like positions
+                          + sink_h · [j is a sink] + salient_h · sal_j + heavy_h · [j heavy hitter]
+                          + newline_h · [j is a newline/separator token] )
+
+- Video tokens: the content of spatial patch ``p`` in frame ``f`` is a spatially blurred base vector of ``p`` plus a
+  mean-reverting drift over frames plus token noise; merged frames (``temporal_merge``) average the drifts of the
+  input frames. Off-grid tokens (per-row newlines, per-frame timestamps/separators) share one newline vector.
+  A few *salient patches* per KV head (one primary, weaker secondaries) are salient in every frame: vertical grid
+  lines. Same-patch content across frames makes the grid's diagonals (slashes spaced by the frame size).
+- Text tokens: topic vectors plus noise; per KV head a few *heavy hitters* (vertical lines); vertical-slash heads also
+  get planted diagonal offsets (slash lines) through the rotary-like positions.
+- Planted head kinds: ``"grid"`` (strong content matching + salient patches), ``"vertical_slash"`` (heavy hitters,
+  slashes, local) and ``"a_shape"`` (sinks + strong local). Ground truth per head is in `SyntheticWorkload`.
+
+The stride of a grid head is the frame size (tokens per frame after merging, newline tokens included); its phase is
+the residue ``pos mod stride`` of the primary salient patch in the first video segment (a text prefix shifts it).
+
+Large N: every random table is drawn on the CPU from generators seeded per 65,536-token chunk (so a workload is the
+same on every device), q/k/v are built on ``device`` in chunks; memory is ``O(N · D)``, never ``O(N²)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from mmi_core.layout import Modality, ModalityLayout, VisualGrid
+
+__all__ = [
+    "HeadKind",
+    "SyntheticSpec",
+    "SyntheticWorkload",
+    "WorkloadKind",
+    "default_spec",
+    "held_out_seeds",
+    "synthetic_workload",
+]
+
+HeadKind = Literal["grid", "vertical_slash", "a_shape"]
+WorkloadKind = Literal["video", "interleaved", "text"]
+
+_CHUNK = 65536
+_POS_FREQS = 8
+_ROPE_BASE = 10000.0
+_DRIFT_RHO = 0.9  # frame-to-frame correlation of the content drift
+_AUX = 4  # sink, salient, heavy-hitter, newline dims
+
+
+class SyntheticSpec(BaseModel):
+    """The frozen parameter ranges (``synthetic_spec.json``): ``[lo, hi]`` pairs or lists of choices."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int
+    about: str
+    dev_seeds: tuple[int, int]
+    held_out_seeds: tuple[int, int]
+    layout: dict[str, Any]
+    content: dict[str, Any]
+    heads: dict[str, Any]
+
+
+@cache
+def default_spec() -> SyntheticSpec:
+    """The committed spec shipped with mmi-core."""
+    text = resources.files("mmi_core").joinpath("synthetic_spec.json").read_text()
+    return SyntheticSpec.model_validate(json.loads(text))
+
+
+def held_out_seeds(count: int, spec: SyntheticSpec | None = None) -> list[int]:
+    """The first ``count`` held-out seeds (reserved for final accuracy tests and benchmarks, never for tuning)."""
+    lo, hi = (spec or default_spec()).held_out_seeds
+    if count > hi - lo + 1:
+        raise ValueError(f"only {hi - lo + 1} held-out seeds exist, {count} asked")
+    return list(range(lo, lo + count))
+
+
+@dataclass(frozen=True)
+class SyntheticWorkload:
+    """One generated workload. ``q [n_q, Hq, D]`` (the last ``n_q`` tokens), ``k, v [N, Hkv, D]``, ``layout`` over N.
+
+    Ground truth per query head: ``head_kinds``; ``strides``/``phases`` (grid heads; None otherwise, and None when
+    the layout has no video); ``slash_offsets`` (planted diagonals of vertical-slash heads). ``params`` holds every
+    drawn value (for reports).
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    layout: ModalityLayout
+    seed: int
+    head_kinds: tuple[HeadKind, ...]
+    strides: tuple[int | None, ...]
+    phases: tuple[int | None, ...]
+    slash_offsets: tuple[tuple[int, ...], ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class _Draw:
+    """Uniform draws from spec ranges with one CPU generator."""
+
+    def __init__(self, seed: int) -> None:
+        self.g = torch.Generator().manual_seed(seed)
+
+    def uniform(self, lohi: list[float] | tuple[float, float]) -> float:
+        lo, hi = float(lohi[0]), float(lohi[1])
+        return lo + (hi - lo) * float(torch.rand((), generator=self.g))
+
+    def integer(self, lohi: list[int] | tuple[int, int]) -> int:
+        return int(torch.randint(int(lohi[0]), int(lohi[1]) + 1, (), generator=self.g))
+
+    def choice(self, options: list[Any]) -> Any:
+        return options[int(torch.randint(len(options), (), generator=self.g))]
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.g)
+
+    def perm(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.g)
+
+
+def _chunked_randn(seed: int, n: int, dim: int) -> torch.Tensor:
+    """[n, dim] standard normals, drawn per fixed-size chunk from generators seeded by (seed, chunk)."""
+    out = torch.empty(n, dim)
+    for c, a in enumerate(range(0, n, _CHUNK)):
+        b = min(a + _CHUNK, n)
+        out[a:b] = torch.randn(b - a, dim, generator=torch.Generator().manual_seed(seed * 7919 + c + 1))
+    return out
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _default_kinds(workload: WorkloadKind, num_q_heads: int) -> tuple[HeadKind, ...]:
+    cycle: tuple[HeadKind, ...] = (
+        ("vertical_slash", "a_shape") if workload == "text" else ("grid", "vertical_slash", "a_shape")
+    )
+    return tuple(cycle[h % len(cycle)] for h in range(num_q_heads))
+
+
+def _layout(d: _Draw, spec: SyntheticSpec, workload: WorkloadKind, target: int) -> tuple[ModalityLayout, int]:
+    """Draw the layout; returns it and the temporal merge factor."""
+    ls = spec.layout
+    if workload == "text":
+        return ModalityLayout.text(target), 1
+    grid_kw = dict(
+        rows=d.integer(ls["rows"]),
+        cols=d.integer(ls["cols"]),
+        row_extra=d.choice(ls["row_extra"]),
+        frame_prefix=d.choice(ls["frame_prefix"]),
+        frame_suffix=d.choice(ls["frame_suffix"]),
+    )
+    merge = d.choice(ls["temporal_merge"])
+    prefix, suffix = d.integer(ls["text_prefix"]), d.integer(ls["text_suffix"])
+    tpf = VisualGrid(frames=1, **grid_kw).tokens_per_frame
+    if workload == "video":
+        frames = max(int(ls["min_frames"]), (target - prefix - suffix) // tpf)
+        parts = [("text", prefix), ("video", VisualGrid(frames=frames, **grid_kw)), ("text", suffix)]
+    else:
+        gap = d.integer(ls["interleave_gap"])
+        frames = max(int(ls["min_frames"]), (target - prefix - suffix - gap) // (2 * tpf))
+        vg = VisualGrid(frames=frames, **grid_kw)
+        parts = [("text", prefix), ("video", vg), ("text", gap), ("video", vg), ("text", suffix)]
+    return ModalityLayout.from_parts(parts), merge
+
+
+def synthetic_workload(
+    seed: int,
+    *,
+    workload: WorkloadKind = "video",
+    num_tokens: int = 4096,
+    num_q_heads: int = 3,
+    num_kv_heads: int = 3,
+    head_dim: int = 64,
+    n_q: int | None = None,
+    head_kinds: tuple[HeadKind, ...] | None = None,
+    spec: SyntheticSpec | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> SyntheticWorkload:
+    """Generate one workload.
+
+    ``num_tokens`` is a target: video layouts round it to whole frames (at least ``min_frames``), so read
+    ``layout.num_tokens``. ``n_q`` (default all) is how many trailing tokens get queries. ``head_kinds`` (one per
+    query head) defaults to cycling grid / vertical_slash / a_shape (vertical_slash / a_shape for text).
+    Raises ValueError for ``head_dim < 32``, heads that do not divide, or ``n_q`` outside ``[0, N]``.
+    """
+    spec = spec or default_spec()
+    if head_dim < 2 * _POS_FREQS + _AUX + 12:
+        raise ValueError(f"head_dim must be >= {2 * _POS_FREQS + _AUX + 12} to hold the planted structure")
+    if num_kv_heads < 1 or num_q_heads % num_kv_heads:
+        raise ValueError(f"{num_q_heads} query heads are not a multiple of {num_kv_heads} kv heads")
+    kinds = head_kinds or _default_kinds(workload, num_q_heads)
+    if len(kinds) != num_q_heads:
+        raise ValueError(f"{len(kinds)} head kinds for {num_q_heads} query heads")
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    d = _Draw(seed)
+    layout, merge = _layout(d, spec, workload, num_tokens)
+    n = layout.num_tokens
+    n_q = n if n_q is None else n_q
+    if not 0 <= n_q <= n:
+        raise ValueError(f"n_q {n_q} must be within [0, {n}]")
+    dc = head_dim - 2 * _POS_FREQS - _AUX
+    cs, hs = spec.content, spec.heads
+
+    # -- token content ------------------------------------------------------------------------------------------
+    noise = _chunked_randn(seed, n, dc) / math.sqrt(dc)
+    content = torch.zeros(n, dc)
+    is_newline = torch.zeros(n, dtype=torch.bool)
+    sal_patch = torch.full((n,), -1, dtype=torch.int64)  # spatial patch id of on-grid video tokens
+    newline_vec = _unit(d.randn(dc))
+    topics = _unit(d.randn(d.integer(cs["text_topics"]), dc))
+    topic_noise = d.uniform(cs["text_topic_noise"])
+    token_noise, drift = d.uniform(cs["token_noise"]), d.uniform(cs["drift"])
+    blur, nl_noise = d.uniform(cs["spatial_blur"]), d.uniform(cs["newline_noise"])
+    first_video_start = None
+    for seg in layout.segments:
+        a, b = seg.start, seg.end
+        if seg.modality == Modality.TEXT:
+            z = torch.randint(topics.shape[0], (b - a,), generator=d.g)
+            content[a:b] = topics[z] + topic_noise * noise[a:b]
+            continue
+        grid = seg.grid
+        assert grid is not None
+        first_video_start = a if first_video_start is None else first_video_start
+        rr, cc = torch.meshgrid(torch.arange(grid.rows), torch.arange(grid.cols), indexing="ij")
+        coords = torch.stack([rr.flatten(), cc.flatten()], 1).float()
+        kernel = torch.exp(-torch.cdist(coords, coords).pow(2) / (2 * blur**2))
+        base = _unit(kernel @ d.randn(grid.rows * grid.cols, dc))  # [P, dc], neighbours similar
+        raw_frames = grid.frames * merge
+        steps = d.randn(raw_frames, grid.rows * grid.cols, dc) / math.sqrt(dc)
+        walk = torch.empty_like(steps)
+        walk[0] = steps[0]
+        for f in range(1, raw_frames):  # mean-reverting drift, stationary std `drift`
+            walk[f] = _DRIFT_RHO * walk[f - 1] + math.sqrt(1 - _DRIFT_RHO**2) * steps[f]
+        walk = walk.reshape(grid.frames, merge, -1, dc).mean(1) * drift
+        on_grid = grid.on_grid_mask()
+        idx = torch.arange(a, b)
+        patch_of = torch.cumsum(on_grid.long(), 0) - 1  # running index of on-grid tokens
+        frame_of = torch.div(patch_of, grid.rows * grid.cols, rounding_mode="floor")
+        patch = torch.remainder(patch_of, grid.rows * grid.cols)
+        g_idx, o_idx = idx[on_grid], idx[~on_grid]
+        content[g_idx] = base[patch[on_grid]] + walk[frame_of[on_grid], patch[on_grid]] + token_noise * noise[g_idx]
+        content[o_idx] = newline_vec + nl_noise * noise[o_idx]
+        is_newline[o_idx] = True
+        sal_patch[g_idx] = patch[on_grid]
+    content = _unit(content)
+
+    # -- per KV head key features ---------------------------------------------------------------------------------
+    n_sink = d.integer(spec.layout["sinks"])
+    video_grid = layout.segments_of(Modality.VIDEO)[0].grid if first_video_start is not None else None
+    n_patches = video_grid.rows * video_grid.cols if video_grid else 0
+    text_pos = torch.nonzero(layout.token_modalities() == int(Modality.TEXT)).flatten()
+    sal = torch.zeros(num_kv_heads, n)
+    heavy = torch.zeros(num_kv_heads, n)
+    phases_kv: list[int | None] = []
+    gs = hs["grid"]
+    for j in range(num_kv_heads):
+        if video_grid is not None:
+            order = d.perm(n_patches)
+            n_sec = min(d.integer(gs["salient_secondary_count"]), n_patches - 1)
+            strength = torch.zeros(n_patches)
+            strength[order[0]] = 1.0
+            for p in order[1 : 1 + n_sec].tolist():
+                strength[p] = d.uniform(gs["salient_secondary_ratio"])
+            sal[j] = torch.where(sal_patch >= 0, strength[sal_patch.clamp_min(0)], torch.zeros(n))
+            on_primary = torch.nonzero(sal_patch == order[0]).flatten()
+            phases_kv.append(int(on_primary[0]) % video_grid.tokens_per_frame)
+        else:
+            phases_kv.append(None)
+        if text_pos.numel():
+            hh = text_pos[d.perm(text_pos.numel())[: d.integer(hs["vertical_slash"]["heavy_hitters"])]]
+            heavy[j, hh] = 1.0
+
+    # -- per query head coefficients ------------------------------------------------------------------------------
+    g = num_q_heads // num_kv_heads
+    coef = []  # (sharpness, content, local, offsets, sink, salient, heavy, newline)
+    slash_offsets: list[tuple[int, ...]] = []
+    for h in range(num_q_heads):
+        kind = kinds[h]
+        ks = hs[kind]
+        sharp, sink = d.uniform(hs["sharpness"]), d.uniform(hs["sink"])
+        offsets: tuple[int, ...] = (0,)
+        heavy_w, local_amp = 0.0, d.uniform(ks["local"])
+        if kind == "vertical_slash":
+            count = d.integer(ks["slash_count"])
+            offsets = (0, *sorted({d.integer(ks["slash_offset"]) for _ in range(count)}))
+            heavy_w = d.uniform(ks["heavy_hitter_strength"])
+        if kind == "a_shape":
+            sink += d.uniform(ks["sink_extra"])
+        salient = d.uniform(ks["salient_primary"])
+        amps = (
+            (local_amp,) + (d.uniform(ks["slash_strength"]),) * (len(offsets) - 1)
+            if kind == "vertical_slash"
+            else (local_amp,)
+        )
+        coef.append((sharp, d.uniform(ks["content"]), amps, offsets, sink, salient, heavy_w, d.uniform(ks["newline"])))
+        slash_offsets.append(offsets[1:])
+
+    rotations = [torch.linalg.qr(d.randn(head_dim, head_dim))[0] for _ in range(num_kv_heads)]
+    v_cpu = _chunked_randn(seed + 104729, n, num_kv_heads * head_dim).reshape(n, num_kv_heads, head_dim)
+
+    # -- assemble on device, in chunks ----------------------------------------------------------------------------
+    dev = torch.device(device)
+    freqs = _ROPE_BASE ** (-torch.arange(_POS_FREQS, dtype=torch.float64) / _POS_FREQS)
+    k_out = torch.empty(n, num_kv_heads, head_dim, dtype=dtype, device=dev)
+    q_out = torch.empty(n_q, num_q_heads, head_dim, dtype=dtype, device=dev)
+    sink_flag = (torch.arange(n) < n_sink).float()
+    rot = [r.to(dev) for r in rotations]
+    sqrt_d = math.sqrt(head_dim)
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        pos = torch.arange(a, b, dtype=torch.float64)
+        ang = pos[:, None] * freqs[None, :]
+        pos_k = torch.cat([torch.cos(ang), torch.sin(ang)], 1).float()  # [c, 2F]
+        c = content[a:b]
+        for j in range(num_kv_heads):
+            aux = torch.stack([sink_flag[a:b], sal[j, a:b], heavy[j, a:b], is_newline[a:b].float()], 1)
+            k_out[a:b, j] = (torch.cat([c, pos_k, aux], 1).to(dev) @ rot[j]).to(dtype)
+        lo = max(a, n - n_q)
+        if lo >= b:
+            continue
+        qpos = torch.arange(lo, b, dtype=torch.float64)
+        cq = content[lo:b]
+        for h in range(num_q_heads):
+            sharp, w_c, amps, offsets, sink, salient, heavy_w, newline = coef[h]
+            pos_q = torch.zeros(b - lo, 2 * _POS_FREQS, dtype=torch.float64)
+            for amp, off in zip(amps, offsets, strict=True):
+                ang = (qpos - off)[:, None] * freqs[None, :]
+                pos_q += amp / _POS_FREQS * torch.cat([torch.cos(ang), torch.sin(ang)], 1)
+            aux = torch.tensor([sink, salient, heavy_w, newline]).expand(b - lo, _AUX)
+            raw = sharp * sqrt_d * torch.cat([w_c * cq, pos_q.float(), aux], 1)
+            q_out[lo - (n - n_q) : b - (n - n_q), h] = (raw.to(dev) @ rot[h // g]).to(dtype)
+    tpf = layout.tokens_per_frame
+    strides = tuple(tpf if kinds[h] == "grid" and tpf else None for h in range(num_q_heads))
+    phases = tuple(phases_kv[h // g] if kinds[h] == "grid" else None for h in range(num_q_heads))
+    params = {
+        "workload": workload,
+        "temporal_merge": merge,
+        "sinks": n_sink,
+        "drift": drift,
+        "token_noise": token_noise,
+        "tokens_per_frame": tpf,
+        "heads": [
+            {
+                "kind": kinds[h],
+                "sharpness": cf[0],
+                "content": cf[1],
+                "local": cf[2],
+                "offsets": cf[3],
+                "sink": cf[4],
+                "salient": cf[5],
+                "heavy": cf[6],
+                "newline": cf[7],
+            }
+            for h, cf in enumerate(coef)
+        ],
+    }
+    return SyntheticWorkload(
+        q=q_out,
+        k=k_out,
+        v=v_cpu.to(dev, dtype),
+        layout=layout,
+        seed=seed,
+        head_kinds=tuple(kinds),
+        strides=strides,
+        phases=phases,
+        slash_offsets=tuple(slash_offsets),
+        params=params,
+    )
