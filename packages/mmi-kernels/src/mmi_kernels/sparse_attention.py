@@ -25,6 +25,7 @@ from mmi_kernels.index import SparseIndex
 __all__ = ["KernelConfig", "sparse_attention", "sparse_attention_fwd"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_last_compiled = None  # the last launch's compiled kernel (registers, spills, asm) for tools/kernel_bench.py
 
 
 def _interpreting() -> bool:
@@ -76,14 +77,47 @@ def _attend_keys(
 
 
 @triton.jit
-def _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED: tl.constexpr):
-    """Key-permuted ids -> (request-local original key index, int64 row of the K/V pool)."""
+def _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED: tl.constexpr, WIDE: tl.constexpr):
+    """Key-permuted ids -> (request-local original key index, row of the K/V pool; int64 when WIDE)."""
     kidx = tl.load(K_ORDER + k_order_base + kperm, mask=m_key, other=0)
     if PAGED:
-        loc = tl.load(PT + pt_row + kidx, mask=m_key, other=0).to(tl.int64)
+        loc = tl.load(PT + pt_row + kidx, mask=m_key, other=0)
     else:
-        loc = (k_tok0 + kidx).to(tl.int64)
+        loc = k_tok0 + kidx
+    if WIDE:
+        loc = loc.to(tl.int64)
     return kidx, loc
+
+
+@triton.jit
+def _block_step(
+    acc, m_i, l_i, q, qpos, q_min, LIST, j, n, K_POS_MAX, kmeta, K_ORDER, PT, k_order_base, pt_row, k_tok0, n_k,
+    K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
+    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, WIDE: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """Key blocks ``LIST[j : j + BLOCK_N // BLOCK]`` (up to ``n``) as one BLOCK_N-key step. The causal mask is
+    evaluated only when one of them reaches past the query block's first position, is partial or missing."""
+    o_n = tl.arange(0, BLOCK_N)
+    # scalar loads of the ids: measured faster than vector loads (results/kernels/v3), which cost registers
+    kb_a = tl.load(LIST + j)
+    need_mask = (tl.load(K_POS_MAX + kmeta + kb_a) > q_min) | (kb_a * BLOCK + BLOCK > n_k)
+    if BLOCK_N > BLOCK:
+        has_b = j + 1 < n
+        kb_b = tl.load(LIST + j + 1, mask=has_b, other=0)
+        kb = tl.where(o_n < BLOCK, kb_a, kb_b)
+        m_key = (o_n < BLOCK) | has_b
+        need_mask = need_mask | (j + 1 >= n) | (tl.load(K_POS_MAX + kmeta + kb_b) > q_min) | (kb_b * BLOCK + BLOCK > n_k)
+    else:
+        kb = kb_a + o_n * 0
+        m_key = o_n < BLOCK
+    kperm = kb * BLOCK + o_n % BLOCK
+    m_key = m_key & (kperm < n_k)
+    kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE)
+    return _attend_keys(
+        acc, m_i, l_i, q, qpos, kidx, loc, m_key, need_mask, K, V, kv_off_k, kv_off_v,
+        stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -130,8 +164,10 @@ def _sparse_attn_fwd_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     HEADS_PER_TILE: tl.constexpr,
     PAGED: tl.constexpr,
+    WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -162,8 +198,11 @@ def _sparse_attn_fwd_kernel(
     qpos = qidx + (n_k - n_q)  # original positions: queries are the last n_q keys
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
-    q_tok = (q_tok0 + qidx).to(tl.int64)
-    q_head = (q_head0 + h_loc).to(tl.int64)
+    q_tok = q_tok0 + qidx
+    q_head = q_head0 + h_loc
+    if WIDE:
+        q_tok = q_tok.to(tl.int64)
+        q_head = q_head.to(tl.int64)
     q = tl.load(
         Q + q_tok[:, None] * stride_qt + q_head[:, None] * stride_qh + o_d[None, :],
         mask=m_row[:, None] & m_d[None, :],
@@ -176,36 +215,36 @@ def _sparse_attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile must not make exp2(nan)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     q_min = tl.load(Q_POS_MIN + row)
-    kv_off_k = kv_head.to(tl.int64) * stride_kh
-    kv_off_v = kv_head.to(tl.int64) * stride_vh
+    kv_off_k = kv_head * stride_kh
+    kv_off_v = kv_head * stride_vh
     k_order_base = s64 * total_k + k_tok0
     kmeta = s64 * total_kb + kb0
     pt_row = i_r.to(tl.int64) * stride_pt
-    o_n = tl.arange(0, BLOCK)
+    o_n = tl.arange(0, BLOCK_N)
 
-    # 1) the leading run of key blocks in order of their first original position, 2) the block list
+    # 1) the leading run of key blocks in order of their first original position, 2) the block list; two loops
+    # without a branch on the list so the compiler can pipeline the index and K/V loads
     n_lead = tl.load(B_PREFIX + row)
+    for j in range(0, n_lead, BLOCK_N // BLOCK):
+        acc, m_i, l_i = _block_step(
+            acc, m_i, l_i, q, qpos, q_min, K_BY_POS + kmeta, j, n_lead, K_POS_MAX, kmeta, K_ORDER, PT,
+            k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
+            BLOCK, BLOCK_N, PAGED, WIDE, UPCAST_DOT, DOT_PREC,
+        )  # fmt: skip
     n_list = tl.load(B_COUNT + row)
-    for j in range(0, n_lead + n_list):
-        if j < n_lead:
-            kb = tl.load(K_BY_POS + kmeta + j)
-        else:
-            kb = tl.load(B_IDS + row * cap_b + (j - n_lead))
-        kperm = kb * BLOCK + o_n
-        m_key = kperm < n_k
-        need_mask = (tl.load(K_POS_MAX + kmeta + kb) > q_min) | (kb * BLOCK + BLOCK > n_k)
-        kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED)
-        acc, m_i, l_i = _attend_keys(
-            acc, m_i, l_i, q, qpos, kidx, loc, m_key, need_mask, K, V, kv_off_k, kv_off_v,
-            stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
+    for j in range(0, n_list, BLOCK_N // BLOCK):
+        acc, m_i, l_i = _block_step(
+            acc, m_i, l_i, q, qpos, q_min, B_IDS + row * cap_b, j, n_list, K_POS_MAX, kmeta, K_ORDER, PT,
+            k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
+            BLOCK, BLOCK_N, PAGED, WIDE, UPCAST_DOT, DOT_PREC,
         )  # fmt: skip
 
-    # 3) single key columns (key-permuted ids), BLOCK at a time, always masked
+    # 3) single key columns (key-permuted ids), BLOCK_N at a time, always masked
     n_col = tl.load(C_COUNT + row)
-    for j in range(0, n_col, BLOCK):
+    for j in range(0, n_col, BLOCK_N):
         m_key = j + o_n < n_col
         kperm = tl.load(C_IDS + row * cap_c + j + o_n, mask=m_key, other=0)
-        kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED)
+        kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE)
         acc, m_i, l_i = _attend_keys(
             acc, m_i, l_i, q, qpos, kidx, loc, m_key, True, K, V, kv_off_k, kv_off_v,
             stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
@@ -222,10 +261,12 @@ def _sparse_attn_fwd_kernel(
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Launch parameters. ``heads_per_tile``: query heads stacked along M per program (None: as many as fit 128
-    rows, at most the slot's group); ``num_warps`` / ``num_stages``: None = chosen from the tile size."""
+    """Launch parameters. ``heads_per_tile``: query heads of the slot's group stacked along M per program (None: 1;
+    the group's tiles then run as adjacent programs sharing K/V through L2); ``keys_per_step``: key blocks per inner
+    step (1 or 2; None: 1); ``num_warps`` / ``num_stages``: None = chosen from the tile size."""
 
     heads_per_tile: int | None = None
+    keys_per_step: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
 
@@ -293,7 +334,7 @@ def sparse_attention_fwd(
     cfg = config or KernelConfig()
     d = q.shape[2]
     block = index.block
-    hpt = cfg.heads_per_tile or max(1, 128 // block)
+    hpt = cfg.heads_per_tile or 1  # one head per tile measured fastest on H200 (docs/kernels/NOTES.md)
     hpt = max(1, min(hpt, index.max_heads_per_slot))
     block_m = hpt * block
     _check(block_m <= 512, f"heads_per_tile * block = {block_m} rows per tile is over 512")
@@ -306,12 +347,17 @@ def sparse_attention_fwd(
         return out
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     block_d = max(16, triton.next_power_of_2(d))
-    num_warps = cfg.num_warps or (8 if block_m * block_d >= 128 * 128 else 4)
-    num_stages = cfg.num_stages or 2
+    kps = cfg.keys_per_step or 1
+    _check(kps in (1, 2), f"keys_per_step must be 1 or 2, got {kps}")
+    num_warps = cfg.num_warps or (8 if block_m * block_d > 64 * 128 else 4)
+    num_stages = cfg.num_stages or 3
     interp = _interpreting()
     pt = page_table if page_table is not None else index.cu_seqlens_k  # any int32 tensor: never read
+    # 32-bit element offsets where every q/k/v/out element is addressable with them: fewer registers per address
+    wide = max(t.shape[0] * t.stride(0) for t in (q, k, v, out)) >= 2**31
     grid = (triton.cdiv(index.max_heads_per_slot, hpt), index.total_qblocks, index.num_slots)
-    _sparse_attn_fwd_kernel[grid](
+    global _last_compiled
+    _last_compiled = _sparse_attn_fwd_kernel[grid](
         q, k, v, out, pt,
         index.q_order, index.k_order, index.cu_seqlens_q, index.cu_seqlens_k, index.cu_qblocks, index.cu_kblocks,
         index.qblock_request, index.q_pos_min, index.k_pos_max, index.k_blocks_by_pos,
@@ -321,7 +367,7 @@ def sparse_attention_fwd(
         pt.stride(0) if page_table is not None else 0,
         q.shape[0], index.k_order.shape[1], index.total_qblocks, index.k_pos_max.shape[1],
         index.block_capacity, index.column_capacity, scale * math.log2(math.e),
-        HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, HEADS_PER_TILE=hpt, PAGED=page_table is not None,
+        HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=kps * block, HEADS_PER_TILE=hpt, PAGED=page_table is not None, WIDE=wide,
         UPCAST_DOT=interp and q.dtype != torch.float32,  # the interpreter's bf16/fp16 dot is wrong (NOTES.md)
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
