@@ -178,3 +178,19 @@ def test_eager_base_dense_equals_plain(tiny_qwen, clip):
         handle.remove()
     finally:
         model.set_attn_implementation("sdpa")
+
+
+def test_sparse_rows_follow_left_padding(patched, clip):
+    """A left-padded row's sparse result equals the same request run alone (offsets follow the attention mask)."""
+    model = patched.model
+    texts = [patched.messages(), patched.messages("please describe the video and answer what shape is moving")]
+    batch = _inputs(patched, clip, texts)
+    alone = _inputs(patched, clip, texts[:1])
+    pad = int((batch["attention_mask"][0] == 0).sum())
+    assert pad > 0
+    handle = apply_mminference(model, _sparse_configs(model), min_tokens=16)
+    with torch.no_grad():
+        got = model(**batch).logits[0, pad:]
+        want = model(**alone).logits[0]
+    assert handle.stats.sparse == 3 * model.config.get_text_config().num_hidden_layers
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
