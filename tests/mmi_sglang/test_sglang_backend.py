@@ -382,6 +382,13 @@ def test_sparse_equals_mmi_core_reference_per_request(registered, monkeypatch, t
                 want = dense_attention_reference(q3[rows], full_k[i][li], full_v[i][li])
             torch.testing.assert_close(o[rows], want, atol=2e-5, rtol=2e-5)
         assert torch.equal(rig.kv.k_buffer[li][fb.out_cache_loc], k[li])
+    # the model-side entry: RadixAttention.forward under SGLang's forward context reaches the same computation
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+
+    mmi.init_forward_metadata(fb)
+    with forward_context(ForwardContext(attn_backend=mmi)):
+        via_layer = rig.layers[0](q, k[0].flatten(1), v[0].flatten(1), fb)
+    assert torch.equal(via_layer, out[0])
 
 
 def test_decode_and_hybrid_delegate(registered, monkeypatch, tmp_path):
