@@ -213,3 +213,24 @@ def test_import_is_lazy():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_route_stats_counts_and_prometheus(caplog):
+    from prometheus_client import REGISTRY
+
+    from mmi_sglang.stats import RouteStats
+
+    def value(route):
+        return REGISTRY.get_sample_value("mmi_extend_requests_total", {"route": route}) or 0.0
+
+    video = _mm(_item("VIDEO", [(2, 25)], [[4, 4, 6]]))
+    routes = route_batch(_cfg(), [0, 0], [30, 5], [video, None], 2)
+    before = value("sparse"), value("text_only")
+    stats = RouteStats(log_interval_s=3600, enable_metrics=True)
+    RouteStats(log_interval_s=3600, enable_metrics=True)  # a second backend in the process shares the counters
+    with caplog.at_level("INFO", logger="mmi_sglang"):
+        stats.add(routes)
+        stats.add(routes)
+    assert stats.requests == {"sparse": 2, "text_only": 2} and stats.tokens == {"sparse": 60, "text_only": 10}
+    assert (value("sparse") - before[0], value("text_only") - before[1]) == (2, 2)
+    assert caplog.text.count("2 extend batches") == 0 and "sparse=1 req/30 tok" in caplog.text  # first sparse batch

@@ -33,6 +33,19 @@ class _Prometheus:
         self.tokens.labels(route=reason).inc(tokens)
 
 
+_PROM: list[_Prometheus] = []  # one set of counters per process (several backends may exist, e.g. two-batch overlap)
+
+
+def _prometheus() -> _Prometheus | None:
+    if not _PROM:
+        try:
+            _PROM.append(_Prometheus())
+        except Exception as e:  # metrics are best effort; the log line stays
+            logger.warning("mmi: Prometheus counters unavailable (%s: %s)", type(e).__name__, e)
+            return None
+    return _PROM[0]
+
+
 class RouteStats:
     """Accumulates `BatchRoutes` of every extend batch; logs the totals every ``log_interval_s`` seconds.
 
@@ -49,10 +62,7 @@ class RouteStats:
         self._errors_logged: set[str] = set()
         self._prom: _Prometheus | None = None
         if enable_metrics:
-            try:
-                self._prom = _Prometheus()
-            except Exception as e:  # metrics are best effort; the log line stays
-                logger.warning("mmi: Prometheus counters unavailable (%s: %s)", type(e).__name__, e)
+            self._prom = _prometheus()
 
     def add(self, routes: BatchRoutes) -> None:
         self.batches += 1
