@@ -4,12 +4,13 @@ A selection keeps, for each query block ``qb`` (``block`` consecutive rows of th
 - key blocks ``kb`` (``block`` consecutive keys of the *key-permuted* order) where ``blocks[qb, kb]``, and
 - single key columns ``c`` (key-permuted index) where ``columns[qb, c]``,
 and then only the pairs that are causal on **original positions** (key position <= query position).
-Queries are the last ``n_q`` of the ``n_k`` keys (``n_q < n_k``: a chunk over a cached prefix of ``n_k - n_q``).
+Queries are the last ``n_q <= n_k`` of the ``n_k`` keys (``n_q < n_k``: a chunk over a cached prefix of
+``n_k - n_q`` tokens).
 `keep_mask` turns a selection into the boolean (query, key) mask in original order; it is the truth every kernel and
 planner is tested against.
 
-Canonical form (enforced on construction, so two selections with the same keep set and permutations have equal
-tensors, and ``blocks.sum()`` / ``columns.sum()`` count exactly the tiles and columns a kernel computes):
+Canonical form (enforced on construction, so ``blocks.sum()`` / ``columns.sum()`` count exactly the tiles and
+columns a kernel computes, and index planners can be compared with the builders tensor for tensor):
 - no kept block or column is entirely non-causal for its query block (every key of it after every row of it), and
 - no column lies inside a key block kept for the same query block, so a kernel that iterates blocks then columns
   never counts a pair twice.
