@@ -640,6 +640,32 @@ def test_grid_matches_brute_force_oracle(seed, draw):
     assert torch.equal(got, want), f"{layout} n_q={n_q} {cfg} stride={stride} residues={residues}\n{draw(got)}"
 
 
+SHORT = ModalityLayout.from_parts([("text", 1), ("video", VisualGrid(frames=2, rows=1, cols=2))])  # 5 tokens
+SHORT_CASES = {
+    "dense": lambda: dense_selection(5, 5, 64),
+    "a_shape": lambda: ashape_selection(5, 5, AShape(sink=0, local=0)),
+    "vertical_slash": lambda: vertical_slash_selection(5, 5, VerticalSlash(sink=0, local=1), [], []),
+    "block_sparse": lambda: block_sparse_selection(5, 5, BlockSparse(top_k=0), torch.zeros(1, 0, dtype=torch.long)),
+    "grid": lambda: grid_selection(SHORT, 5, Grid(stride=2, sink=0, local=0, hline=False, vline=False), 2, [1]),
+}
+
+
+@pytest.mark.parametrize("build", SHORT_CASES.values(), ids=SHORT_CASES.keys())
+def test_n_shorter_than_one_block_keeps_every_causal_pair(build, picture, draw):
+    """5 tokens, block 64: one tile holds everything, so every pattern keeps the whole causal triangle."""
+    sel = build()
+    assert sel.blocks.shape == (1, 1)
+    got = keep_mask(sel)
+    want = """
+        #....
+        ##...
+        ###..
+        ####.
+        #####
+        """
+    assert torch.equal(got, picture(want)), "\n" + draw(got)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GQA union
 # ---------------------------------------------------------------------------------------------------------------
