@@ -666,6 +666,53 @@ def test_n_shorter_than_one_block_keeps_every_causal_pair(build, picture, draw):
     assert torch.equal(got, picture(want)), "\n" + draw(got)
 
 
+def identity_oracle(n_q: int, n_k: int, block: int, pair_rule, column_rule=lambda i, j: False, tile_rule=None):
+    """Keep set from a pair rule rounded to identity-order tiles, plus single columns: loops, no shared code."""
+    prefix = n_k - n_q
+    tiles = {((i - prefix) // block, j // block) for i in range(prefix, n_k) for j in range(i + 1) if pair_rule(i, j)}
+    if tile_rule is not None:
+        tiles |= {(qb, kb) for qb in range(-(-n_q // block)) for kb in range(-(-n_k // block)) if tile_rule(qb, kb)}
+    keep = torch.zeros(n_q, n_k, dtype=torch.bool)
+    for i in range(prefix, n_k):
+        for j in range(i + 1):
+            keep[i - prefix, j] = ((i - prefix) // block, j // block) in tiles or column_rule(i, j)
+    return keep
+
+
+def random_identity_case(seed: int):
+    rng = random.Random(1000 + seed)
+    n_k = rng.randint(1, 40)
+    n_q = rng.randint(1, n_k)
+    block = rng.randint(1, 9)
+    kind = ["a_shape", "vertical_slash", "block_sparse"][seed % 3]
+    if kind == "a_shape":
+        cfg = tiny(AShape(), block=block, sink=rng.randint(0, 6), local=rng.randint(0, 12))
+        sel = ashape_selection(n_q, n_k, cfg)
+        want = identity_oracle(n_q, n_k, block, lambda i, j: j < cfg.sink or i - cfg.local <= j <= i)
+    elif kind == "vertical_slash":
+        cfg = tiny(VerticalSlash(), block=block, sink=rng.randint(0, 4), local=rng.randint(1, 5))
+        cols = rng.sample(range(n_k), k=rng.randint(0, min(4, n_k)))
+        offs = rng.sample(range(n_k), k=rng.randint(0, min(3, n_k)))
+        sel = vertical_slash_selection(n_q, n_k, cfg, cols, offs)
+        diag = set(offs) | set(range(cfg.local))
+        want = identity_oracle(
+            n_q, n_k, block, lambda i, j: i - j in diag, column_rule=lambda i, j: j in cols or j < cfg.sink
+        )
+    else:
+        nqb, nkb = -(-n_q // block), -(-n_k // block)
+        top = [[rng.randint(-1, nkb) for _ in range(2)] for _ in range(nqb)]
+        sel = block_sparse_selection(n_q, n_k, tiny(BlockSparse(), block=block), top)
+        want = identity_oracle(n_q, n_k, block, lambda i, j: i == j, tile_rule=lambda qb, kb: kb == 0 or kb in top[qb])
+    return kind, sel, want
+
+
+@pytest.mark.parametrize("seed", range(45), ids=lambda s: f"{['a_shape', 'vs', 'block_sparse'][s % 3]}_seed{s}")
+def test_identity_patterns_match_brute_force_oracle(seed, draw):
+    kind, sel, want = random_identity_case(seed)
+    got = keep_mask(sel)
+    assert torch.equal(got, want), f"{kind} n_q={sel.n_q} n_k={sel.n_k} block={sel.block}\n{draw(got)}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GQA union
 # ---------------------------------------------------------------------------------------------------------------
