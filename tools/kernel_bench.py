@@ -153,7 +153,9 @@ def pattern_vs(n: int, density: float, dev: str, seed: int = 0):
     per_row = density * n / 2
     n_cols = max(int(per_row / 2), 1)
     n_diag = max(int(per_row / 2 / (1.5 * B)), 1)
-    offs = torch.unique(torch.cat([torch.randint(0, n, (n_diag,), device=dev, generator=g), torch.arange(B, device=dev)]))
+    offs = torch.unique(
+        torch.cat([torch.randint(0, n, (n_diag,), device=dev, generator=g), torch.arange(B, device=dev)])
+    )
     qb = torch.arange(nb, device=dev)
     first = qb * B
     last = torch.clamp(first + B - 1, max=n - 1)
@@ -164,7 +166,9 @@ def pattern_vs(n: int, density: float, dev: str, seed: int = 0):
         hi = (last - o) // B
         ok = last - o >= 0
         blocks |= ok[:, None] & (kb[None, :] >= lo[:, None]) & (kb[None, :] <= hi[:, None])
-    cols = torch.unique(torch.cat([torch.randint(0, n, (n_cols,), device=dev, generator=g), torch.arange(30, device=dev)]))
+    cols = torch.unique(
+        torch.cat([torch.randint(0, n, (n_cols,), device=dev, generator=g), torch.arange(30, device=dev)])
+    )
     col_ids = cols[None, :].expand(nb, -1).contiguous()
     return torch.arange(n, device=dev), blocks, col_ids
 
@@ -246,11 +250,11 @@ def reference_rows(q, k, v, keep: SlotKeep, rows: torch.Tensor, prefix: int) -> 
 
 
 def stage_ceil(rec: Recorder) -> None:
-    x = torch.randn(1 << 29, device="cuda", dtype=torch.bfloat16)  # 1 GiB
-    y = torch.empty_like(x)
-    ms, _ = time_ms(lambda: y.copy_(x), warmup=3, reps=20)
-    rec.add(what="copy", bytes=2 * x.numel() * 2, ms=ms, tb_s=2 * x.numel() * 2 / ms / 1e9)
-    del x, y
+    src = torch.randn(1 << 29, device="cuda", dtype=torch.bfloat16)  # 1 GiB
+    dst = torch.empty_like(src)
+    ms, _ = time_ms(lambda: dst.copy_(src), warmup=3, reps=20)
+    rec.add(what="copy", bytes=2 * src.numel() * 2, ms=ms, tb_s=2 * src.numel() * 2 / ms / 1e9)
+    src = dst = None
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     ms, _ = time_ms(lambda: a @ b, warmup=3, reps=20)
@@ -356,7 +360,7 @@ def flex_runner(q, k, v, idx, order_q, order_k):
     return lambda: fa(qf, kf, vf, block_mask=bm, enable_gqa=True, kernel_options=opts)
 
 
-KINDS = (('blocks', 0.05), ('blocks', 0.10), ('grid', 0.05), ('grid', 0.10), ('vs', 0.05))
+KINDS = (("blocks", 0.05), ("blocks", 0.10), ("grid", 0.05), ("grid", 0.10), ("vs", 0.05))
 
 
 def stage_time(
@@ -386,7 +390,7 @@ def stage_time(
                       columns=cols, index_bytes=idx.nbytes(), index_build_s=build_s, **extra)  # fmt: skip
         for cfg in configs:
             out = torch.empty_like(q)
-            fn = lambda cfg=cfg, out=out: sparse_attention(q, k, v, idx, out=out, config=cfg)
+            fn = lambda cfg=cfg, out=out, idx=idx: sparse_attention(q, k, v, idx, out=out, config=cfg)
             try:
                 ms, ts = time_ms(fn, warmup=2, reps=reps)
                 ck = sys.modules["mmi_kernels.sparse_attention"]._last_compiled
@@ -446,7 +450,7 @@ def main() -> None:
             KernelConfig(heads_per_tile=2, keys_per_step=1, num_warps=4, num_stages=3),
         ]
         for n in a.n:
-            stage_time(rec, n, a.reps, cfgs, False, False, (('blocks', 0.05),))
+            stage_time(rec, n, a.reps, cfgs, False, False, (("blocks", 0.05),))
     print("done", a.stage, file=sys.stderr, flush=True)
 
 

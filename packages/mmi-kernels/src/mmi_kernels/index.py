@@ -512,7 +512,8 @@ def pattern_capacity(cfg: PatternConfig, n_k: int, *, video_segments: int = 1) -
     by its worst case: ``sink`` blocks, ``block * (local + 1)`` diagonal blocks (the block's own rows may be spread
     over up to ``block`` key blocks when a cached prefix shifts the query permutation against the key permutation),
     and the vline/slash residue classes, each spanning at most ``ceil(n_k / (stride * block)) + 1`` blocks per
-    segment (``video_segments`` of them); with ``stride="search"``/``"frame"`` the smallest stride (2) is assumed, which is loose.
+    segment (``video_segments`` of them); with ``stride="search"``/``"frame"`` the smallest stride (2) is assumed,
+    which is loose.
     """
     if isinstance(cfg, Dense):
         return 0, 0

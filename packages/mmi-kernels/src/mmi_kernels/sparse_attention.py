@@ -80,7 +80,7 @@ def _attend_keys(
 def _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED: tl.constexpr, WIDE: tl.constexpr):
     """Key-permuted ids -> (request-local original key index, row of the K/V pool; int64 when WIDE)."""
     kidx = tl.load(K_ORDER + k_order_base + kperm, mask=m_key, other=0)
-    if PAGED:
+    if PAGED:  # noqa: SIM108 (a constexpr branch)
         loc = tl.load(PT + pt_row + kidx, mask=m_key, other=0)
     else:
         loc = k_tok0 + kidx
@@ -107,7 +107,9 @@ def _block_step(
         kb_b = tl.load(LIST + j + 1, mask=has_b, other=0)
         kb = tl.where(o_n < BLOCK, kb_a, kb_b)
         m_key = (o_n < BLOCK) | has_b
-        need_mask = need_mask | (j + 1 >= n) | (tl.load(K_POS_MAX + kmeta + kb_b) > q_min) | (kb_b * BLOCK + BLOCK > n_k)
+        need_mask = (
+            need_mask | (j + 1 >= n) | (tl.load(K_POS_MAX + kmeta + kb_b) > q_min) | (kb_b * BLOCK + BLOCK > n_k)
+        )
     else:
         kb = kb_a + o_n * 0
         m_key = o_n < BLOCK
@@ -367,7 +369,8 @@ def sparse_attention_fwd(
         pt.stride(0) if page_table is not None else 0,
         q.shape[0], index.k_order.shape[1], index.total_qblocks, index.k_pos_max.shape[1],
         index.block_capacity, index.column_capacity, scale * math.log2(math.e),
-        HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=kps * block, HEADS_PER_TILE=hpt, PAGED=page_table is not None, WIDE=wide,
+        HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=kps * block, HEADS_PER_TILE=hpt,
+        PAGED=page_table is not None, WIDE=wide,
         UPCAST_DOT=interp and q.dtype != torch.float32,  # the interpreter's bf16/fp16 dot is wrong (NOTES.md)
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
