@@ -194,3 +194,33 @@ def test_sparse_rows_follow_left_padding(patched, clip):
         want = model(**alone).logits[0]
     assert handle.stats.sparse == 3 * model.config.get_text_config().num_hidden_layers
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_backend_matches_reference(patched, clip, record_property):
+    """mmi-kernels' wrapper (planned once per forward; on CPU its PyTorch execution of the sparse index) gives the
+    reference's logits: same estimation and keep-set semantics, different code."""
+    pytest.importorskip("mmi_kernels")
+    from mmi_models.sparse_compute import kernels_available
+
+    if not kernels_available():
+        pytest.skip("mmi_kernels has no SparsePrefillWrapper")
+    model = patched.model
+    inputs = _inputs(patched, clip)
+    handle = apply_mminference(model, _sparse_configs(model), min_tokens=16, backend="reference")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+    handle = apply_mminference(model, _sparse_configs(model), min_tokens=16, backend="kernels")
+    with torch.no_grad():
+        got = model(**inputs).logits
+    layers = model.config.get_text_config().num_hidden_layers
+    assert handle.stats.backend == {"kernels": 2 * layers}
+    valid = inputs["attention_mask"].bool()
+    rel = float((got[valid] - ref[valid]).norm() / ref[valid].norm())
+    record_property("kernels_vs_reference_rel_error", rel)
+    print(f"\n{patched.family}: kernels-backend vs reference logits, relative L2 error {rel:.3e}")
+    torch.testing.assert_close(got[valid], ref[valid], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_backend_is_rejected(patched):
+    with pytest.raises(ValueError, match="unknown sparse backend"):
+        apply_mminference(patched.model, _uniform(patched.model, Dense()), backend="triton")

@@ -23,7 +23,7 @@ import sys
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 from mmi_core import HeadConfigs, Modality
 from mmi_models.adapter import AdapterError, BatchLayouts, ModelAdapter, adapter_for
 from mmi_models.head_configs import load_head_configs
-from mmi_models.sparse_compute import sparse_attention, sparse_backend
+from mmi_models.sparse_compute import Backend, SparsePrefill, resolve_backend
 
 __all__ = ["DEFAULT_MIN_TOKENS", "MMInference", "MMInferenceStats", "apply_mminference", "mminference_of"]
 
@@ -41,11 +41,24 @@ DEFAULT_MIN_TOKENS = 4096
 _PREFIX = "mmi_"
 
 
-@dataclass(frozen=True)
+@dataclass
 class _ForwardContext:
+    """What one forward call's attention needs: the batch layouts (or why there are none), which rows run sparse,
+    why the others stay dense, and the sparse plan per device (made at the first layer, reused by the others)."""
+
     handle: MMInference
     batch: BatchLayouts | None
     reason: str  # why batch is None ("" when it is set)
+    sparse_rows: tuple[int, ...] = ()
+    dense_reasons: tuple[str, ...] = ()  # one per dense row
+    plans: dict[torch.device, SparsePrefill] = field(default_factory=dict)
+
+    def plan(self, device: torch.device) -> SparsePrefill:
+        if device not in self.plans:
+            assert self.batch is not None
+            layouts = [self.batch.layouts[b] for b in self.sparse_rows]
+            self.plans[device] = SparsePrefill(self.handle.head_configs, layouts, device, self.handle.backend)
+        return self.plans[device]
 
 
 _CONTEXT: contextvars.ContextVar[_ForwardContext | None] = contextvars.ContextVar("mmi_forward", default=None)
@@ -85,12 +98,19 @@ class MMInference:
     """Handle of one model patched by `apply_mminference`: its adapter, head configs, threshold and stats."""
 
     def __init__(
-        self, model: Any, adapter: ModelAdapter, head_configs: HeadConfigs, min_tokens: int, base: str
+        self,
+        model: Any,
+        adapter: ModelAdapter,
+        head_configs: HeadConfigs,
+        min_tokens: int,
+        base: str,
+        backend: Backend = "auto",
     ) -> None:
         self._model = weakref.ref(model)
         self.adapter = adapter
         self.head_configs = head_configs
         self.min_tokens = min_tokens
+        self.backend: Backend = backend
         self.base_implementation = base
         self.attn_implementation = _PREFIX + base
         self.stats = MMInferenceStats()
@@ -115,7 +135,17 @@ class MMInference:
         batch = self.adapter.layouts_for(inputs)
         if not batch.has_visual:
             return _ForwardContext(self, None, "no_visual_tokens")
-        return _ForwardContext(self, batch, "")
+        sparse, reasons = [], []
+        for b, lay in enumerate(batch.layouts):
+            if lay.modalities() == (Modality.TEXT,):
+                reasons.append("no_visual_tokens")
+            elif lay.num_tokens < self.min_tokens:
+                reasons.append("short")
+            else:
+                sparse.append(b)
+        if not sparse:
+            return _ForwardContext(self, None, "", (), tuple(reasons))
+        return _ForwardContext(self, batch, "", tuple(sparse), tuple(reasons))
 
     def remove(self) -> None:
         """Undo `apply_mminference`: the original attention implementation and ``forward`` come back."""
@@ -176,17 +206,20 @@ def apply_mminference(
     configs: HeadConfigs | str | Path | None = None,
     *,
     min_tokens: int = DEFAULT_MIN_TOKENS,
+    backend: Backend = "auto",
 ) -> MMInference:
     """Patch ``model`` (a transformers VLM of a known architecture) to run MMInference prefill in its language model.
 
     ``configs``: None (the family default, see `mmi_models.head_configs`), a JSON path, or a `HeadConfigs`; checked
-    against the model's geometry. ``min_tokens``: rows with fewer valid tokens stay dense. Returns the handle
+    against the model's geometry. ``min_tokens``: rows with fewer valid tokens stay dense. ``backend``: how sparse
+    rows are computed (`mmi_models.sparse_compute`: ``"auto"``, ``"kernels"``, ``"reference"``). Returns the handle
     (``handle.stats``, ``handle.remove()``); applying twice replaces the first handle.
     Raises AdapterError (unknown architecture, language attention not found, base attention not supported) or
     ConfigError (bad configs).
     """
     if min_tokens < 1:
         raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
+    resolve_backend(backend, torch.device("cpu"))  # unknown names / missing kernels fail here, not mid-forward
     old = mminference_of(model)
     if old is not None:
         old.remove()
@@ -204,7 +237,7 @@ def apply_mminference(
             f"{type(model).__name__}: found {len(modules)} language-model attention modules (config object shared, "
             f"with q_proj and layer_idx), expected {geometry.num_layers}"
         )
-    handle = MMInference(model, adapter, hc, min_tokens, base)
+    handle = MMInference(model, adapter, hc, min_tokens, base, backend)
     name = _register(base)
     for m in modules:
         _MODULES[m] = (handle, _base_function(m, base))
@@ -263,7 +296,11 @@ def mmi_attention_forward(
     if ctx is None or ctx.handle is not handle:
         return dense("no_layout", bsz)
     if ctx.batch is None:
-        return dense(ctx.reason, bsz)
+        if not ctx.dense_reasons:
+            return dense(ctx.reason, bsz)
+        for r in ctx.dense_reasons:  # per-row reasons of a batch without sparse rows
+            handle.stats.dense[r] += 1
+        return base_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if module.training and dropout > 0:
         return dense("training", bsz)
     if kwargs.get("sliding_window") is not None:
@@ -275,33 +312,24 @@ def mmi_attention_forward(
     if all(spec.is_dense for spec in handle.head_configs.layers[layer].heads):
         return dense("dense_layer_config", bsz)
 
-    sparse_rows, reasons = [], []
-    for b, lay in enumerate(batch.layouts):
-        if all(s.modality == Modality.TEXT for s in lay.segments):
-            reasons.append("no_visual_tokens")
-        elif lay.num_tokens < handle.min_tokens:
-            reasons.append("short")
-        else:
-            sparse_rows.append(b)
-            continue
-    if not sparse_rows:
-        for r in reasons:
-            handle.stats.dense[r] += 1
-        return base_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if reasons:  # mixed batch: the dense rows come from the original function, exactly
+    if reasons := ctx.dense_reasons:  # mixed batch: the dense rows come from the original function, exactly
         out, _ = base_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         out = out.clone()
         for r in reasons:
             handle.stats.dense[r] += 1
     else:
         out = query.new_zeros(bsz, n_q, query.shape[1], query.shape[3])  # padding rows: zeros, never attended
-    for b in sparse_rows:
-        lay, off = batch.layouts[b], batch.offsets[b]
-        sl = slice(off, off + lay.num_tokens)
-        q = query[b, :, sl].transpose(0, 1)
-        k = key[b, :, sl].transpose(0, 1)
-        v = value[b, :, sl].transpose(0, 1)
-        handle.stats.backend[sparse_backend(q)] += 1
-        out[b, sl] = sparse_attention(q, k, v, lay, handle.head_configs, layer, scale=scaling).to(out.dtype)
-        handle.stats.sparse += 1
+    plan = ctx.plan(query.device)
+    spans = [slice(batch.offsets[b], batch.offsets[b] + batch.layouts[b].num_tokens) for b in ctx.sparse_rows]
+    outs = plan.run(
+        [query[b, :, sl].transpose(0, 1) for b, sl in zip(ctx.sparse_rows, spans, strict=True)],
+        [key[b, :, sl].transpose(0, 1) for b, sl in zip(ctx.sparse_rows, spans, strict=True)],
+        [value[b, :, sl].transpose(0, 1) for b, sl in zip(ctx.sparse_rows, spans, strict=True)],
+        layer,
+        scale=scaling,
+    )
+    for b, sl, o in zip(ctx.sparse_rows, spans, outs, strict=True):
+        out[b, sl] = o.to(out.dtype)
+    handle.stats.sparse += len(ctx.sparse_rows)
+    handle.stats.backend[plan.backend] += len(ctx.sparse_rows)
     return out, None
