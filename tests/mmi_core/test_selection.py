@@ -857,3 +857,16 @@ def test_grid_selection_validation():
         grid_selection(grid_layout(), 15, grid_cfg(), 0, [0])
     with pytest.raises(ValueError, match="n_q 16 must be within"):
         grid_selection(grid_layout(), 16, grid_cfg(), 3, [0])
+
+
+def test_selection_and_permutation_equality():
+    a, b = dense_selection(10, 12, 4), dense_selection(10, 12, 4)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != dense_selection(10, 12, 2)
+    assert a != ashape_selection(10, 12, tiny(AShape(), block=4, sink=0, local=0))
+    v = vertical_slash_selection(10, 12, tiny(VerticalSlash(), block=4, sink=0, local=1), [0], [])
+    assert v == vertical_slash_selection(10, 12, tiny(VerticalSlash(), block=4, sink=0, local=1), [0], [])
+    assert v.columns is not None and v != ashape_selection(10, 12, tiny(AShape(), block=4, sink=0, local=1))
+    assert Permutation.identity(5, 2) == Permutation(torch.arange(5, dtype=torch.int32), 2)
+    assert Permutation.identity(5, 2) != Permutation.identity(5, 1)
+    assert Permutation.identity(5) != "not a permutation"

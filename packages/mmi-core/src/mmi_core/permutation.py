@@ -15,7 +15,7 @@ from mmi_core.layout import LayoutError, Modality, ModalityLayout
 __all__ = ["Permutation", "grid_permutation", "grid_residues", "modality_permutation"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Permutation:
     """``order[p]`` is the index (0-based, relative to ``offset``) of the token placed at permuted position ``p``.
 
@@ -48,6 +48,15 @@ class Permutation:
             raise ValueError(f"Permutation.order is not a permutation of 0..{n - 1}: repeated ids")
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "inverse", inverse)
+
+    def __eq__(self, other: object) -> bool:
+        """Same offset and same order (on any devices); tensor fields make the generated dataclass ``==`` unusable."""
+        if not isinstance(other, Permutation):
+            return NotImplemented
+        return self.offset == other.offset and torch.equal(self.order.cpu(), other.order.cpu())
+
+    def __hash__(self) -> int:
+        return hash((self.offset, self.size))
 
     @classmethod
     def identity(cls, n: int, offset: int = 0, device: torch.device | str | None = None) -> Permutation:

@@ -50,7 +50,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Selection:
     """Keep set of one head (or one GQA group executing together); see the module docstring for the rules.
 
@@ -95,6 +95,24 @@ class Selection:
             in_block = self.blocks.repeat_interleave(b, dim=1)[:, :n_k]
             cols = self.columns.to(dev) & ~in_block & (kpos[None, :] <= qmax[:, None])
             object.__setattr__(self, "columns", cols if bool(cols.any()) else None)
+
+    def __eq__(self, other: object) -> bool:
+        """Same block size, permutations and (canonical) tensors, on any devices."""
+        if not isinstance(other, Selection):
+            return NotImplemented
+        cols = (self.columns is None) == (other.columns is None) and (
+            self.columns is None or torch.equal(self.columns.cpu(), other.columns.cpu())  # type: ignore[union-attr]
+        )
+        return (
+            self.block == other.block
+            and self.q_perm == other.q_perm
+            and self.k_perm == other.k_perm
+            and torch.equal(self.blocks.cpu(), other.blocks.cpu())
+            and cols
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.block, self.n_q, self.n_k))
 
     @property
     def n_q(self) -> int:
