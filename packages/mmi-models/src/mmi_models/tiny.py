@@ -6,7 +6,7 @@ the ``tokenizers`` library whose vocabulary holds the family's real special toke
 ``<|vision_start|>`` ... / ``<image>``, ``<video>``) at the ids the config names, and the family's real image and
 video processor configs (sizes shrunk so a clip gives a few hundred tokens). Nothing is downloaded.
 
-CLI: ``mmi-tiny-checkpoint {qwen2_5_vl,llava_onevision} OUT_DIR [--seed N]``.
+CLI: ``mmi-tiny-checkpoint {qwen2_5_vl,llava_onevision,qwen2_vl,qwen3_vl} OUT_DIR [--seed N]``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 __all__ = ["TINY_FAMILIES", "main", "write_tiny_checkpoint"]
 
-TinyFamily = Literal["qwen2_5_vl", "llava_onevision"]
-TINY_FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "llava_onevision")
+TinyFamily = Literal["qwen2_5_vl", "llava_onevision", "qwen2_vl", "qwen3_vl"]
+TINY_FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "llava_onevision", "qwen2_vl", "qwen3_vl")
 
 # Plain words of the tiny vocabulary: enough for prompts in tests; anything else maps to <unk>.
 _WORDS = [
@@ -205,6 +205,107 @@ def _qwen2_5_vl(path: Path) -> None:
     processor.save_pretrained(path)
 
 
+def _qwen_text(ids: dict[str, int], **extra: object) -> dict[str, object]:
+    return dict(
+        vocab_size=_VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        **extra,
+    )
+
+
+def _qwen_ids(ids: dict[str, int]) -> dict[str, int]:
+    return dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def _save(model, processor, ids: dict[str, int], path: Path) -> None:
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def _qwen2_vl(path: Path) -> None:
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer, ids = _build_tokenizer(_QWEN_SPECIALS, _QWEN_CHAT_TEMPLATE)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14)
+    config = Qwen2VLConfig(
+        text_config=_qwen_text(ids, rope_parameters=rope),
+        vision_config=vision,
+        tie_word_embeddings=False,
+        **_qwen_ids(ids),
+    )
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    px = dict(size={"shortest_edge": 28 * 28, "longest_edge": 224 * 224})
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**px),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**px, do_sample_frames=False),
+        chat_template=_QWEN_CHAT_TEMPLATE,
+    )
+    _save(Qwen2VLForConditionalGeneration(config).eval(), processor, ids, path)
+
+
+def _qwen3_vl(path: Path) -> None:
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    tokenizer, ids = _build_tokenizer(_QWEN_SPECIALS, _QWEN_CHAT_TEMPLATE)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=16,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[1],
+    )
+    config = Qwen3VLConfig(
+        text_config=_qwen_text(ids, head_dim=16, rope_parameters=rope),
+        vision_config=vision,
+        tie_word_embeddings=False,
+        **_qwen_ids(ids),
+    )
+    config.architectures = ["Qwen3VLForConditionalGeneration"]
+    # 128x128 frames -> 8x8 patches of 16 -> 4x4 = 16 tokens per merged frame, each with its timestamp
+    px = dict(size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256}, patch_size=16)
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**px, merge_size=2),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**px, do_sample_frames=False),
+        chat_template=_QWEN_CHAT_TEMPLATE,
+    )
+    _save(Qwen3VLForConditionalGeneration(config).eval(), processor, ids, path)
+
+
 def _llava_onevision(path: Path) -> None:
     from transformers import (
         LlavaOnevisionConfig,
@@ -276,7 +377,12 @@ def write_tiny_checkpoint(family: TinyFamily | str, path: str | Path, *, seed: i
     ``AutoProcessor.from_pretrained(path)`` load it with ``HF_HUB_OFFLINE=1``. Weights are random (``seed``).
     Raises ValueError for an unknown family. Returns the directory.
     """
-    writers = {"qwen2_5_vl": _qwen2_5_vl, "llava_onevision": _llava_onevision}
+    writers = {
+        "qwen2_5_vl": _qwen2_5_vl,
+        "llava_onevision": _llava_onevision,
+        "qwen2_vl": _qwen2_vl,
+        "qwen3_vl": _qwen3_vl,
+    }
     if family not in writers:
         raise ValueError(f"unknown tiny-checkpoint family {family!r}; known: {', '.join(TINY_FAMILIES)}")
     out = Path(path)
