@@ -36,6 +36,7 @@ from mmi_kernels import KernelConfig, SlotKeep, index_from_keeps, index_to_bsr, 
 HQ, HKV, D, B = 28, 4, 128, 64
 _FLEX: dict = {}
 ASM_DIR: Path | None = None
+PAGED_TOO = False
 TEXT_PREFIX = 1024
 
 
@@ -356,7 +357,7 @@ def flex_runner(q, k, v, idx, order_q, order_k):
     qf = q[order_q].transpose(0, 1)[None]
     kf = k[order_k].transpose(0, 1)[None]
     vf = v[order_k].transpose(0, 1)[None]
-    opts = {"BLOCK_M": B, "BLOCK_N": B}
+    opts = {"BLOCK_M": B, "BLOCK_N": B} if B < 128 else None  # the sparse block must be a multiple of the tile
     return lambda: fa(qf, kf, vf, block_mask=bm, enable_gqa=True, kernel_options=opts)
 
 
@@ -396,7 +397,7 @@ def stage_time(
                 ck = sys.modules["mmi_kernels.sparse_attention"]._last_compiled
                 asm = {"n_regs": getattr(ck, "n_regs", None), "n_spills": getattr(ck, "n_spills", None)}
                 if ASM_DIR is not None and ck is not None:
-                    name = f"h{cfg.heads_per_tile}k{cfg.keys_per_step}w{cfg.num_warps}s{cfg.num_stages}"
+                    name = f"h{cfg.heads_per_tile}n{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
                     text = ck.asm.get("ttgir", "")
                     asm["wgmma"] = "warp_group_dot" in text
                     asm["async_copy"] = "async_copy_global_to_local" in text
@@ -405,6 +406,20 @@ def stage_time(
                 rec.add(what="mmi", config=cfg.__dict__, ms=ms, all_ms=ts, tflops=flops / ms / 1e9, **asm, **common)
             except Exception as e:  # record and go on: one bad config must not lose the run
                 rec.add(what="mmi", config=cfg.__dict__, error=repr(e)[:500], **common)
+        if PAGED_TOO:  # the same keys at shuffled slots of a pool twice as large, read through a page table
+            pool = 2 * n
+            slots = torch.randperm(pool, device="cuda")[:n].to(torch.int32)
+            kc = torch.empty(pool, HKV, D, device="cuda", dtype=q.dtype)
+            vc = torch.empty(pool, HKV, D, device="cuda", dtype=q.dtype)
+            kc[slots.long()], vc[slots.long()] = k, v
+            out = torch.empty_like(q)
+            pt = slots[None, :]
+            fn = lambda out=out, idx=idx, kc=kc, vc=vc, pt=pt: sparse_attention(
+                q, None, None, idx, k_cache=kc, v_cache=vc, page_table=pt, out=out
+            )
+            ms, ts = time_ms(fn, warmup=2, reps=reps)
+            rec.add(what="mmi_paged", ms=ms, all_ms=ts, tflops=flops / ms / 1e9, **common)
+            del kc, vc
         if flex and cols == 0:
             try:
                 t0 = time.perf_counter()
@@ -428,12 +443,17 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--block", type=int, default=64, help="index block (query and key tile rows)")
+    ap.add_argument("--paged", action="store_true", help="also time the paged path (shuffled pool) per pattern")
     a = ap.parse_args()
+    global B, PAGED_TOO
+    B, PAGED_TOO = a.block, a.paged
     a.out.mkdir(parents=True, exist_ok=True)
     global ASM_DIR
     ASM_DIR = a.out
     torch.backends.cuda.matmul.allow_tf32 = False
-    rec = Recorder(a.out, a.stage + "_" + "_".join(str(n // 1024) + "k" for n in a.n))
+    rec = Recorder(a.out, a.stage + "_" + "_".join(str(n // 1024) + "k" for n in a.n) + (f"_b{B}" if B != 64 else ""))
+    rec.data["block"] = B
     if a.stage == "ceil":
         stage_ceil(rec)
     elif a.stage == "check":
@@ -443,11 +463,11 @@ def main() -> None:
             stage_time(rec, n, a.reps, [KernelConfig()], not a.no_dense, not a.no_flex)
     elif a.stage == "sweep":
         cfgs = [
-            KernelConfig(heads_per_tile=1, keys_per_step=1, num_warps=4, num_stages=3),
-            KernelConfig(heads_per_tile=1, keys_per_step=1, num_warps=4, num_stages=4),
-            KernelConfig(heads_per_tile=1, keys_per_step=1, num_warps=4, num_stages=2),
-            KernelConfig(heads_per_tile=1, keys_per_step=1, num_warps=8, num_stages=3),
-            KernelConfig(heads_per_tile=2, keys_per_step=1, num_warps=4, num_stages=3),
+            KernelConfig(),
+            KernelConfig(heads_per_tile=1, block_n=B // 2, num_warps=8, num_stages=3),
+            KernelConfig(heads_per_tile=1, block_n=B // 2, num_warps=4, num_stages=3),
+            KernelConfig(heads_per_tile=2, block_n=B, num_warps=8, num_stages=3),
+            KernelConfig(heads_per_tile=2, block_n=B // 2, num_warps=8, num_stages=3),
         ]
         for n in a.n:
             stage_time(rec, n, a.reps, cfgs, False, False, (("blocks", 0.05),))

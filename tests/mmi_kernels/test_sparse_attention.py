@@ -11,7 +11,14 @@ import pytest
 import torch
 from kernel_cases import group_selections, selection, video_layout
 
-from mmi_core import Selection, sparse_attention_reference
+from mmi_core import (
+    AShape,
+    BlockSparse,
+    Selection,
+    ashape_selection,
+    block_sparse_selection,
+    sparse_attention_reference,
+)
 from mmi_kernels import KernelConfig, index_from_selections, sparse_attention
 
 pytestmark = [pytest.mark.interpret, pytest.mark.filterwarnings("ignore::DeprecationWarning:triton.*")]
@@ -113,7 +120,7 @@ def test_varlen_two_requests_paged_shuffled_and_query_head_slots() -> None:
 
 @pytest.mark.parametrize(
     "cfg",
-    [KernelConfig(heads_per_tile=2, keys_per_step=2), KernelConfig(heads_per_tile=4, keys_per_step=1)],
+    [KernelConfig(heads_per_tile=2, block_n=32), KernelConfig(heads_per_tile=4, block_n=16)],
     ids=["packed2-pairs", "packed4"],
 )
 def test_group_packed_along_m(cfg: KernelConfig) -> None:
@@ -125,6 +132,30 @@ def test_group_packed_along_m(cfg: KernelConfig) -> None:
     q, k, v = torch.randn(n_k - 5, 7, 64), torch.randn(n_k, 1, 64), torch.randn(n_k, 1, 64)
     out = _run(q, k, v, idx, cfg)
     assert _err(out, _reference(q, k, v, [sels[0]] * 7, torch.float64)) <= 1e-5
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["packed", "paged"])
+def test_key_block_in_two_steps(paged: bool) -> None:
+    """Index block 32 computed 16 keys per step (block_n < block), identity key order, packed or paged keys."""
+    n_k, n_q, d = 150, 131, 64
+    top = torch.randint(-1, 5, (-(-n_q // 32), 2))
+    sels = [
+        block_sparse_selection(n_q, n_k, BlockSparse(top_k=2, block=32), top),
+        ashape_selection(n_q, n_k, AShape(sink=20, local=30, block=32)),
+    ]
+    idx = index_from_selections([sels], num_q_heads=4, num_kv_heads=2)
+    assert idx.keys_identity
+    q, k, v = torch.randn(n_q, 4, d), torch.randn(n_k, 2, d), torch.randn(n_k, 2, d)
+    kw = {}
+    if paged:
+        slots = torch.randperm(n_k + 9)[:n_k]
+        kc, vc = torch.randn(n_k + 9, 2, d), torch.randn(n_k + 9, 2, d)
+        kc[slots], vc[slots] = k, v
+        kw = {"k_cache": kc, "v_cache": vc, "page_table": slots[None, :].to(torch.int32)}
+    out = torch.full_like(q, float("nan"))
+    sparse_attention(q, None if paged else k, None if paged else v, idx, out=out, config=KernelConfig(block_n=16), **kw)
+    assert not out.isnan().any()
+    assert _err(out, _reference(q, k, v, [sels[h // 2] for h in range(4)], torch.float64)) <= 1e-5
 
 
 def test_bad_inputs_name_the_problem() -> None:

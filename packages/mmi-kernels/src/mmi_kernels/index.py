@@ -25,6 +25,7 @@ exactly ``mmi_core.keep_mask`` and no pair is visited twice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from itertools import accumulate
@@ -186,6 +187,18 @@ class SparseIndex:
     @property
     def device(self) -> torch.device:
         return self.slot_q_head.device
+
+    @functools.cached_property
+    def keys_identity(self) -> bool:
+        """True when every slot keeps every request's keys in original order (no key permutation): the kernel
+        then skips the order gather. Computed once per index (one device sync)."""
+        local = torch.arange(self.k_order.shape[1], device=self.device, dtype=torch.int32)
+        req = torch.repeat_interleave(
+            torch.arange(self.num_requests, device=self.device),
+            (self.cu_seqlens_k[1:] - self.cu_seqlens_k[:-1]).long(),
+        )
+        local = local - self.cu_seqlens_k[req]
+        return bool((self.k_order == local[None, :]).all())
 
     def nbytes(self) -> int:
         """Bytes held by the index tensors."""

@@ -77,9 +77,16 @@ def _attend_keys(
 
 
 @triton.jit
-def _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED: tl.constexpr, WIDE: tl.constexpr):
-    """Key-permuted ids -> (request-local original key index, row of the K/V pool; int64 when WIDE)."""
-    kidx = tl.load(K_ORDER + k_order_base + kperm, mask=m_key, other=0)
+def _key_rows(
+    K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key,
+    PAGED: tl.constexpr, WIDE: tl.constexpr, K_IDENTITY: tl.constexpr,
+):  # fmt: skip
+    """Key-permuted ids -> (request-local original key index, row of the K/V pool; int64 when WIDE).
+    K_IDENTITY: every slot's key order is the identity, so no order gather (and contiguous rows when not PAGED)."""
+    if K_IDENTITY:  # noqa: SIM108 (a constexpr branch)
+        kidx = kperm
+    else:
+        kidx = tl.load(K_ORDER + k_order_base + kperm, mask=m_key, other=0)
     if PAGED:  # noqa: SIM108 (a constexpr branch)
         loc = tl.load(PT + pt_row + kidx, mask=m_key, other=0)
     else:
@@ -93,29 +100,37 @@ def _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED: tl
 def _block_step(
     acc, m_i, l_i, q, qpos, q_min, LIST, j, n, K_POS_MAX, kmeta, K_ORDER, PT, k_order_base, pt_row, k_tok0, n_k,
     K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, WIDE: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, WIDE: tl.constexpr, K_IDENTITY: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    """Key blocks ``LIST[j : j + BLOCK_N // BLOCK]`` (up to ``n``) as one BLOCK_N-key step. The causal mask is
-    evaluated only when one of them reaches past the query block's first position, is partial or missing."""
+    """One BLOCK_N-key step of the list ``LIST[:n]``: BLOCK_N = 2 * BLOCK takes entries j and j + 1; BLOCK_N = BLOCK
+    entry j; BLOCK_N < BLOCK the (j % SUB)-th part of entry j // SUB. The causal mask is evaluated only when a key
+    block reaches past the query block's first position, is partial or missing."""
     o_n = tl.arange(0, BLOCK_N)
     # scalar loads of the ids: measured faster than vector loads (results/kernels/v3), which cost registers
-    kb_a = tl.load(LIST + j)
+    if BLOCK_N < BLOCK:
+        SUB: tl.constexpr = BLOCK // BLOCK_N
+        kb_a = tl.load(LIST + j // SUB)
+        kperm = kb_a * BLOCK + (j % SUB) * BLOCK_N + o_n
+        m_key = kperm < n_k
+    else:
+        kb_a = tl.load(LIST + j)
+        if BLOCK_N > BLOCK:
+            has_b = j + 1 < n
+            kb_b = tl.load(LIST + j + 1, mask=has_b, other=0)
+            kb = tl.where(o_n < BLOCK, kb_a, kb_b)
+            m_key = (o_n < BLOCK) | has_b
+        else:
+            kb = kb_a + o_n * 0
+            m_key = o_n < BLOCK
+        kperm = kb * BLOCK + o_n % BLOCK
+        m_key = m_key & (kperm < n_k)
     need_mask = (tl.load(K_POS_MAX + kmeta + kb_a) > q_min) | (kb_a * BLOCK + BLOCK > n_k)
     if BLOCK_N > BLOCK:
-        has_b = j + 1 < n
-        kb_b = tl.load(LIST + j + 1, mask=has_b, other=0)
-        kb = tl.where(o_n < BLOCK, kb_a, kb_b)
-        m_key = (o_n < BLOCK) | has_b
         need_mask = (
             need_mask | (j + 1 >= n) | (tl.load(K_POS_MAX + kmeta + kb_b) > q_min) | (kb_b * BLOCK + BLOCK > n_k)
         )
-    else:
-        kb = kb_a + o_n * 0
-        m_key = o_n < BLOCK
-    kperm = kb * BLOCK + o_n % BLOCK
-    m_key = m_key & (kperm < n_k)
-    kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE)
+    kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, K_IDENTITY)
     return _attend_keys(
         acc, m_i, l_i, q, qpos, kidx, loc, m_key, need_mask, K, V, kv_off_k, kv_off_v,
         stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
@@ -170,6 +185,7 @@ def _sparse_attn_fwd_kernel(
     HEADS_PER_TILE: tl.constexpr,
     PAGED: tl.constexpr,
     WIDE: tl.constexpr,
+    K_IDENTITY: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -223,22 +239,24 @@ def _sparse_attn_fwd_kernel(
     kmeta = s64 * total_kb + kb0
     pt_row = i_r.to(tl.int64) * stride_pt
     o_n = tl.arange(0, BLOCK_N)
+    SUBS: tl.constexpr = max(1, BLOCK // BLOCK_N)  # steps per key block (BLOCK_N < BLOCK)
+    STEP: tl.constexpr = max(1, BLOCK_N // BLOCK)  # key blocks per step (BLOCK_N > BLOCK)
 
     # 1) the leading run of key blocks in order of their first original position, 2) the block list; two loops
     # without a branch on the list so the compiler can pipeline the index and K/V loads
     n_lead = tl.load(B_PREFIX + row)
-    for j in range(0, n_lead, BLOCK_N // BLOCK):
+    for j in range(0, n_lead * SUBS, STEP):
         acc, m_i, l_i = _block_step(
             acc, m_i, l_i, q, qpos, q_min, K_BY_POS + kmeta, j, n_lead, K_POS_MAX, kmeta, K_ORDER, PT,
             k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-            BLOCK, BLOCK_N, PAGED, WIDE, UPCAST_DOT, DOT_PREC,
+            BLOCK, BLOCK_N, PAGED, WIDE, K_IDENTITY, UPCAST_DOT, DOT_PREC,
         )  # fmt: skip
     n_list = tl.load(B_COUNT + row)
-    for j in range(0, n_list, BLOCK_N // BLOCK):
+    for j in range(0, n_list * SUBS, STEP):
         acc, m_i, l_i = _block_step(
             acc, m_i, l_i, q, qpos, q_min, B_IDS + row * cap_b, j, n_list, K_POS_MAX, kmeta, K_ORDER, PT,
             k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-            BLOCK, BLOCK_N, PAGED, WIDE, UPCAST_DOT, DOT_PREC,
+            BLOCK, BLOCK_N, PAGED, WIDE, K_IDENTITY, UPCAST_DOT, DOT_PREC,
         )  # fmt: skip
 
     # 3) single key columns (key-permuted ids), BLOCK_N at a time, always masked
@@ -246,7 +264,7 @@ def _sparse_attn_fwd_kernel(
     for j in range(0, n_col, BLOCK_N):
         m_key = j + o_n < n_col
         kperm = tl.load(C_IDS + row * cap_c + j + o_n, mask=m_key, other=0)
-        kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE)
+        kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, K_IDENTITY)
         acc, m_i, l_i = _attend_keys(
             acc, m_i, l_i, q, qpos, kidx, loc, m_key, True, K, V, kv_off_k, kv_off_v,
             stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
@@ -264,11 +282,12 @@ def _sparse_attn_fwd_kernel(
 @dataclass(frozen=True)
 class KernelConfig:
     """Launch parameters. ``heads_per_tile``: query heads of the slot's group stacked along M per program (None: 1;
-    the group's tiles then run as adjacent programs sharing K/V through L2); ``keys_per_step``: key blocks per inner
-    step (1 or 2; None: 1); ``num_warps`` / ``num_stages``: None = chosen from the tile size."""
+    the group's tiles then run as adjacent programs sharing K/V through L2); ``block_n``: keys per inner step
+    (block / 2, block or 2 * block; None: min(block, 64)); ``num_warps`` / ``num_stages``: None = chosen from the
+    tile size."""
 
     heads_per_tile: int | None = None
-    keys_per_step: int | None = None
+    block_n: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
 
@@ -349,8 +368,12 @@ def sparse_attention_fwd(
         return out
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     block_d = max(16, triton.next_power_of_2(d))
-    kps = cfg.keys_per_step or 1
-    _check(kps in (1, 2), f"keys_per_step must be 1 or 2, got {kps}")
+    block_n = cfg.block_n or min(block, 64)
+    _check(
+        block_n in (block // 2, block, 2 * block) and block_n >= 16,
+        f"block_n must be block/2, block or 2*block (>= 16), got {block_n} for block {block}",
+    )
+    k_identity = page_table is None and index.keys_identity
     num_warps = cfg.num_warps or (8 if block_m * block_d > 64 * 128 else 4)
     num_stages = cfg.num_stages or 3
     interp = _interpreting()
@@ -369,8 +392,8 @@ def sparse_attention_fwd(
         pt.stride(0) if page_table is not None else 0,
         q.shape[0], index.k_order.shape[1], index.total_qblocks, index.k_pos_max.shape[1],
         index.block_capacity, index.column_capacity, scale * math.log2(math.e),
-        HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=kps * block, HEADS_PER_TILE=hpt,
-        PAGED=page_table is not None, WIDE=wide,
+        HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=block_n, HEADS_PER_TILE=hpt,
+        PAGED=page_table is not None, WIDE=wide, K_IDENTITY=k_identity,
         UPCAST_DOT=interp and q.dtype != torch.float32,  # the interpreter's bf16/fp16 dot is wrong (NOTES.md)
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
