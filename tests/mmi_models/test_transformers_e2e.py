@@ -224,3 +224,28 @@ def test_kernels_backend_matches_reference(patched, clip, record_property):
 def test_unknown_backend_is_rejected(patched):
     with pytest.raises(ValueError, match="unknown sparse backend"):
         apply_mminference(patched.model, _uniform(patched.model, Dense()), backend="triton")
+
+
+def test_default_policy_runs_sparse_when_long_enough(patched, clip):
+    """The shipped policy's patterns (Grid with the frame stride for video rows, vertical-slash otherwise, block 64)
+    execute on a real layout once min_tokens lets the rows through."""
+    model = patched.model
+    inputs = _inputs(patched, clip)
+    handle = apply_mminference(model, min_tokens=16)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert torch.isfinite(logits[inputs["attention_mask"].bool()]).all()
+    layers = model.config.get_text_config().num_hidden_layers
+    assert handle.stats.dense["dense_layer_config"] == 2  # the policy's first layer is dense
+    assert handle.stats.sparse == 2 * (layers - 1)
+
+
+def test_beam_search_expands_layouts(patched, clip):
+    """generate with beams repeats rows and their visual metadata; every repeated row gets its layout."""
+    model = patched.model
+    inputs = _inputs(patched, clip)
+    want = model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False)
+    handle = apply_mminference(model, _uniform(model, Dense()), min_tokens=16)
+    got = model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False)
+    assert torch.equal(got, want)
+    assert handle.stats.dense["dense_layer_config"] == 4 * model.config.get_text_config().num_hidden_layers
