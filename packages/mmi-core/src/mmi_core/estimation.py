@@ -33,7 +33,9 @@ __all__ = [
     "estimate_block_sparse",
     "estimate_stride_phase",
     "estimate_vertical_slash",
-    "grid_fold_ratios",
+    "grid_fold_excess",
+    "grid_key_mask",
+    "grid_key_scores",
     "grid_stride_candidates",
     "last_query_scores",
     "stable_top",
@@ -242,52 +244,112 @@ def grid_stride_candidates(layout: ModalityLayout, cfg: Grid) -> list[int]:
     return out
 
 
-def grid_fold_ratios(key_mass: torch.Tensor, video: torch.Tensor, stride: int) -> torch.Tensor:
-    """Concentration of ``key_mass [U, n_k]`` on residues ``pos mod stride``: fp32 ``[U, stride]``.
+def grid_key_scores(probs: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-key log score for the grid fold: fp32 ``[H, n_k]``, the (weighted) mean over rows of
+    ``log(max(p, 1e-30))`` of last-query scores ``probs [H, L, n_k]``; ``row_weights [H, L]`` (0/1) picks each
+    head's own rows. Pool a GQA group by averaging its heads' rows of this.
 
-    Only keys where ``video [n_k]`` (bool) is True are folded. With ``M`` the folded mass, ``N`` the number of video
-    keys and ``c_r`` the number with residue ``r``, ``ratio[r] = mass_r / (M · c_r / N)``: 1.0 everywhere for
-    uniform attention, independent of the stride; 0 where ``c_r = 0`` or ``M = 0``.
+    Why geometric (log) rather than summed mass: last-query attention is heavy-tailed — a few content matches of one
+    row carry most of its mass, and differ from row to row — so summed mass per residue is decided by single
+    outliers, and the maximum over more residues (larger strides) wins by chance. A grid line is a residue whose keys
+    are *consistently* heavier, across frames and across rows.
     """
-    u, n_k = key_mass.shape
-    dev = key_mass.device
+    logp = torch.log(probs.float().clamp_min(1e-30))
+    if row_weights is None:
+        return logp.mean(dim=1)
+    w = row_weights.float()
+    return torch.einsum("hln,hl->hn", logp, w) / w.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def grid_key_mask(layout: ModalityLayout, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool ``(fold [n_k], neutral [n_k])``: the keys folded to estimate stride and phase, and those among them whose
+    score is replaced by the fold's mean (counted, but carrying no signal).
+
+    Folded: the tokens of video segments. Text keys are not folded: they are not periodic and would bias the phase.
+    Neutral: off-grid video tokens (per-row newlines, per-frame timestamps/separators): they share one content, act
+    like sinks and sit on fixed residues, so they would masquerade as grid lines; yet they must still count, or a
+    residue class holding only a line and off-grid tokens at half the stride would look as concentrated as the line.
+    Keys within one frame (the largest tokens per frame of the layout) before ``first_row`` (the position of the
+    first estimation row) are not folded either: the local attention of the last rows lands there. When that leaves
+    no key, the exclusion is dropped.
+    """
+    fold = torch.zeros(layout.num_tokens, dtype=torch.bool)
+    on_grid = torch.zeros(layout.num_tokens, dtype=torch.bool)
+    tpf = 0
+    for seg in layout.segments_of(Modality.VIDEO):
+        if seg.grid is not None:
+            fold[seg.start : seg.end] = True
+            on_grid[seg.start : seg.end] = seg.grid.on_grid_mask()
+            tpf = max(tpf, seg.grid.tokens_per_frame)
+    early = fold & (torch.arange(layout.num_tokens) < first_row - tpf)
+    fold = early if bool((early & on_grid).any()) else fold
+    return fold, fold & ~on_grid
+
+
+def grid_fold_excess(
+    key_scores: torch.Tensor, fold: torch.Tensor, stride: int, neutral: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Concentration of the per-key log scores ``key_scores [U, n_k]`` on residues ``pos mod stride``: fp32
+    ``[U, stride]``.
+
+    Keys where ``fold`` (bool ``[n_k]``) is True are folded; ``neutral`` ones among them get the mean score ``μ`` of
+    the other folded keys. ``excess[r] = mean(ℓ_j : folded j ≡ r mod stride) - μ``: the log of the geometric-mean
+    mass the residue class (phase ``r``) captures, normalised against the uniform baseline. It is 0 everywhere for
+    uniform attention whatever the stride; residues without folded keys get ``-inf``.
+    """
+    u, n_k = key_scores.shape
+    dev = key_scores.device
+    fold = fold.to(dev)
+    signal = fold if neutral is None else fold & ~neutral.to(dev)
+    sf = signal.float()
+    mu = (key_scores.float() * sf).sum(-1, keepdim=True) / sf.sum().clamp_min(1)
+    ell = torch.where(signal[None, :], key_scores.float(), mu) * fold.float()[None, :]
     res = torch.remainder(torch.arange(n_k, device=dev), stride)
-    w = key_mass.float() * video[None, :]
-    mass = torch.zeros(u, stride, device=dev).index_add_(1, res, w)
-    counts = torch.zeros(stride, device=dev).index_add_(0, res, video.float())
-    expected = w.sum(-1, keepdim=True) * counts[None, :] / video.sum().clamp_min(1)
-    return torch.where(expected > 0, mass / expected.clamp_min(1e-30), torch.zeros_like(mass))
+    sums = torch.zeros(u, stride, device=dev).index_add_(1, res, ell)
+    counts = torch.zeros(stride, device=dev).index_add_(0, res, fold.float())
+    excess = sums / counts.clamp_min(1) - mu
+    return torch.where(counts[None, :] > 0, excess, torch.full_like(excess, float("-inf")))
 
 
 def estimate_stride_phase(
-    key_mass: torch.Tensor, video: torch.Tensor, candidates: Sequence[int], lines: int, *, default: int | None = None
+    key_scores: torch.Tensor,
+    fold: torch.Tensor,
+    candidates: Sequence[int],
+    lines: int,
+    *,
+    neutral: torch.Tensor | None = None,
+    default: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stride and kept residues (``[:, 0]`` is the phase) for ``U`` units from ``key_mass [U, n_k]``.
+    """Stride and kept residues (``[:, 0]`` is the phase) for ``U`` units from ``key_scores [U, n_k]``
+    (`grid_key_scores`, averaged over a unit's heads) and the key masks of `grid_key_mask`.
 
-    ``key_mass`` is the last-query score mass of each key (summed over the unit's rows and pooled heads). For each
-    candidate ``s`` (ascending), `grid_fold_ratios` gives per-residue ratios; ``score(s) = max_r ratio[r]``, the
-    mass the best phase captures normalised against the uniform baseline. The stride is the smallest candidate with
-    ``score >= STRIDE_TOLERANCE · max score``. The residues are the ``lines`` best ratios of that stride, ties to the
-    lowest residue (``lines`` is capped at the stride; missing entries repeat the phase). A unit with no mass on
-    video keys gets ``default`` (when a candidate) or the first candidate, and residues ``0 … lines-1``.
+    For each candidate ``s`` (ascending), ``score(s) = max_r excess[r]`` (`grid_fold_excess`): the mass its best
+    phase captures, normalised against the uniform baseline (geometric means, in log units). The stride is the
+    smallest candidate with ``score >= STRIDE_TOLERANCE · max score``. The residues are the ``lines`` best
+    excesses of that stride, ties to the lowest residue (``lines`` is capped at the stride; missing entries repeat
+    the phase). A unit whose best score is not positive (uniform attention, or no folded key) gets ``default`` (when
+    a candidate) or the first candidate, and residues ``0 … lines-1``.
 
-    Returns int64 ``(stride [U], residues [U, lines])``. Raises ValueError when ``candidates`` is empty.
+    Returns int64 ``(stride [U], residues [U, lines])``. Raises ValueError when ``candidates`` is empty or
+    ``lines < 1``.
     """
     if not candidates:
         raise ValueError("estimate_stride_phase needs at least one stride candidate")
+    if lines < 1:
+        raise ValueError(f"lines must be >= 1, got {lines}")
     cands = sorted(candidates)
-    u, dev = key_mass.shape[0], key_mass.device
+    u, dev = key_scores.shape[0], key_scores.device
     scores, tops = [], []
     for s in cands:  # a host loop over candidate strides (data independent); batched over units
-        ratio = grid_fold_ratios(key_mass, video, s)
-        scores.append(ratio.max(-1).values)
-        top = torch.sort(-ratio, dim=-1, stable=True).indices[:, : min(lines, s)]
+        excess = grid_fold_excess(key_scores, fold, s, neutral)
+        scores.append(excess.max(-1).values)
+        top = torch.sort(-excess, dim=-1, stable=True).indices[:, : min(lines, s)]
         tops.append(torch.cat([top, top[:, :1].expand(u, lines - top.shape[1])], dim=1))
     score = torch.stack(scores, dim=1)  # [U, n_cand]
     best = score.max(-1, keepdim=True).values
     choice = torch.argmax((score >= STRIDE_TOLERANCE * best).to(torch.int8), dim=-1)  # first (smallest) near-best
     fallback = cands.index(default) if default in cands else 0
-    empty = best.squeeze(-1) <= 0
+    empty = ~(best.squeeze(-1) > 0)
     choice = torch.where(empty, torch.full_like(choice, fallback), choice)
     stride = torch.tensor(cands, device=dev)[choice]
     residues = torch.stack(tops, dim=1)[torch.arange(u, device=dev), choice]

@@ -25,11 +25,13 @@ from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_stride_phase,
     estimate_vertical_slash,
+    grid_key_mask,
+    grid_key_scores,
     grid_stride_candidates,
     last_query_scores,
 )
 from mmi_core.head_configs import HeadConfigs
-from mmi_core.layout import Modality, ModalityLayout
+from mmi_core.layout import ModalityLayout
 from mmi_core.patterns import AShape, BlockSparse, Dense, Grid, PatternConfig, VerticalSlash
 from mmi_core.reference import check_qkv, sparse_attention_reference
 from mmi_core.selection import (
@@ -128,21 +130,22 @@ def estimate_layer_selections(
         units += [grid_heads] if lc.gqa[j] == "group" else [[h] for h in grid_heads]
     if units:
         assert probs is not None
-        video = (layout.token_modalities() == int(Modality.VIDEO)).to(q.device)
-        # per-head key mass over its own last_q rows, then pooled per unit
-        weights = torch.zeros(hq, probs.shape[1], device=q.device)
+        fold, neutral = grid_key_mask(layout, n_k - probs.shape[1])
+        weights = torch.zeros(hq, probs.shape[1], device=q.device)  # each Grid head's own last_q rows
         for h, p in enumerate(patterns):
             if isinstance(p, Grid):
                 weights[h, rows_of(p)] = 1.0
-        head_mass = torch.einsum("hln,hl->hn", probs, weights)
-        by_search: dict[tuple[tuple[int, ...], int, int | None], list[int]] = defaultdict(list)
+        head_scores = grid_key_scores(probs, weights)  # [Hq, n_k]; rows of non-Grid heads are unused
+        by_search: dict[tuple[tuple[int, ...], int], list[int]] = defaultdict(list)
         for u, heads in enumerate(units):
             cfg0 = patterns[heads[0]]
             assert isinstance(cfg0, Grid)
-            by_search[(tuple(grid_stride_candidates(layout, cfg0)), cfg0.lines, layout.tokens_per_frame)].append(u)
-        for (cands, lines, tpf), us in by_search.items():
-            unit_mass = torch.stack([head_mass[units[u]].sum(0) for u in us])
-            stride, residues = estimate_stride_phase(unit_mass, video, cands, lines, default=tpf)
+            by_search[(tuple(grid_stride_candidates(layout, cfg0)), cfg0.lines)].append(u)
+        for (cands, lines), us in by_search.items():
+            unit_scores = torch.stack([head_scores[units[u]].mean(0) for u in us])
+            stride, residues = estimate_stride_phase(
+                unit_scores, fold, cands, lines, neutral=neutral, default=layout.tokens_per_frame
+            )
             stride, residues = stride.cpu(), residues.cpu()
             for i, u in enumerate(us):
                 for h in units[u]:

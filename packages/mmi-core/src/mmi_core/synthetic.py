@@ -269,6 +269,7 @@ def synthetic_workload(
     sal = torch.zeros(num_kv_heads, n)
     heavy = torch.zeros(num_kv_heads, n)
     phases_kv: list[int | None] = []
+    salient_kv: list[dict[int, float]] = []
     gs = hs["grid"]
     for j in range(num_kv_heads):
         if video_grid is not None:
@@ -281,6 +282,7 @@ def synthetic_workload(
             sal[j] = torch.where(sal_patch >= 0, strength[sal_patch.clamp_min(0)], torch.zeros(n))
             on_primary = torch.nonzero(sal_patch == order[0]).flatten()
             phases_kv.append(int(on_primary[0]) % video_grid.tokens_per_frame)
+            salient_kv.append({int(p): float(strength[p]) for p in torch.nonzero(strength).flatten()})
         else:
             phases_kv.append(None)
         if text_pos.numel():
@@ -356,6 +358,7 @@ def synthetic_workload(
         "drift": drift,
         "token_noise": token_noise,
         "tokens_per_frame": tpf,
+        "salient_patches": salient_kv,
         "heads": [
             {
                 "kind": kinds[h],
