@@ -94,3 +94,14 @@ def test_tiny_llava_special_tokens(tiny_llava):
     assert tok.convert_tokens_to_ids("<video>") == cfg.video_token_id
     assert tok.convert_tokens_to_ids("<image>") == cfg.image_token_id
     assert cfg.text_config.vocab_size == len(tok)
+
+
+def test_default_head_configs_from_a_plain_config(tiny_qwen):
+    """What mmi-sglang calls: `default_head_configs(hf_config)`."""
+    from mmi_models import AdapterError, default_head_configs
+
+    hc = default_head_configs(tiny_qwen.model.config)
+    assert (hc.num_layers, hc.num_q_heads, hc.num_kv_heads) == (2, 4, 2)
+    assert hc.metadata["policy"] == NOT_SEARCHED and hc.metadata["family"] == "qwen2_5_vl"
+    with pytest.raises(AdapterError, match="known architectures"):
+        default_head_configs(SimpleNamespace(architectures=["BertModel"]))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mmi_core import LayoutError, Modality, ModalityLayout, Segment, VisualGrid
+from mmi_core import HeadConfigs, LayoutError, Modality, ModalityLayout, Segment, VisualGrid
 
 __all__ = [
     "AdapterError",
@@ -185,7 +185,7 @@ class ModelAdapter(ABC):
         items = self.visual_items(**{k: v for k, v in metadata.items() if k in self.metadata_keys})
         return [it.grid.tokens_per_frame for it in items.all() if it.modality == Modality.VIDEO]
 
-    def default_head_configs(self):
+    def default_head_configs(self) -> HeadConfigs:
         """The family's default head-config policy for this model's geometry (see `mmi_models.head_configs`)."""
         from mmi_models.head_configs import default_head_configs
 

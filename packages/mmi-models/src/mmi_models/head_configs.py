@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mmi_core import ConfigError, Dense, Grid, HeadConfigs, HeadSpec, LayerConfig, VerticalSlash
 
 if TYPE_CHECKING:
-    from mmi_models.adapter import AttentionGeometry, ModelAdapter
+    from mmi_models.adapter import AttentionGeometry
 
 __all__ = ["SHIPPED_CONFIGS", "default_head_configs", "default_policy", "load_head_configs", "shipped_config_path"]
 
@@ -78,9 +78,13 @@ def load_head_configs(source: str | Path | HeadConfigs, geometry: AttentionGeome
     return hc
 
 
-def default_head_configs(adapter: ModelAdapter) -> HeadConfigs:
-    """The family default for ``adapter``'s model: the shipped file for its family and geometry, else the policy
-    generated for its geometry (metadata ``"model"`` then names the model's config ``_name_or_path``)."""
+def default_head_configs(model_or_adapter: Any) -> HeadConfigs:
+    """The family default for a model, its config (e.g. SGLang's ``hf_config``) or its `ModelAdapter`: the shipped
+    file for its family and geometry, else the policy generated for its geometry (metadata ``"model"`` then names
+    the config's ``_name_or_path``). Raises AdapterError for an unknown architecture."""
+    from mmi_models.adapter import ModelAdapter, adapter_for
+
+    adapter = model_or_adapter if isinstance(model_or_adapter, ModelAdapter) else adapter_for(model_or_adapter)
     geo = adapter.geometry()
     key = (geo.num_layers, geo.num_q_heads, geo.num_kv_heads, geo.head_dim)
     for name, (family, _model, geometry) in SHIPPED_CONFIGS.items():
