@@ -177,3 +177,16 @@ def test_bad_inputs_name_the_problem() -> None:
         sparse_attention(q, k, v, idx, k_cache=k, v_cache=v, page_table=torch.zeros(1, n, dtype=torch.int32))
     with pytest.raises(ValueError, match="page_table has"):
         sparse_attention(q, None, None, idx, k_cache=k, v_cache=v, page_table=torch.zeros(1, n - 1, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("materialize", [True, False], ids=["keys-copied-in-order", "keys-gathered"])
+def test_permuted_keys_copied_or_gathered(materialize: bool) -> None:
+    """Grid keys (permuted): copied into key order once per call, or gathered row by row in every tile."""
+    layout = video_layout(frames=3)
+    n_k = layout.num_tokens
+    sels = group_selections("grid", n_k - 8, n_k, 2, 2, seed=6, layout=layout)
+    idx = index_from_selections([sels], num_q_heads=4, num_kv_heads=2)
+    assert not idx.keys_identity
+    q, k, v = torch.randn(n_k - 8, 4, 32), torch.randn(n_k, 2, 32), torch.randn(n_k, 2, 32)
+    out = _run(q, k, v, idx, KernelConfig(materialize_keys=materialize))
+    assert _err(out, _reference(q, k, v, [sels[h // 2] for h in range(4)], torch.float64)) <= 1e-5

@@ -25,7 +25,6 @@ exactly ``mmi_core.keep_mask`` and no pair is visited twice.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from itertools import accumulate
@@ -94,6 +93,7 @@ class SparseIndex:
     k_blocks_by_pos: [S, TKB] request-local key-block ids sorted by k_pos_min (stable)
     block_prefix, block_count: [S, TQB]; block_ids: [S, TQB, block_capacity]
     column_count: [S, TQB]; column_ids: [S, TQB, column_capacity]
+    keys_identity: True when no slot permutes keys: the kernel then skips the key-order gather
     """
 
     block: int
@@ -121,6 +121,7 @@ class SparseIndex:
     block_ids: torch.Tensor
     column_count: torch.Tensor
     column_ids: torch.Tensor
+    keys_identity: bool = False  # every k_order is the identity (plan-time fact; False is always safe)
 
     def __post_init__(self) -> None:
         s, r = self.num_slots, self.num_requests
@@ -187,18 +188,6 @@ class SparseIndex:
     @property
     def device(self) -> torch.device:
         return self.slot_q_head.device
-
-    @functools.cached_property
-    def keys_identity(self) -> bool:
-        """True when every slot keeps every request's keys in original order (no key permutation): the kernel
-        then skips the order gather. Computed once per index (one device sync)."""
-        local = torch.arange(self.k_order.shape[1], device=self.device, dtype=torch.int32)
-        req = torch.repeat_interleave(
-            torch.arange(self.num_requests, device=self.device),
-            (self.cu_seqlens_k[1:] - self.cu_seqlens_k[:-1]).long(),
-        )
-        local = local - self.cu_seqlens_k[req]
-        return bool((self.k_order == local[None, :]).all())
 
     def nbytes(self) -> int:
         """Bytes held by the index tensors."""
@@ -411,6 +400,9 @@ def index_from_keeps(
         block_ids=cat("b_ids", cap_b),
         column_count=cat("c_count"),
         column_ids=cat("c_ids", cap_c),
+        keys_identity=all(
+            torch.equal(sl.k_order, torch.arange(sl.k_order.numel(), device=dev)) for req in lists for sl in req
+        ),
     )
 
 

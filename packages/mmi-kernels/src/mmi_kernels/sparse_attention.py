@@ -79,15 +79,20 @@ def _attend_keys(
 @triton.jit
 def _key_rows(
     K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key,
-    PAGED: tl.constexpr, WIDE: tl.constexpr, K_IDENTITY: tl.constexpr,
+    PAGED: tl.constexpr, WIDE: tl.constexpr, KEY_ROWS: tl.constexpr,
 ):  # fmt: skip
     """Key-permuted ids -> (request-local original key index, row of the K/V pool; int64 when WIDE).
-    K_IDENTITY: every slot's key order is the identity, so no order gather (and contiguous rows when not PAGED)."""
-    if K_IDENTITY:  # noqa: SIM108 (a constexpr branch)
+
+    KEY_ROWS: 0 = gather through the key order (and the page table); 1 = identity key order (no order gather;
+    contiguous rows when not PAGED); 2 = K/V materialised in key-permuted order (contiguous rows; the order is read
+    only for the causal positions, off the load path)."""
+    if KEY_ROWS == 1:  # noqa: SIM108 (a constexpr branch)
         kidx = kperm
     else:
         kidx = tl.load(K_ORDER + k_order_base + kperm, mask=m_key, other=0)
-    if PAGED:  # noqa: SIM108 (a constexpr branch)
+    if KEY_ROWS == 2:
+        loc = k_tok0 + kperm
+    elif PAGED:
         loc = tl.load(PT + pt_row + kidx, mask=m_key, other=0)
     else:
         loc = k_tok0 + kidx
@@ -100,7 +105,7 @@ def _key_rows(
 def _block_step(
     acc, m_i, l_i, q, qpos, q_min, LIST, j, n, K_POS_MAX, kmeta, K_ORDER, PT, k_order_base, pt_row, k_tok0, n_k,
     K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, WIDE: tl.constexpr, K_IDENTITY: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, WIDE: tl.constexpr, KEY_ROWS: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     """One BLOCK_N-key step of the list ``LIST[:n]``: BLOCK_N = 2 * BLOCK takes entries j and j + 1; BLOCK_N = BLOCK
@@ -130,7 +135,7 @@ def _block_step(
         need_mask = (
             need_mask | (j + 1 >= n) | (tl.load(K_POS_MAX + kmeta + kb_b) > q_min) | (kb_b * BLOCK + BLOCK > n_k)
         )
-    kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, K_IDENTITY)
+    kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, KEY_ROWS)
     return _attend_keys(
         acc, m_i, l_i, q, qpos, kidx, loc, m_key, need_mask, K, V, kv_off_k, kv_off_v,
         stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
@@ -185,7 +190,7 @@ def _sparse_attn_fwd_kernel(
     HEADS_PER_TILE: tl.constexpr,
     PAGED: tl.constexpr,
     WIDE: tl.constexpr,
-    K_IDENTITY: tl.constexpr,
+    KEY_ROWS: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -249,14 +254,14 @@ def _sparse_attn_fwd_kernel(
         acc, m_i, l_i = _block_step(
             acc, m_i, l_i, q, qpos, q_min, K_BY_POS + kmeta, j, n_lead, K_POS_MAX, kmeta, K_ORDER, PT,
             k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-            BLOCK, BLOCK_N, PAGED, WIDE, K_IDENTITY, UPCAST_DOT, DOT_PREC,
+            BLOCK, BLOCK_N, PAGED, WIDE, KEY_ROWS, UPCAST_DOT, DOT_PREC,
         )  # fmt: skip
     n_list = tl.load(B_COUNT + row)
     for j in range(0, n_list * SUBS, STEP):
         acc, m_i, l_i = _block_step(
             acc, m_i, l_i, q, qpos, q_min, B_IDS + row * cap_b, j, n_list, K_POS_MAX, kmeta, K_ORDER, PT,
             k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-            BLOCK, BLOCK_N, PAGED, WIDE, K_IDENTITY, UPCAST_DOT, DOT_PREC,
+            BLOCK, BLOCK_N, PAGED, WIDE, KEY_ROWS, UPCAST_DOT, DOT_PREC,
         )  # fmt: skip
 
     # 3) single key columns (key-permuted ids), BLOCK_N at a time, always masked
@@ -264,7 +269,7 @@ def _sparse_attn_fwd_kernel(
     for j in range(0, n_col, BLOCK_N):
         m_key = j + o_n < n_col
         kperm = tl.load(C_IDS + row * cap_c + j + o_n, mask=m_key, other=0)
-        kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, K_IDENTITY)
+        kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, KEY_ROWS)
         acc, m_i, l_i = _attend_keys(
             acc, m_i, l_i, q, qpos, kidx, loc, m_key, True, K, V, kv_off_k, kv_off_v,
             stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
@@ -284,10 +289,12 @@ class KernelConfig:
     """Launch parameters. ``heads_per_tile``: query heads of the slot's group stacked along M per program (None: 1;
     the group's tiles then run as adjacent programs sharing K/V through L2); ``block_n``: keys per inner step
     (block / 2, block or 2 * block; None: min(block, 64)); ``num_warps`` / ``num_stages``: None = chosen from the
-    tile size."""
+    tile size; ``materialize_keys``: with permuted keys, one slot per KV head and no page table, copy K/V into key
+    order once per call instead of gathering rows in every tile."""
 
     heads_per_tile: int | None = None
     block_n: int | None = None
+    materialize_keys: bool = True
     num_warps: int | None = None
     num_stages: int | None = None
 
@@ -338,6 +345,18 @@ def _validate(
         _check(page_table.shape[1] >= longest, f"page_table has {page_table.shape[1]} columns, need {longest}")
 
 
+def _permute_keys(x: torch.Tensor, index: SparseIndex) -> torch.Tensor:
+    """[TK, Hkv, D] -> the same with KV head ``slot_kv_head[s]`` in slot s's key order (request by request)."""
+    req = torch.repeat_interleave(
+        torch.arange(index.num_requests, device=x.device), (index.cu_seqlens_k[1:] - index.cu_seqlens_k[:-1]).long()
+    )
+    rows = index.k_order.long() + index.cu_seqlens_k.long()[req][None, :]  # [S, TK] global source rows
+    out = torch.empty((x.shape[0], x.shape[1], x.shape[2]), dtype=x.dtype, device=x.device)
+    kvh = index.slot_kv_head.long()
+    out[:, kvh] = x[rows.T, kvh[None, :]]  # [TK, S, D]
+    return out
+
+
 def sparse_attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -373,7 +392,12 @@ def sparse_attention_fwd(
         block_n in (block // 2, block, 2 * block) and block_n >= 16,
         f"block_n must be block/2, block or 2*block (>= 16), got {block_n} for block {block}",
     )
-    k_identity = page_table is None and index.keys_identity
+    key_rows = 1 if index.keys_identity else 0
+    if key_rows == 0 and page_table is None and cfg.materialize_keys and index.num_slots == index.num_kv_heads:
+        # one slot per KV head (its whole group): copy K/V into each slot's key order once per call, so that every
+        # tile loads contiguous rows; measured faster than the gather (docs/kernels/NOTES.md). Never for paged KV.
+        k, v = _permute_keys(k, index), _permute_keys(v, index)
+        key_rows = 2
     num_warps = cfg.num_warps or (8 if block_m * block_d > 64 * 128 else 4)
     num_stages = cfg.num_stages or 3
     interp = _interpreting()
@@ -393,7 +417,7 @@ def sparse_attention_fwd(
         q.shape[0], index.k_order.shape[1], index.total_qblocks, index.k_pos_max.shape[1],
         index.block_capacity, index.column_capacity, scale * math.log2(math.e),
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=block_n, HEADS_PER_TILE=hpt,
-        PAGED=page_table is not None, WIDE=wide, K_IDENTITY=k_identity,
+        PAGED=page_table is not None, WIDE=wide, KEY_ROWS=key_rows,
         UPCAST_DOT=interp and q.dtype != torch.float32,  # the interpreter's bf16/fp16 dot is wrong (NOTES.md)
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
