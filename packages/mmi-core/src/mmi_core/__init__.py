@@ -8,6 +8,15 @@ Depends only on torch, numpy and pydantic.
 """
 
 from mmi_core.budgets import pattern_for_density
+from mmi_core.estimation import (
+    estimate_block_sparse,
+    estimate_grid,
+    estimate_stride_phase,
+    estimate_vertical_slash,
+    grid_stride_candidates,
+    last_query_scores,
+    stable_top,
+)
 from mmi_core.head_configs import SCHEMA_VERSION, ConfigError, HeadConfigs, HeadSpec, LayerConfig
 from mmi_core.layer import estimate_layer_selections, mmi_attention_reference
 from mmi_core.layout import LayoutError, Modality, ModalityLayout, Segment, VisualGrid
@@ -24,6 +33,13 @@ from mmi_core.selection import (
     keep_mask,
     union_selections,
     vertical_slash_selection,
+)
+from mmi_core.synthetic import (
+    SyntheticSpec,
+    SyntheticWorkload,
+    held_out_seeds,
+    recall_density_table,
+    synthetic_workload,
 )
 
 __all__ = [
@@ -44,6 +60,8 @@ __all__ = [
     "Permutation",
     "Segment",
     "Selection",
+    "SyntheticSpec",
+    "SyntheticWorkload",
     "VerticalSlash",
     "VisualGrid",
     "ashape_selection",
@@ -53,17 +71,27 @@ __all__ = [
     "dense_attention_reference",
     "dense_selection",
     "density",
+    "estimate_block_sparse",
+    "estimate_grid",
     "estimate_layer_selections",
+    "estimate_stride_phase",
+    "estimate_vertical_slash",
     "grid_permutation",
     "grid_residues",
     "grid_selection",
+    "grid_stride_candidates",
+    "held_out_seeds",
     "keep_mask",
+    "last_query_scores",
     "mmi_attention_reference",
     "modality_permutation",
     "output_error",
     "pattern_for_density",
+    "recall_density_table",
     "sample_rows",
     "sparse_attention_reference",
+    "stable_top",
+    "synthetic_workload",
     "union_selections",
     "vertical_slash_selection",
 ]

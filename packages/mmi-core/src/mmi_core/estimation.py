@@ -31,6 +31,7 @@ __all__ = [
     "STRIDE_TOLERANCE",
     "block_scores",
     "estimate_block_sparse",
+    "estimate_grid",
     "estimate_stride_phase",
     "estimate_vertical_slash",
     "grid_fold_excess",
@@ -355,3 +356,23 @@ def estimate_stride_phase(
     residues = torch.stack(tops, dim=1)[torch.arange(u, device=dev), choice]
     residues = torch.where(empty[:, None], torch.arange(lines, device=dev).remainder(stride[:, None]), residues)
     return stride, residues
+
+
+def estimate_grid(
+    key_scores: torch.Tensor, layout: ModalityLayout, cfg: Grid, first_row: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid parameters for ``U`` units sharing ``cfg``: `grid_stride_candidates`, `grid_key_mask` (estimation rows
+    start at position ``first_row``) and `estimate_stride_phase` with the layout's tokens per frame as the default.
+
+    ``key_scores [U, n_k]``: `grid_key_scores` of each unit (a GQA group: the mean over its heads). Returns int64
+    ``(stride [U], residues [U, cfg.lines])``; raises ValueError when the candidates are empty.
+    """
+    fold, neutral = grid_key_mask(layout, first_row)
+    return estimate_stride_phase(
+        key_scores,
+        fold,
+        grid_stride_candidates(layout, cfg),
+        cfg.lines,
+        neutral=neutral,
+        default=layout.tokens_per_frame,
+    )

@@ -7,7 +7,8 @@ Rules:
 - One entry per query head; ``None`` means dense causal attention.
 - KV head ``j`` with ``gqa[j] == "group"`` executes its query heads together: one selection, the union of theirs
   (`union_selections`), repeated for each head of the group; Grid heads of the group share one stride, phase and
-  lines estimated from the group's pooled last-query scores. A dense head makes the whole group dense. A group mixing
+  lines estimated from the group's pooled last-query scores (the mean of their `grid_key_scores`; candidates and
+  ``lines`` of the group's first Grid head). A dense head makes the whole group dense. A group mixing
   Grid heads with identity-order patterns (VS, A-shape, block-sparse) cannot share one permutation, so it runs per
   query head (each head keeps its own selection; Grid heads still share the pooled stride/phase).
 - **Temporary rule (until issue #7):** heads with boundary ``"q"`` or ``"2d"`` are estimated and executed with their
@@ -23,11 +24,9 @@ import torch
 
 from mmi_core.estimation import (
     estimate_block_sparse,
-    estimate_stride_phase,
+    estimate_grid,
     estimate_vertical_slash,
-    grid_key_mask,
     grid_key_scores,
-    grid_stride_candidates,
     last_query_scores,
 )
 from mmi_core.head_configs import HeadConfigs
@@ -130,22 +129,19 @@ def estimate_layer_selections(
         units += [grid_heads] if lc.gqa[j] == "group" else [[h] for h in grid_heads]
     if units:
         assert probs is not None
-        fold, neutral = grid_key_mask(layout, n_k - probs.shape[1])
         weights = torch.zeros(hq, probs.shape[1], device=q.device)  # each Grid head's own last_q rows
         for h, p in enumerate(patterns):
             if isinstance(p, Grid):
                 weights[h, rows_of(p)] = 1.0
         head_scores = grid_key_scores(probs, weights)  # [Hq, n_k]; rows of non-Grid heads are unused
-        by_search: dict[tuple[tuple[int, ...], int], list[int]] = defaultdict(list)
+        by_cfg_grid: dict[Grid, list[int]] = defaultdict(list)  # units whose first head has this config
         for u, heads in enumerate(units):
             cfg0 = patterns[heads[0]]
             assert isinstance(cfg0, Grid)
-            by_search[(tuple(grid_stride_candidates(layout, cfg0)), cfg0.lines)].append(u)
-        for (cands, lines), us in by_search.items():
+            by_cfg_grid[cfg0].append(u)
+        for cfg0, us in by_cfg_grid.items():
             unit_scores = torch.stack([head_scores[units[u]].mean(0) for u in us])
-            stride, residues = estimate_stride_phase(
-                unit_scores, fold, cands, lines, neutral=neutral, default=layout.tokens_per_frame
-            )
+            stride, residues = estimate_grid(unit_scores, layout, cfg0, n_k - probs.shape[1])
             stride, residues = stride.cpu(), residues.cpu()
             for i, u in enumerate(us):
                 for h in units[u]:
