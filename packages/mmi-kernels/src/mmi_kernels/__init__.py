@@ -1,6 +1,7 @@
 """mmi-kernels: Triton kernels for MMInference sparse prefill (sparse index format, the sparse attention kernel,
 GPU estimation and the plan/run wrapper). Depends on mmi-core and triton; flashinfer optional."""
 
+from mmi_kernels.estimate import estimate_layer_keeps, last_query_stats, layer_slots
 from mmi_kernels.index import (
     BlockSparseRows,
     IndexCapacityError,
@@ -12,15 +13,25 @@ from mmi_kernels.index import (
     index_to_bsr,
     pattern_capacity,
 )
+from mmi_kernels.keep_planner import (
+    LayoutTensors,
+    ashape_keep,
+    block_sparse_keep,
+    dense_keep,
+    grid_keep,
+    vertical_slash_keep,
+)
 from mmi_kernels.sparse_attention import KernelConfig, sparse_attention, sparse_attention_fwd
-from mmi_kernels.estimate import estimate_layer_keeps, last_query_stats, layer_slots
-from mmi_kernels.keep_planner import LayoutTensors, ashape_keep, block_sparse_keep, dense_keep, grid_keep, vertical_slash_keep
 from mmi_kernels.wrapper import PrefillPlan, SparsePrefillWrapper, dense_causal_attention, sparse_prefill
 
 __all__: list[str] = [
     "BlockSparseRows",
+    "IndexCapacityError",
+    "KernelConfig",
     "LayoutTensors",
     "PrefillPlan",
+    "SlotKeep",
+    "SparseIndex",
     "SparsePrefillWrapper",
     "ashape_keep",
     "block_sparse_keep",
@@ -28,19 +39,15 @@ __all__: list[str] = [
     "dense_keep",
     "estimate_layer_keeps",
     "grid_keep",
-    "last_query_stats",
-    "layer_slots",
-    "sparse_prefill",
-    "vertical_slash_keep",
-    "IndexCapacityError",
-    "KernelConfig",
-    "SlotKeep",
-    "SparseIndex",
     "index_from_keeps",
     "index_from_selections",
     "index_keep_mask",
     "index_to_bsr",
+    "last_query_stats",
+    "layer_slots",
     "pattern_capacity",
     "sparse_attention",
     "sparse_attention_fwd",
+    "sparse_prefill",
+    "vertical_slash_keep",
 ]

@@ -1,0 +1,261 @@
+"""GPU evidence for the full sparse layer (issue #5): estimation + index + kernel through `SparsePrefillWrapper`.
+
+Synthetic video workloads from `mmi_core.synthetic` (held-out seeds; the frozen spec's content and head ranges, with
+frame sizes set to a real model's — ``--tpf`` tokens per frame), Qwen2.5-VL-7B attention geometry (28 query heads,
+4 KV heads, head_dim 128, bf16), one layer. Per length: time per layer split into estimation / index build / kernel
+(CUDA events, median of reps after a warm-up), density and recall on sampled query rows, output error on those rows
+against fp32 dense attention, index bytes vs the whole model's KV cache; in the same run PyTorch SDPA flash
+(FA2-class) and cuDNN dense attention (one timed rep after a warm-up at >= 512K).
+
+Usage (GPU machine): python3 tools/layer_bench.py --out DIR [--lengths 131072,262144] [--pattern grid|vs]
+Writes DIR/layer_bench.json after every measurement, so a killed run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mmi_core import Grid, HeadConfigs, VerticalSlash, output_error
+from mmi_core.synthetic import default_spec, held_out_seeds, synthetic_workload
+from mmi_kernels import LayoutTensors, SparsePrefillWrapper, estimate_layer_keeps, index_from_keeps, layer_slots
+from mmi_kernels import sparse_attention as sparse_attention_fn
+from mmi_kernels.wrapper import dense_causal_attention
+
+HQ, HKV, D, LAYERS_7B = 28, 4, 128, 28
+
+
+def log(*a: object) -> None:
+    print(*a, flush=True)
+
+
+def cuda_ms(fn, reps: int, warmup: int = 1) -> float:
+    """Median milliseconds of ``fn`` (CUDA events; a host clock on a CPU-only dry run)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if not torch.cuda.is_available():
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        return sorted(times)[len(times) // 2]
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def rows_mask(index, slot: int, rows: torch.Tensor) -> torch.Tensor:
+    """bool [len(rows), n_k]: the pairs the index keeps for sampled query rows of request 0 (O(rows x n_k))."""
+    b, n_q, n_k = index.block, index.seqlens_q[0], index.seqlens_k[0]
+    dev = index.device
+    qo, ko = index.q_order[slot, :n_q].long(), index.k_order[slot, :n_k].long()
+    qinv = torch.empty_like(qo)
+    qinv[qo] = torch.arange(n_q, device=dev)
+    kinv = torch.empty_like(ko)
+    kinv[ko] = torch.arange(n_k, device=dev)
+    nkb = -(-n_k // b)
+    qb = qinv[rows] // b
+    rank = torch.empty(nkb, dtype=torch.long, device=dev)
+    rank[index.k_blocks_by_pos[slot, :nkb].long()] = torch.arange(nkb, device=dev)
+    kept = rank[None, :] < index.block_prefix[slot, qb].long()[:, None]
+    cap = index.block_ids.shape[2]
+    ids = index.block_ids[slot, qb].long()
+    valid = torch.arange(cap, device=dev)[None, :] < index.block_count[slot, qb].long()[:, None]
+    kept.scatter_(1, torch.where(valid, ids, 0), valid | kept.gather(1, torch.where(valid, ids, 0)))
+    mask = kept[:, kinv // b]
+    ccap = index.column_ids.shape[2]
+    cids = index.column_ids[slot, qb].long()
+    cvalid = torch.arange(ccap, device=dev)[None, :] < index.column_count[slot, qb].long()[:, None]
+    cols = torch.zeros_like(mask)
+    cols.scatter_(1, ko[torch.where(cvalid, cids, 0)], cvalid)
+    mask |= cols & cvalid.any(1, keepdim=True)
+    return mask & (torch.arange(n_k, device=dev)[None, :] <= (rows + n_k - n_q)[:, None])
+
+
+def accuracy(q, k, v, o, index, slots, rows) -> dict:
+    """Recall, density and output error on sampled rows, fp32, per head then averaged."""
+    n_q, n_k = q.shape[0], k.shape[0]
+    g = HQ // HKV
+    recalls, kept, causal, errs = [], 0, 0, []
+    causal_rows = (rows + n_k - n_q + 1).sum().item()
+    for s, (first, count) in enumerate(slots):
+        m = rows_mask(index, s, rows)
+        for h in range(first, first + count):
+            sc = (q[rows, h].float() @ k[:, h // g].float().T) / math.sqrt(D)
+            cm = torch.arange(n_k, device=q.device)[None, :] <= (rows + n_k - n_q)[:, None]
+            p = torch.softmax(sc.masked_fill(~cm, float("-inf")), -1)
+            recalls.append((p * m).sum(-1).mean().item())
+            ref = p @ v[:, h // g].float()
+            errs.append(output_error(o[rows, h], ref).item())
+            kept += m.sum().item()
+            causal += causal_rows
+    return {
+        "recall_mean": sum(recalls) / len(recalls),
+        "recall_min": min(recalls),
+        "density": kept / causal,
+        "output_error_mean": sum(errs) / len(errs),
+        "output_error_max": max(errs),
+    }
+
+
+def head_configs(pattern: str, block: int) -> HeadConfigs:
+    cfg = (
+        Grid(stride="frame", block=block, lines=1)
+        if pattern == "grid"
+        else VerticalSlash(vertical=1000, slash=2048, block=block)  # MInference's default budget
+    )
+    return HeadConfigs.uniform(1, HQ, HKV, cfg, metadata={"bench": pattern})
+
+
+def bench_length(n: int, args, rec: dict, out: Path) -> None:
+    dev = args.device
+    rows_tpf = {256: (16, 16), 768: (24, 32), 196: (14, 14)}[args.tpf]
+    layout_spec = dict(default_spec().layout)
+    layout_spec.update(
+        rows=[rows_tpf[0]] * 2,
+        cols=[rows_tpf[1]] * 2,
+        row_extra=[0],
+        frame_prefix=[0],
+        frame_suffix=[0],
+        temporal_merge=[1],
+    )
+    spec = default_spec().model_copy(update={"layout": layout_spec})
+    t0 = time.time()
+    w = synthetic_workload(
+        held_out_seeds(1)[0],
+        workload="video",
+        num_tokens=n,
+        num_q_heads=HQ,
+        num_kv_heads=HKV,
+        head_dim=D,
+        head_kinds=("grid",) * HQ,
+        spec=spec,
+        device=dev,
+        dtype=torch.bfloat16,
+    )
+    q, k, v, layout = w.q.contiguous(), w.k.contiguous(), w.v.contiguous(), w.layout
+    n = layout.num_tokens
+    row = {
+        "n_tokens": n,
+        "pattern": args.pattern,
+        "block": args.block,
+        "tokens_per_frame": layout.tokens_per_frame,
+        "gen_s": round(time.time() - t0, 1),
+        "planted_stride": w.strides[0],
+        "planted_phase": w.phases[0],
+    }
+    log(f"N={n}: workload in {row['gen_s']} s, tpf {layout.tokens_per_frame}")
+    hc = head_configs(args.pattern, args.block)
+    wrapper = SparsePrefillWrapper(hc, min_tokens=0)
+    wrapper.plan([layout], device=dev)
+    lt = LayoutTensors(layout, dev)
+    slots = layer_slots(hc, 0)
+    scale = 1.0 / math.sqrt(D)
+    keeps_box: list = []
+    index_box: list = []
+
+    def est():
+        keeps_box[:] = [estimate_layer_keeps(q, k, lt, hc, 0, scale=scale)]
+
+    def build():
+        index_box[:] = [
+            index_from_keeps(
+                keeps_box, block=args.block, num_q_heads=HQ, num_kv_heads=HKV, slot_heads=slots, device=dev
+            )
+        ]
+
+    def kern():
+        sparse_attention_fn(q, k, v, index_box[0], scale=scale)
+
+    reps = args.reps
+    row["estimate_ms"] = cuda_ms(est, reps)
+    row["index_ms"] = cuda_ms(build, reps)
+    row["kernel_ms"] = cuda_ms(kern, reps)
+    row["layer_ms"] = cuda_ms(lambda: wrapper.run(q, k, v, 0), reps)
+    index = index_box[0]
+    row["index_bytes"] = index.nbytes()
+    row["kv_cache_bytes_7b"] = 2 * n * HKV * D * 2 * LAYERS_7B
+    tiles = int(index.block_count.sum() + index.block_prefix.sum())
+    row["computed_tiles_per_slot_mean"] = tiles / len(slots)
+    row["kernel_tflops_on_tiles"] = 4 * D * args.block * args.block * (tiles / len(slots)) * HQ / row["kernel_ms"] / 1e9
+    log(
+        f"  sparse: est {row['estimate_ms']:.1f} ms, index {row['index_ms']:.1f} ms, kernel {row['kernel_ms']:.1f} ms,"
+        f" layer {row['layer_ms']:.1f} ms"
+    )
+    o = wrapper.run(q, k, v, 0)
+    rows = torch.sort(torch.randperm(n, device=dev)[: args.rows - 1]).values
+    rows = torch.cat([rows, torch.tensor([n - 1], device=dev)])
+    row.update(accuracy(q, k, v, o, index, slots, rows))
+    log(
+        f"  recall {row['recall_mean']:.4f} (min {row['recall_min']:.4f}), density {row['density']:.4f},"
+        f" out err {row['output_error_mean']:.4f}"
+    )
+    rec["rows"].append(row)
+    out.write_text(json.dumps(rec, indent=1))
+    del index_box[:], keeps_box[:]
+    torch.cuda.empty_cache()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dense_reps = 1 if n >= 512 * 1024 else reps
+    backends = (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))
+    if not torch.cuda.is_available():
+        backends = (("sdpa_math", SDPBackend.MATH),)
+    for name, backend in backends:
+        try:
+            with sdpa_kernel(backend):
+                ms = cuda_ms(lambda: dense_causal_attention(q, k, v, scale), dense_reps)
+            row[f"{name}_ms"] = ms
+            row[f"speedup_vs_{name}"] = ms / row["layer_ms"]
+            log(f"  {name}: {ms:.1f} ms -> speedup {ms / row['layer_ms']:.2f}x")
+        except RuntimeError as e:
+            row[f"{name}_error"] = str(e)[:300]
+            log(f"  {name}: failed: {str(e)[:200]}")
+        out.write_text(json.dumps(rec, indent=1))
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--lengths", default="131072,262144")
+    ap.add_argument("--pattern", default="grid", choices=["grid", "vs"])
+    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--tpf", type=int, default=256, choices=[196, 256, 768])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    out = Path(args.out) / f"layer_bench_{args.pattern}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import triton
+
+    rec = {
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "geometry": {"q_heads": HQ, "kv_heads": HKV, "head_dim": D, "dtype": "bfloat16"},
+        "args": vars(args),
+        "rows": [],
+    }
+    for n in [int(x) for x in args.lengths.split(",")]:
+        bench_length(n, args, rec, out)
+    log(json.dumps(rec["rows"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
