@@ -462,15 +462,9 @@ def main() -> None:
         for n in a.n:
             stage_time(rec, n, a.reps, [KernelConfig()], not a.no_dense, not a.no_flex)
     elif a.stage == "sweep":
-        cfgs = [
-            KernelConfig(),
-            KernelConfig(heads_per_tile=1, block_n=B // 2, num_warps=8, num_stages=3),
-            KernelConfig(heads_per_tile=1, block_n=B // 2, num_warps=4, num_stages=3),
-            KernelConfig(heads_per_tile=2, block_n=B, num_warps=8, num_stages=3),
-            KernelConfig(heads_per_tile=2, block_n=B // 2, num_warps=8, num_stages=3),
-        ]
+        cfgs = [KernelConfig(always_mask=False), KernelConfig(always_mask=True)]
         for n in a.n:
-            stage_time(rec, n, a.reps, cfgs, False, False, (("blocks", 0.05),))
+            stage_time(rec, n, a.reps, cfgs, False, False, (("grid", 0.05), ("blocks", 0.05)))
     print("done", a.stage, file=sys.stderr, flush=True)
 
 

@@ -181,12 +181,13 @@ def test_bad_inputs_name_the_problem() -> None:
 
 @pytest.mark.parametrize("materialize", [True, False], ids=["keys-copied-in-order", "keys-gathered"])
 def test_permuted_keys_copied_or_gathered(materialize: bool) -> None:
-    """Grid keys (permuted): copied into key order once per call, or gathered row by row in every tile."""
+    """Grid keys (permuted): copied into key order once per call, or gathered row by row in every tile (there with
+    the branch-free mask)."""
     layout = video_layout(frames=3)
     n_k = layout.num_tokens
     sels = group_selections("grid", n_k - 8, n_k, 2, 2, seed=6, layout=layout)
     idx = index_from_selections([sels], num_q_heads=4, num_kv_heads=2)
     assert not idx.keys_identity
     q, k, v = torch.randn(n_k - 8, 4, 32), torch.randn(n_k, 2, 32), torch.randn(n_k, 2, 32)
-    out = _run(q, k, v, idx, KernelConfig(materialize_keys=materialize))
+    out = _run(q, k, v, idx, KernelConfig(materialize_keys=materialize, always_mask=not materialize))
     assert _err(out, _reference(q, k, v, [sels[h // 2] for h in range(4)], torch.float64)) <= 1e-5

@@ -54,6 +54,7 @@ def _attend_keys(
     qk_scale,
     UPCAST_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    ALWAYS_MASK: tl.constexpr,
 ):
     """One online-softmax step over the key rows ``loc`` (int64 [BLOCK_N] row of the K/V pool); keys at original
     positions ``kidx``. Masks (causal on original positions, key validity) only when ``need_mask``."""
@@ -61,7 +62,7 @@ def _attend_keys(
     if UPCAST_DOT:
         b_k = b_k.to(tl.float32)
     b_s = tl.dot(q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
-    if need_mask:
+    if ALWAYS_MASK or need_mask:  # no branch: cheaper when nearly every tile needs the mask (permuted keys)
         b_s = tl.where(m_key[None, :] & (kidx[None, :] <= qpos[:, None]), b_s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(b_s, 1))
     alpha = tl.exp2(m_i - m_new)
@@ -106,7 +107,7 @@ def _block_step(
     acc, m_i, l_i, q, qpos, q_min, LIST, j, n, K_POS_MAX, kmeta, K_ORDER, PT, k_order_base, pt_row, k_tok0, n_k,
     K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
     BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, WIDE: tl.constexpr, KEY_ROWS: tl.constexpr,
-    UPCAST_DOT: tl.constexpr, DOT_PREC: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PREC: tl.constexpr, ALWAYS_MASK: tl.constexpr,
 ):  # fmt: skip
     """One BLOCK_N-key step of the list ``LIST[:n]``: BLOCK_N = 2 * BLOCK takes entries j and j + 1; BLOCK_N = BLOCK
     entry j; BLOCK_N < BLOCK the (j % SUB)-th part of entry j // SUB. The causal mask is evaluated only when a key
@@ -138,7 +139,7 @@ def _block_step(
     kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, KEY_ROWS)
     return _attend_keys(
         acc, m_i, l_i, q, qpos, kidx, loc, m_key, need_mask, K, V, kv_off_k, kv_off_v,
-        stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
+        stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC, ALWAYS_MASK,
     )  # fmt: skip
 
 
@@ -193,6 +194,7 @@ def _sparse_attn_fwd_kernel(
     KEY_ROWS: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    ALWAYS_MASK: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_qb = total_qb - 1 - tl.program_id(1)  # late query blocks hold the longest lists: start them first
@@ -254,14 +256,14 @@ def _sparse_attn_fwd_kernel(
         acc, m_i, l_i = _block_step(
             acc, m_i, l_i, q, qpos, q_min, K_BY_POS + kmeta, j, n_lead, K_POS_MAX, kmeta, K_ORDER, PT,
             k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-            BLOCK, BLOCK_N, PAGED, WIDE, KEY_ROWS, UPCAST_DOT, DOT_PREC,
+            BLOCK, BLOCK_N, PAGED, WIDE, KEY_ROWS, UPCAST_DOT, DOT_PREC, ALWAYS_MASK,
         )  # fmt: skip
     n_list = tl.load(B_COUNT + row)
     for j in range(0, n_list * SUBS, STEP):
         acc, m_i, l_i = _block_step(
             acc, m_i, l_i, q, qpos, q_min, B_IDS + row * cap_b, j, n_list, K_POS_MAX, kmeta, K_ORDER, PT,
             k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
-            BLOCK, BLOCK_N, PAGED, WIDE, KEY_ROWS, UPCAST_DOT, DOT_PREC,
+            BLOCK, BLOCK_N, PAGED, WIDE, KEY_ROWS, UPCAST_DOT, DOT_PREC, ALWAYS_MASK,
         )  # fmt: skip
 
     # 3) single key columns (key-permuted ids), BLOCK_N at a time, always masked
@@ -272,7 +274,7 @@ def _sparse_attn_fwd_kernel(
         kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, KEY_ROWS)
         acc, m_i, l_i = _attend_keys(
             acc, m_i, l_i, q, qpos, kidx, loc, m_key, True, K, V, kv_off_k, kv_off_v,
-            stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC,
+            stride_kt, stride_vt, o_d, m_d, qk_scale, UPCAST_DOT, DOT_PREC, True,
         )  # fmt: skip
 
     l_i = tl.where(l_i > 0.0, l_i, 1.0)  # a row with no kept key (impossible for mmi_core builders) writes zeros
@@ -290,11 +292,13 @@ class KernelConfig:
     the group's tiles then run as adjacent programs sharing K/V through L2); ``block_n``: keys per inner step
     (block / 2, block or 2 * block; None: min(block, 64)); ``num_warps`` / ``num_stages``: None = chosen from the
     tile size; ``materialize_keys``: with permuted keys, one slot per KV head and no page table, copy K/V into key
-    order once per call instead of gathering rows in every tile."""
+    order once per call instead of gathering rows in every tile; ``always_mask``: evaluate the causal mask on every
+    tile without a branch (measured no faster, even with permuted keys: results/kernels/v9)."""
 
     heads_per_tile: int | None = None
     block_n: int | None = None
     materialize_keys: bool = True
+    always_mask: bool = False
     num_warps: int | None = None
     num_stages: int | None = None
 
@@ -420,6 +424,7 @@ def sparse_attention_fwd(
         PAGED=page_table is not None, WIDE=wide, KEY_ROWS=key_rows,
         UPCAST_DOT=interp and q.dtype != torch.float32,  # the interpreter's bf16/fp16 dot is wrong (NOTES.md)
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        ALWAYS_MASK=cfg.always_mask,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
