@@ -110,3 +110,33 @@ def test_attention_mask_with_holes_is_rejected(tiny_qwen):
     mask[0, 1] = 0
     with pytest.raises(AdapterError, match="contiguous"):
         adapter_for(tiny_qwen.model).layouts(inputs["input_ids"], mask)
+
+
+@pytest.mark.parametrize("hw", [(112, 112), (90, 200), (300, 120)], ids=["square", "wide", "tall"])
+def test_llava_image_structure(tiny_llava, hw):
+    """One image: base P x P grid + unpadded high-res grid with a newline per row; several images: P x P + newline
+    each. The layout covers exactly the processor's placeholder runs."""
+    from mmi_models import moving_shapes_frames
+
+    img = moving_shapes_frames(1, *hw)[0]
+    inputs = tiny_llava.processor(
+        text=["<image>\ndescribe", "<image> and <image> what"], images=[[img], [img, img]], return_tensors="pt",
+        padding=True,
+    )  # fmt: skip
+    adapter = adapter_for(tiny_llava.model)
+    batch = adapter.layouts_for(inputs)
+    single, multi = batch.layouts
+    base, hi = single.segments_of(Modality.IMAGE)
+    assert base.grid == VisualGrid(1, 8, 8) and hi.grid.row_extra == 1 and hi.start == base.end
+    rows, cols = hi.grid.rows, hi.grid.cols
+    assert {"square": rows == cols, "wide": cols > rows, "tall": rows > cols}[
+        "square" if hw[0] == hw[1] else ("wide" if hw[1] > hw[0] else "tall")
+    ]
+    ids = inputs["input_ids"][0, batch.offsets[0] :]
+    assert int((ids == adapter.image_token_id).sum()) == base.length + hi.length
+    grids = [s.grid for s in multi.segments_of(Modality.IMAGE)]
+    assert grids == [VisualGrid(1, 8, 8)] * 2
+    ids1 = inputs["input_ids"][1, batch.offsets[1] :]
+    assert int((ids1 == adapter.image_token_id).sum()) == 2 * (64 + 1)  # each image: base grid + one newline
+    with pytest.raises(AdapterError, match="image_sizes describes 4"):
+        adapter.layouts(inputs["input_ids"], inputs["attention_mask"], image_sizes=torch.tensor([[112, 112]] * 4))

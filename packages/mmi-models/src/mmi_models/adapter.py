@@ -211,9 +211,13 @@ class VisualItems:
         self,
         items: Mapping[Modality, list[VisualItem]],
         flat: Mapping[Modality, int | None] | None = None,
+        **extra: Any,
     ) -> None:
         """``flat``: modalities whose items are taken one per placeholder run as a flat 1 x n grid, with the
-        expected number of such items (None = not checked)."""
+        expected number of such items (None = not checked). ``extra``: family-specific metadata that a `row_layout`
+        consumes itself (LLaVA-OneVision's ``image_sizes``, counted in ``extra["next_image"]`` and checked by
+        `finish`)."""
+        self.extra: dict[str, Any] = dict(extra)
         self._items = {m: list(v) for m, v in items.items()}
         self._next = dict.fromkeys(self._items, 0)
         self._flat = dict(flat or {})
@@ -239,6 +243,12 @@ class VisualItems:
         return pool[i]
 
     def finish(self) -> None:
+        sizes = self.extra.get("image_sizes")
+        if sizes is not None and self.extra.get("next_image", 0) != len(sizes):
+            raise AdapterError(
+                f"image_sizes describes {len(sizes)} image(s) but input_ids hold {self.extra.get('next_image', 0)} "
+                "image placeholder runs"
+            )
         for m, want in self._flat.items():
             if want is not None and self._flat_used.get(m, 0) != want:
                 raise AdapterError(

@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from mmi_core import HeadConfigs, Modality
+from mmi_core import Grid, HeadConfigs, LayerConfig, Modality, ModalityLayout
+from mmi_core.estimation import grid_stride_candidates
 from mmi_models.adapter import AdapterError, BatchLayouts, ModelAdapter, adapter_for
 from mmi_models.head_configs import load_head_configs
 from mmi_models.sparse_compute import Backend, SparsePrefill, resolve_backend
@@ -51,14 +52,32 @@ class _ForwardContext:
     reason: str  # why batch is None ("" when it is set)
     sparse_rows: tuple[int, ...] = ()
     dense_reasons: tuple[str, ...] = ()  # one per dense row
-    plans: dict[torch.device, SparsePrefill] = field(default_factory=dict)
+    plans: dict[tuple[torch.device, tuple[int, ...]], SparsePrefill] = field(default_factory=dict)
 
-    def plan(self, device: torch.device) -> SparsePrefill:
-        if device not in self.plans:
+    def plan(self, device: torch.device, rows: tuple[int, ...]) -> SparsePrefill:
+        if (device, rows) not in self.plans:
             assert self.batch is not None
-            layouts = [self.batch.layouts[b] for b in self.sparse_rows]
-            self.plans[device] = SparsePrefill(self.handle.head_configs, layouts, device, self.handle.backend)
-        return self.plans[device]
+            layouts = [self.batch.layouts[b] for b in rows]
+            self.plans[device, rows] = SparsePrefill(self.handle.head_configs, layouts, device, self.handle.backend)
+        return self.plans[device, rows]
+
+
+def _grid_unavailable(layout: ModalityLayout, layer: LayerConfig) -> bool:
+    """True when a Grid pattern this row could run has no stride candidates on its layout (``stride="frame"``
+    without a video segment, or tokens per frame outside ``[2, max_stride]``): mmi-core refuses those, so the row
+    stays dense for this layer (counted) instead of failing the forward."""
+    present = {m.name.lower() for m in layout.modalities()}
+    for spec in layer.heads:
+        patterns = [spec.pattern]
+        patterns += [p for m, p in spec.by_modality.items() if m in present]
+        patterns += [p for k, p in spec.by_pair.items() if set(k.split("->")) <= present]
+        for p in patterns:
+            if isinstance(p, Grid):
+                try:
+                    grid_stride_candidates(layout, p)
+                except ValueError:
+                    return True
+    return False
 
 
 _CONTEXT: contextvars.ContextVar[_ForwardContext | None] = contextvars.ContextVar("mmi_forward", default=None)
@@ -74,7 +93,8 @@ class MMInferenceStats:
     ``as_dict()`` -> ``{"sparse": int, "dense": {reason: int}, "backend": {name: int}}``. Reasons: ``decode``,
     ``no_visual_tokens``, ``short``, ``no_layout`` (attention called outside a wrapped forward, or inputs without
     ``input_ids``), ``cached_prefix``, ``dense_layer_config``, ``training``, ``sliding_window``,
-    ``layout_length_mismatch``.
+    ``layout_length_mismatch``, ``grid_stride_unavailable`` (a Grid head of the layer has no stride on the row's
+    layout: ``stride="frame"`` without video, or tokens per frame above ``max_stride``).
     """
 
     def __init__(self) -> None:
@@ -312,24 +332,29 @@ def mmi_attention_forward(
     if all(spec.is_dense for spec in handle.head_configs.layers[layer].heads):
         return dense("dense_layer_config", bsz)
 
-    if reasons := ctx.dense_reasons:  # mixed batch: the dense rows come from the original function, exactly
+    layer_cfg = handle.head_configs.layers[layer]
+    rows = tuple(b for b in ctx.sparse_rows if not _grid_unavailable(batch.layouts[b], layer_cfg))
+    reasons = list(ctx.dense_reasons) + ["grid_stride_unavailable"] * (len(ctx.sparse_rows) - len(rows))
+    for r in reasons:
+        handle.stats.dense[r] += 1
+    if not rows:
+        return base_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if reasons:  # mixed batch: the dense rows come from the original function, exactly
         out, _ = base_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         out = out.clone()
-        for r in reasons:
-            handle.stats.dense[r] += 1
     else:
         out = query.new_zeros(bsz, n_q, query.shape[1], query.shape[3])  # padding rows: zeros, never attended
-    plan = ctx.plan(query.device)
-    spans = [slice(batch.offsets[b], batch.offsets[b] + batch.layouts[b].num_tokens) for b in ctx.sparse_rows]
+    plan = ctx.plan(query.device, rows)
+    spans = [slice(batch.offsets[b], batch.offsets[b] + batch.layouts[b].num_tokens) for b in rows]
     outs = plan.run(
-        [query[b, :, sl].transpose(0, 1) for b, sl in zip(ctx.sparse_rows, spans, strict=True)],
-        [key[b, :, sl].transpose(0, 1) for b, sl in zip(ctx.sparse_rows, spans, strict=True)],
-        [value[b, :, sl].transpose(0, 1) for b, sl in zip(ctx.sparse_rows, spans, strict=True)],
+        [query[b, :, sl].transpose(0, 1) for b, sl in zip(rows, spans, strict=True)],
+        [key[b, :, sl].transpose(0, 1) for b, sl in zip(rows, spans, strict=True)],
+        [value[b, :, sl].transpose(0, 1) for b, sl in zip(rows, spans, strict=True)],
         layer,
         scale=scaling,
     )
-    for b, sl, o in zip(ctx.sparse_rows, spans, outs, strict=True):
+    for sl, o, b in zip(spans, outs, rows, strict=True):
         out[b, sl] = o.to(out.dtype)
-    handle.stats.sparse += len(ctx.sparse_rows)
-    handle.stats.backend[plan.backend] += len(ctx.sparse_rows)
+    handle.stats.sparse += len(rows)
+    handle.stats.backend[plan.backend] += len(rows)
     return out, None
