@@ -302,3 +302,25 @@ def test_image_prompts_run_sparse(patched):
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()
     assert handle.stats.sparse == layers
+
+
+def test_remove_restores_an_instance_forward(patched):
+    """accelerate's device hooks install an instance-level forward; apply/remove must keep it."""
+    model = patched.model
+    calls = []
+
+    def hooked(*args, **kwargs):
+        calls.append(1)
+        return type(model).forward(model, *args, **kwargs)
+
+    model.forward = hooked
+    try:
+        handle = apply_mminference(model, _uniform(model, Dense()), min_tokens=16)
+        inputs = patched.processor(text=["what is this"], return_tensors="pt")
+        with torch.no_grad():
+            model(**inputs)
+        assert calls == [1] and handle.stats.dense["no_visual_tokens"] == 2
+        handle.remove()
+        assert model.forward is hooked
+    finally:
+        del model.forward

@@ -134,7 +134,8 @@ class MMInference:
         self.base_implementation = base
         self.attn_implementation = _PREFIX + base
         self.stats = MMInferenceStats()
-        self._forward: Callable[..., Any] | None = None
+        # an instance-level forward already there (accelerate's device hooks put one) comes back on remove()
+        self._instance_forward: Callable[..., Any] | None = vars(model).get("forward")
 
     @property
     def model(self) -> Any:
@@ -176,7 +177,9 @@ class MMInference:
         text._attn_implementation_internal = self.base_implementation
         for m in [m for m, (h, _) in _MODULES.items() if h is self]:
             del _MODULES[m]
-        if "forward" in vars(model):
+        if self._instance_forward is not None:
+            model.forward = self._instance_forward
+        elif "forward" in vars(model):
             del model.forward
         if getattr(model, "_mminference", None) is self:
             del model._mminference
