@@ -1,0 +1,191 @@
+"""Online estimation building blocks against obvious constructions, ties, budgets and bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmi_core import (
+    BlockSparse,
+    Coverage,
+    Grid,
+    ModalityLayout,
+    VerticalSlash,
+    VisualGrid,
+    estimate_block_sparse,
+    estimate_stride_phase,
+    estimate_vertical_slash,
+    grid_stride_candidates,
+    last_query_scores,
+    stable_top,
+)
+from mmi_core.estimation import block_scores, grid_fold_excess, grid_key_mask, vertical_slash_scores
+
+
+def _rand(n_q, n_k, hq, hkv, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_q, hq, d, generator=g), torch.randn(n_k, hkv, d, generator=g)
+
+
+@pytest.mark.parametrize(("n_q", "n_k", "last_q"), [(1, 1, 64), (37, 100, 64), (100, 100, 7), (5, 300, 64)])
+def test_last_query_scores_matches_rowwise_softmax(n_q, n_k, last_q):
+    q, k = _rand(n_q, n_k, 6, 2)
+    p = last_query_scores(q, k, last_q)
+    n_last = min(last_q, n_q)  # fewer rows when the sequence is shorter
+    assert p.shape == (6, n_last, n_k) and p.dtype == torch.float32
+    for h in range(6):
+        for i in range(n_last):
+            pos = n_k - n_last + i
+            want = torch.softmax(q[n_q - n_last + i, h] @ k[: pos + 1, h // 3].T / math.sqrt(16), -1)
+            torch.testing.assert_close(p[h, i, : pos + 1], want)
+            assert float(p[h, i, pos + 1 :].abs().sum()) == 0.0
+
+
+def test_last_query_scores_bad_inputs():
+    q, k = _rand(4, 10, 2, 1)
+    with pytest.raises(ValueError, match="zero query rows"):
+        last_query_scores(q[:0], k)
+    with pytest.raises(ValueError, match="last_q"):
+        last_query_scores(q, k, 0)
+    with pytest.raises(ValueError, match="queries"):
+        last_query_scores(*_rand(11, 10, 2, 1))
+    with pytest.raises(ValueError, match="do not fit"):
+        last_query_scores(*_rand(4, 10, 3, 2))
+
+
+def test_slash_scores_sum_diagonals():
+    q, k = _rand(9, 20, 1, 1)
+    p = last_query_scores(q, k, 5)
+    vert, slash = vertical_slash_scores(p)
+    torch.testing.assert_close(vert[0], p[0].sum(0))
+    want = torch.zeros(20)
+    for i in range(5):
+        for j in range(20 - 5 + i + 1):
+            want[20 - 5 + i - j] += p[0, i, j]
+    torch.testing.assert_close(slash[0], want)
+
+
+def test_stable_top_breaks_ties_to_lowest_index():
+    s = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    keep = stable_top(s, 2)
+    assert keep[0].nonzero().flatten().tolist() == [1, 2]
+    assert keep[1].nonzero().flatten().tolist() == [0, 1]
+    forced = torch.tensor([True, False, True, False, False, False]).expand(2, 6)
+    keep = stable_top(s, 2, forced=forced)  # forced entries are excluded from ranking (kept by the caller)
+    assert keep[0].nonzero().flatten().tolist() == [1, 4]
+    valid = torch.tensor([True, True, False, True, True, True]).expand(2, 6)
+    assert stable_top(s, 10, valid=valid).sum(-1).tolist() == [5, 5]  # never more than the rankable entries
+    with pytest.raises(ValueError, match="budget"):
+        stable_top(s, -1)
+
+
+def test_stable_top_coverage_counts_and_bounds():
+    s = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    keep = stable_top(s, 4, coverage=Coverage(threshold=0.8, min_fraction=0.0, max_fraction=1.0))
+    assert keep.sum(-1).tolist() == [2, 4]  # 0.5+0.3 reaches 0.8; uniform needs 4 of 5
+    keep = stable_top(s, 4, coverage=Coverage(threshold=0.8, min_fraction=0.0, max_fraction=0.5))
+    assert keep.sum(-1).tolist() == [2, 2]  # clamped at floor(0.5 * 4)
+    keep = stable_top(s, 4, coverage=Coverage(threshold=0.3, min_fraction=0.75, max_fraction=1.0))
+    assert keep.sum(-1).tolist() == [3, 3]  # at least ceil(0.75 * 4)
+    forced = torch.tensor([True, False, False, False, False]).expand(2, 5)
+    keep = stable_top(s, 4, forced=forced, coverage=Coverage(threshold=0.8, min_fraction=0.0))
+    assert keep.sum(-1).tolist() == [1, 3]  # forced mass counts towards the target
+
+
+def test_vertical_slash_estimate_keeps_planted_columns_and_diagonals():
+    n = 256
+    probs = torch.full((1, 8, n), 1e-4)
+    rows = torch.arange(n - 8, n)
+    probs[0, :, 100] = 0.3  # a vertical line
+    probs[0, torch.arange(8), rows - 40] = 0.2  # a slash at offset 40
+    probs[0, :, 3] = 0.5  # inside the sinks: never ranked
+    probs = probs.masked_fill(torch.arange(n)[None, None, :] > rows[None, :, None], 0.0)
+    cols, offs = estimate_vertical_slash(probs, VerticalSlash(vertical=1, slash=1, sink=4, local=2, block=16))
+    assert cols[0].nonzero().flatten().tolist() == [100]
+    assert offs[0].nonzero().flatten().tolist() == [40]
+
+
+def test_block_sparse_matches_pooled_scores():
+    q, k = _rand(70, 150, 2, 1, seed=3)
+    cfg = BlockSparse(top_k=2, block=16)
+    top = estimate_block_sparse(q, k, cfg)
+    p = block_scores(q, k, 16)
+    nqb, nkb = 5, 10
+    assert top.shape[:2] == (2, nqb)
+    for h in range(2):
+        for qb in range(nqb):
+            first = 80 + qb * 16
+            last = min(first + 15, 149)
+            forced = set(range(first // 16, last // 16 + 1)) | {0}
+            ranked = sorted(
+                (kb for kb in range(nkb) if kb * 16 <= last and kb not in forced),
+                key=lambda kb: (-float(p[h, qb, kb]), kb),
+            )
+            assert sorted(t for t in top[h, qb].tolist() if t >= 0) == sorted(ranked[:2])
+            qr = q[qb * 16 : min(qb * 16 + 16, 70), h].mean(0)
+            kp = torch.stack([k[kb * 16 : kb * 16 + 16, 0].mean(0) for kb in range(nkb)])
+            s = (kp @ qr) / 4.0
+            s[torch.arange(nkb) * 16 > last] = float("-inf")
+            torch.testing.assert_close(p[h, qb], torch.softmax(s, -1))
+
+
+VG = VisualGrid(frames=12, rows=4, cols=6, frame_prefix=1)  # 25 tokens per frame
+LAYOUT = ModalityLayout.from_parts([("text", 13), ("video", VG), ("text", 20)])
+
+
+def test_stride_candidates():
+    assert grid_stride_candidates(LAYOUT, Grid(stride="search")) == [5, 25, 50, 75, 100]
+    assert grid_stride_candidates(LAYOUT, Grid(stride="search", max_stride=60)) == [5, 25, 50]
+    assert grid_stride_candidates(LAYOUT, Grid(stride="frame")) == [25]
+    assert grid_stride_candidates(LAYOUT, Grid(stride=7)) == [7]
+    assert grid_stride_candidates(ModalityLayout.text(50), Grid(stride="search", max_stride=5)) == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="needs a video segment"):
+        grid_stride_candidates(ModalityLayout.text(50), Grid(stride="frame"))
+    with pytest.raises(ValueError, match="max_stride"):
+        grid_stride_candidates(LAYOUT, Grid(stride="frame", max_stride=20))
+    with pytest.raises(ValueError, match="no stride candidate"):
+        grid_stride_candidates(LAYOUT, Grid(stride="search", max_stride=4))
+    with pytest.raises(ValueError, match="at least one stride candidate"):
+        estimate_stride_phase(torch.zeros(1, 10), torch.ones(10, dtype=torch.bool), [], 1)
+
+
+def _planted_scores(phase: int, strength: float = 3.0, secondary: int | None = None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(phase)
+    n = LAYOUT.num_tokens
+    s = torch.randn(1, n, generator=g) * 0.5
+    pos = torch.arange(n)
+    s[0, pos % 25 == phase] += strength
+    if secondary is not None:
+        s[0, pos % 25 == secondary] += strength * 0.5
+    return s
+
+
+@pytest.mark.parametrize("phase", [1, 7, 24])
+def test_stride_phase_finds_planted_lines_not_multiples_or_halves(phase):
+    fold, neutral = grid_key_mask(LAYOUT, LAYOUT.num_tokens - 20)
+    cands = grid_stride_candidates(LAYOUT, Grid(stride="search"))
+    stride, res = estimate_stride_phase(
+        _planted_scores(phase, secondary=(phase + 9) % 25), fold, cands, 2, neutral=neutral
+    )
+    assert int(stride[0]) == 25
+    assert res[0].tolist() == [phase, (phase + 9) % 25]
+
+
+def test_uniform_scores_fall_back_to_default():
+    fold, neutral = grid_key_mask(LAYOUT, LAYOUT.num_tokens)
+    stride, res = estimate_stride_phase(torch.zeros(2, LAYOUT.num_tokens), fold, [5, 25, 50], 3, default=25)
+    assert stride.tolist() == [25, 25] and res.tolist() == [[0, 1, 2]] * 2
+    excess = grid_fold_excess(torch.zeros(1, LAYOUT.num_tokens), fold, 50, neutral)
+    assert torch.allclose(excess, torch.zeros(1, 50))  # uniform: 0 whatever the stride
+
+
+def test_grid_key_mask_folds_video_only_and_neutralises_off_grid():
+    n = LAYOUT.num_tokens
+    fold, neutral = grid_key_mask(LAYOUT, n - 20)
+    assert not fold[:13].any() and not fold[13 + VG.num_tokens :].any()
+    assert not fold[n - 20 - 25 :].any()  # one frame before the estimation rows is excluded
+    assert neutral[13 : 13 + 25 * 11 : 25].all() and int(neutral.sum()) == 11  # the per-frame prefix tokens
+    fold_all, _ = grid_key_mask(ModalityLayout.from_parts([("video", VG)]), 10)  # nothing early: no exclusion
+    assert int(fold_all.sum()) == VG.num_tokens
