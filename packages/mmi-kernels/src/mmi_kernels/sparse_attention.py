@@ -5,15 +5,16 @@ Three layers (Liger style): the private Triton kernel `_sparse_attn_fwd_kernel`,
 (validates inputs, allocates, computes the grid) and the public `sparse_attention`.
 
 One program computes one row tile of one (head slot, query block): ``HEADS_PER_TILE`` query heads of the slot's GQA
-group stacked along M (``BLOCK_M = HEADS_PER_TILE * block`` rows), so every K/V tile it loads serves all of them.
-The tiles of one (slot, query block) have adjacent program ids and read the same key blocks, so a group larger than
-one tile re-reads its K/V from L2 rather than HBM (see docs/kernels/NOTES.md for the measurements behind this).
+group stacked along M (``BLOCK_M = HEADS_PER_TILE * block`` rows; 1 head by default, measured fastest). The tiles of
+one (slot, query block) have adjacent program ids and read the same key blocks, so the group's K/V re-reads come
+from L2 rather than HBM. Key rows are gathered through the slot's key order and the page table, read contiguously
+when keys are in original order, or copied into key order once per call when the keys are permuted and unpaged
+(docs/kernels/NOTES.md has the measurements behind each choice).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,9 @@ _last_compiled = None  # the last launch's compiled kernel (registers, spills, a
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether the kernel was wrapped for the interpreter (TRITON_INTERPRET=1 when this module was imported); the
+    environment variable itself may have changed since."""
+    return not isinstance(_sparse_attn_fwd_kernel, triton.runtime.jit.JITFunction)
 
 
 @triton.jit
