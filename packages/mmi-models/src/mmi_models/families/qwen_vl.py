@@ -95,7 +95,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
         "Qwen3VLMoeForConditionalGeneration",
         "Qwen3VLMoeModel",
     )
-    verified = "synthetic"
+    verified = "processor"
 
     def row_layout(self, input_ids: torch.Tensor, items: VisualItems) -> ModalityLayout:
         n = input_ids.numel()
