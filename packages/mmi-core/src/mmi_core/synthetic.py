@@ -465,9 +465,11 @@ def recall_density_table(
             return density(estimate_layer_selections(w.q[:, :1], w.k[:, :1], w.layout, hc, 0)[0], rows)
 
         patterns: dict[str, Any] = {}
+        estimated: dict[str, list[Any]] = {}
         if workload != "text":
             patterns["grid"] = Grid(stride="search", lines=grid_lines, hline=False, block=block, sink=sink)
-            target = measure_first(patterns["grid"])
+            estimated["grid"] = estimate(patterns["grid"])
+            target = density(estimated["grid"][0], rows)
         else:
             target = 0.1
         patterns["a_shape"], _ = _match_density(
@@ -484,7 +486,7 @@ def recall_density_table(
             lambda b: BlockSparse(top_k=b, block=block), 0, n // block, measure_first, target
         )
         for name, pattern in patterns.items():
-            sels = estimate(pattern)
+            sels = estimated[name] if name in estimated else estimate(pattern)
             rec = attention_recall(w.q, w.k, sels, rows=rows)
             err = output_error(sparse_attention_reference(w.q, w.k, w.v, sels, rows=rows), o_ref, per_head=True)
             for h, kind in enumerate(kinds):
