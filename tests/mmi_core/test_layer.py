@@ -137,3 +137,20 @@ def test_zero_queries_and_bad_inputs():
         estimate_layer_selections(
             q, k, LAYOUT, _configs([Grid(stride="frame", max_stride=32, block=B)] * 4, ["head", "head"]), 0
         )
+
+
+def test_short_sequences_and_empty_segments():
+    """last_q larger than the chunk uses every row; empty segments in a layout are dropped; a Grid on a layout
+    without video keeps sink + local only (documented in grid_selection)."""
+    layout = ModalityLayout.from_parts([("text", 0), ("video", VisualGrid(frames=2, rows=2, cols=8)), ("text", 0)])
+    assert len(layout.segments) == 1
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(3, 2, 32, generator=g), torch.randn(32, 1, 32, generator=g)
+    cfgs = [VerticalSlash(vertical=4, slash=2, last_q=64, block=B), Grid(stride="search", last_q=64, block=B)]
+    sels = estimate_layer_selections(q, k, layout, _configs(cfgs, ["head"]), 0)
+    assert all(s is not None and s.n_q == 3 for s in sels)
+    text = ModalityLayout.text(32)
+    sels = estimate_layer_selections(
+        q, k, text, _configs([Grid(stride=4, block=B), Grid(stride=4, block=B)], ["group"]), 0
+    )
+    assert sels[0].k_perm.is_identity

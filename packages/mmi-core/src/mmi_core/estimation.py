@@ -194,8 +194,9 @@ def estimate_block_sparse(
 ) -> torch.Tensor:
     """Top key blocks per query block for heads sharing one `BlockSparse` config.
 
-    ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]``. Returns int64 ``[Hq, nqb, width]`` key-block ids, padded with -1 (the
-    input of `block_sparse_selection`), chosen besides the diagonal block(s) and block 0.
+    ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]``. Returns int64 ``[Hq, nqb, width]`` key-block ids, ascending, padded
+    with -1 (the input of `block_sparse_selection`), chosen besides the diagonal block(s) and block 0. ``width`` is
+    static, ``max(1, min(cap, nkb))`` with ``cap = top_k`` (or ``floor(max_fraction · top_k)`` with a coverage).
     """
     n_q, n_k, b = q.shape[0], k.shape[0], cfg.block
     p = block_scores(q, k, b, scale=scale)
@@ -206,7 +207,9 @@ def estimate_block_sparse(
     valid = kb[None, :] * b <= last[:, None]
     forced = ((kb[None, :] >= (first // b)[:, None]) & (kb[None, :] <= (last // b)[:, None])) | (kb == 0)[None, :]
     keep = stable_top(p, cfg.top_k, valid=valid.expand_as(p), forced=forced.expand_as(p), coverage=cfg.coverage)
-    width = max(int(keep.sum(-1).max()), 1) if keep.numel() else 1
+    # static width (no host sync): the most entries stable_top can keep per row
+    cap = cfg.top_k if cfg.coverage is None else math.floor(cfg.coverage.max_fraction * cfg.top_k)
+    width = max(min(cap, nkb), 1)
     # kept ids first, in ascending order; -1 padding after
     ids = torch.where(keep, kb, nkb + kb)
     ids = torch.sort(ids, dim=-1).values[..., :width]
