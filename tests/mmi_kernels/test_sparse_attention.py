@@ -32,12 +32,20 @@ def _reference(q, k, v, per_head: list[Selection], dtype: torch.dtype) -> torch.
     return sparse_attention_reference(q.to(dtype), k.to(dtype), v.to(dtype), per_head, compute_dtype=dtype)
 
 
+# Inputs are built on the CPU; where CUDA exists the kernel is compiled (no interpreter), so run it there.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _run(q, k, v, idx, cfg=None, **kw) -> torch.Tensor:
+    """Launch on DEVICE with a NaN-poisoned output; return the output on the CPU."""
+    dev = lambda t: None if t is None else t.to(DEVICE)
+    q = q.to(DEVICE)
     out = torch.full_like(q, float("nan"))
-    res = sparse_attention(q, k, v, idx, out=out, config=cfg, **kw)
+    kw = {name: dev(t) for name, t in kw.items()}
+    res = sparse_attention(q, dev(k), dev(v), idx.to(DEVICE), out=out, config=cfg, **kw)
     assert res is out
     assert not out.isnan().any(), "unwritten or NaN output rows"
-    return out
+    return out.cpu()
 
 
 CASES = [
@@ -105,9 +113,7 @@ def test_varlen_two_requests_paged_shuffled_and_query_head_slots() -> None:
     page_table = torch.full((2, max_len), -7, dtype=torch.int32)
     page_table[0, : ks[0].shape[0]] = slots[: ks[0].shape[0]].to(torch.int32)
     page_table[1, : ks[1].shape[0]] = slots[ks[0].shape[0] :].to(torch.int32)
-    out = torch.full_like(q, float("nan"))
-    sparse_attention(q, None, None, idx, k_cache=k_cache, v_cache=v_cache, page_table=page_table, out=out)
-    assert not out.isnan().any()
+    out = _run(q, None, None, idx, k_cache=k_cache, v_cache=v_cache, page_table=page_table)
     packed = _run(q, torch.cat(ks), torch.cat(vs), idx)
     assert torch.equal(out, packed)
     start = 0
@@ -152,9 +158,7 @@ def test_key_block_in_two_steps(paged: bool) -> None:
         kc, vc = torch.randn(n_k + 9, 2, d), torch.randn(n_k + 9, 2, d)
         kc[slots], vc[slots] = k, v
         kw = {"k_cache": kc, "v_cache": vc, "page_table": slots[None, :].to(torch.int32)}
-    out = torch.full_like(q, float("nan"))
-    sparse_attention(q, None if paged else k, None if paged else v, idx, out=out, config=KernelConfig(block_n=16), **kw)
-    assert not out.isnan().any()
+    out = _run(q, None if paged else k, None if paged else v, idx, KernelConfig(block_n=16), **kw)
     assert _err(out, _reference(q, k, v, [sels[h // 2] for h in range(4)], torch.float64)) <= 1e-5
 
 
@@ -191,3 +195,31 @@ def test_permuted_keys_copied_or_gathered(materialize: bool) -> None:
     q, k, v = torch.randn(n_k - 8, 4, 32), torch.randn(n_k, 2, 32), torch.randn(n_k, 2, 32)
     out = _run(q, k, v, idx, KernelConfig(materialize_keys=materialize, always_mask=not materialize))
     assert _err(out, _reference(q, k, v, [sels[h // 2] for h in range(4)], torch.float64)) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block", [64, 128])
+def test_gpu_bf16_qwen_heads(block: int) -> None:
+    """The compiled kernel on a GPU: Qwen2.5-VL-7B heads (28 / 4, D=128), bf16, grid keys with a cached prefix."""
+    from mmi_core import Grid, VisualGrid, grid_selection, union_selections
+    from mmi_core import ModalityLayout as Layout
+
+    layout = Layout.from_parts(
+        [("text", 300), ("video", VisualGrid(frames=8, rows=8, cols=12, row_extra=1)), ("text", 77)]
+    )
+    n_k = layout.num_tokens
+    n_q = n_k - 200
+    cfg = Grid(stride="frame", lines=2, block=block)
+    tpf = layout.tokens_per_frame
+    sels = [
+        union_selections([grid_selection(layout, n_q, cfg, tpf, [s, (s + 7 * h + 3) % tpf]) for h in range(7)])
+        for s in range(4)
+    ]
+    idx = index_from_selections([sels], num_q_heads=28, num_kv_heads=4, device="cuda")
+    q = torch.randn(n_q, 28, 128, device="cuda").bfloat16()
+    k, v = (torch.randn(n_k, 4, 128, device="cuda").bfloat16() for _ in range(2))
+    out = _run(q, k, v, idx)
+    per_head = [sels[h // 7] for h in range(28)]
+    ref64 = _reference(q.cpu(), k.cpu(), v.cpu(), per_head, torch.float64)
+    ref_low = _reference(q.cpu(), k.cpu(), v.cpu(), per_head, torch.bfloat16)
+    assert _err(out.cpu(), ref64) <= 2 * _err(ref_low, ref64)
