@@ -189,3 +189,10 @@ def test_grid_key_mask_folds_video_only_and_neutralises_off_grid():
     assert neutral[13 : 13 + 25 * 11 : 25].all() and int(neutral.sum()) == 11  # the per-frame prefix tokens
     fold_all, _ = grid_key_mask(ModalityLayout.from_parts([("video", VG)]), 10)  # nothing early: no exclusion
     assert int(fold_all.sum()) == VG.num_tokens
+
+
+def test_estimate_grid_without_video_skips_the_search():
+    from mmi_core import estimate_grid
+
+    stride, res = estimate_grid(torch.zeros(2, 40), ModalityLayout.text(40), Grid(stride="search", lines=3), 30)
+    assert stride.tolist() == [2, 2] and res.tolist() == [[0, 1, 0]] * 2

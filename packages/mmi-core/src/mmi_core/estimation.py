@@ -178,7 +178,8 @@ def estimate_vertical_slash(probs: torch.Tensor, cfg: VerticalSlash) -> tuple[to
 
     Returns bool ``(columns [H, n_k], offsets [H, n_k])``: key positions kept as columns and diagonal offsets kept
     as slashes, *besides* the first ``sink`` columns and ``local`` offsets (always kept by
-    `vertical_slash_selection`). Offsets that no query of the chunk can reach are never chosen.
+    `vertical_slash_selection`). With ``cfg.coverage`` the column count and the diagonal count are adapted
+    separately, each against its own scores (column sums, diagonal sums; both total the rows' mass).
     """
     h, _n_last, n_k = probs.shape
     vertical, slash = vertical_slash_scores(probs)
@@ -368,14 +369,14 @@ def estimate_grid(
     start at position ``first_row``) and `estimate_stride_phase` with the layout's tokens per frame as the default.
 
     ``key_scores [U, n_k]``: `grid_key_scores` of each unit (a GQA group: the mean over its heads). Returns int64
-    ``(stride [U], residues [U, cfg.lines])``; raises ValueError when the candidates are empty.
+    ``(stride [U], residues [U, cfg.lines])``. A layout without video keys skips the search: the default stride (or
+    the first candidate) and residues ``0 … lines-1``. Raises ValueError when the candidates are empty.
     """
     fold, neutral = grid_key_mask(layout, first_row)
-    return estimate_stride_phase(
-        key_scores,
-        fold,
-        grid_stride_candidates(layout, cfg),
-        cfg.lines,
-        neutral=neutral,
-        default=layout.tokens_per_frame,
-    )
+    cands = grid_stride_candidates(layout, cfg)
+    if not bool(fold.any()):  # a CPU mask from the layout, not a device sync
+        u, dev = key_scores.shape[0], key_scores.device
+        fixed = layout.tokens_per_frame if layout.tokens_per_frame in cands else cands[0]
+        stride = torch.full((u,), fixed, dtype=torch.int64, device=dev)
+        return stride, torch.arange(cfg.lines, device=dev).remainder(stride[:, None])
+    return estimate_stride_phase(key_scores, fold, cands, cfg.lines, neutral=neutral, default=layout.tokens_per_frame)
