@@ -349,20 +349,34 @@ def _need_reference():
     return mmi_core.mmi_attention_reference
 
 
-@pytest.mark.parametrize(("tp_rank", "tp_size"), [(0, 1), (1, 2)], ids=["tp1", "tp2-rank1"])
-def test_sparse_equals_mmi_core_reference_per_request(registered, monkeypatch, tmp_path, tp_rank, tp_size):
+@pytest.mark.parametrize(
+    ("tp_rank", "tp_size", "impl"),
+    [
+        pytest.param(0, 1, "reference", id="tp1-reference"),
+        pytest.param(1, 2, "reference", id="tp2-rank1-reference"),
+        pytest.param(0, 1, "kernels", id="tp1-kernels", marks=pytest.mark.slow),  # ~12 s under TRITON_INTERPRET
+        pytest.param(1, 2, "kernels", id="tp2-rank1-kernels", marks=pytest.mark.slow),
+    ],
+)
+def test_sparse_equals_mmi_core_reference_per_request(registered, monkeypatch, tmp_path, tp_rank, tp_size, impl):
     """Mixed batch (chunked video request over a cached prefix, text-only, video+image, short video), GQA 4:2 (per
-    rank), two layers (layer 1 all Dense -> inner backend), on a tensor-parallel slice when tp_size > 1."""
+    rank), two layers (layer 1 all Dense -> inner backend), on a tensor-parallel slice when tp_size > 1; sparse part
+    on the mmi-core reference or through mmi-kernels' SparsePrefillWrapper reading K/V from the pool via the page
+    table (on CPU: its PyTorch index executor, or the Triton kernel under TRITON_INTERPRET=1)."""
     reference = _need_reference()
+    import mmi_kernels
     from mmi_core import dense_attention_reference
 
+    if impl == "kernels" and not hasattr(mmi_kernels, "SparsePrefillWrapper"):
+        pytest.skip("mmi_kernels.SparsePrefillWrapper has not landed yet")
     sg = registered
     total = _head_configs(2, 4 * tp_size, 2 * tp_size, dense_layers=(1,))
     rig = Rig(sg, hq=4, hkv=2, tp_rank=tp_rank, tp_size=tp_size)
-    _env(monkeypatch, tmp_path, total)
+    _env(monkeypatch, tmp_path, total, MMI_SPARSE_IMPL=impl)
     reqs = _mixed_requests(sg)
     fb, q, k, v, full_k, full_v = rig.batch(reqs)
     mmi = sg.ATTENTION_BACKENDS["mmi"](rig.runner)
+    assert mmi.impl == impl
     out = rig.run(mmi, fb, q, k, v)
     hc = total.tp_slice(tp_rank, tp_size) if tp_size > 1 else total
     assert mmi.head_configs == hc
@@ -374,8 +388,15 @@ def test_sparse_equals_mmi_core_reference_per_request(registered, monkeypatch, t
         assert not torch.isnan(o).any()
         for i, r in enumerate(routes.requests):
             rows = slice(r.q_start, r.q_start + r.n_q)
-            if r.sparse and li == 0:
+            if r.sparse and li == 0 and impl == "kernels":
+                # the same wrapper on this request alone, keys packed (no page table): checks the backend's call
+                # site (row packing, page table from req_to_token, layer, scale), not kernel-vs-core agreement
+                w = mmi_kernels.SparsePrefillWrapper(hc, min_tokens=0)
+                w.plan([layouts[i]], q_lens=[r.n_q])
+                want = w.run(q3[rows], full_k[i][li], full_v[i][li], li, scale=D**-0.5)
+            elif r.sparse and li == 0:
                 want = reference(q3[rows], full_k[i][li], full_v[i][li], layouts[i], hc, li, scale=D**-0.5)
+            if r.sparse and li == 0:
                 dense = dense_attention_reference(q3[rows], full_k[i][li], full_v[i][li])
                 assert (o[rows] - dense).abs().max() > 1e-3, "the sparse patterns kept everything: test too weak"
             else:

@@ -140,7 +140,7 @@ class MMIAttnBackend(AttentionBackend):
             if kernels_available():
                 return "kernels", ""
             if want == "kernels":
-                raise ConfigError("MMI_SPARSE_IMPL=kernels but mmi_kernels.SparsePrefillWrapper or CUDA is missing")
+                raise ConfigError("MMI_SPARSE_IMPL=kernels but this mmi-kernels has no SparsePrefillWrapper")
             return None, "mmi_kernels.SparsePrefillWrapper not available"
         if reference_available():
             return "reference", ""
@@ -287,7 +287,7 @@ class MMIAttnBackend(AttentionBackend):
         return self._timed(layer, lambda: self._forward_routed(q, k, v, layer, forward_batch, save_kv_cache, routes))
 
     def _forward_routed(self, q, k, v, layer, fb, save_kv_cache: bool, routes: BatchRoutes) -> torch.Tensor:
-        hq, hkv, d = layer.tp_q_head_num, layer.tp_k_head_num, layer.qk_head_dim
+        hq, d = layer.tp_q_head_num, layer.qk_head_dim
         if save_kv_cache and k is not None and v is not None:
             self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v)
         q3 = q.view(-1, hq, d)
@@ -300,15 +300,7 @@ class MMIAttnBackend(AttentionBackend):
         if self._kernel is not None:
             sparse = routes.sparse
             sparse_rows = torch.cat([torch.arange(r.q_start, r.q_start + r.n_q) for r in sparse]).to(q.device)
-            o3[sparse_rows] = self._kernel.run(
-                q3[sparse_rows],
-                k.view(-1, hkv, d)[sparse_rows],
-                v.view(-1, hkv, layer.v_head_dim)[sparse_rows],
-                layer.layer_id,
-                k_buf,
-                v_buf,
-                layer.scaling,
-            ).to(o.dtype)
+            o3[sparse_rows] = self._kernel.run(q3[sparse_rows], layer.layer_id, k_buf, v_buf, layer.scaling).to(o.dtype)
         for r in routes.requests:
             if r.n_q == 0 or (r.sparse and sparse_rows is not None):
                 continue

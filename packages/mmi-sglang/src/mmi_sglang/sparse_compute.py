@@ -74,9 +74,8 @@ def reference_sparse_request(
 
 
 def kernels_available() -> bool:
-    """True when mmi-kernels exports its batched ``SparsePrefillWrapper`` and CUDA is usable."""
-    if not torch.cuda.is_available():
-        return False
+    """True when mmi-kernels exports its batched ``SparsePrefillWrapper`` (Triton on CUDA; on a CPU it runs under
+    ``TRITON_INTERPRET=1`` or executes its index in PyTorch, small inputs only)."""
     try:
         import mmi_kernels
     except ImportError:
@@ -85,30 +84,24 @@ def kernels_available() -> bool:
 
 
 class KernelSparsePrefill:
-    """mmi-kernels' batched sparse prefill for the sparse requests of one extend batch.
+    """mmi-kernels' batched sparse prefill for the sparse requests of one extend batch (the only call site).
 
-    ``plan`` once per batch: layouts of the sparse requests, their query lengths and page-table rows (``req_to_token``
-    rows, int32 ``[n_sparse, max n_k]``, i.e. KV-pool slot of each key position). ``run`` per layer: q/k/v rows of those
-    requests concatenated in batch order (``[sum n_q, H, D]``), the layer's K/V pool buffers ``[slots, Hkv, D]``.
+    ``plan`` once per batch: layouts of the sparse requests (whole sequences), their query lengths and page-table rows
+    (``req_to_token`` rows, int32 ``[n_sparse, >= max n_k]``: the KV-pool slot of each key position). ``run`` per
+    layer: the q rows of those requests concatenated in batch order (``[sum n_q, Hq, D]``) and the layer's K/V pool
+    buffers ``[slots, Hkv, D]`` (the chunk's K/V already written); returns ``[sum n_q, Hq, D]``. Routing is decided
+    by `mmi_sglang.routing`, so the wrapper's own length threshold is off (``min_tokens=0``).
     """
 
     def __init__(self, head_configs: HeadConfigs, device: torch.device | str) -> None:
         from mmi_kernels import SparsePrefillWrapper
 
-        self.head_configs = head_configs
-        self.wrapper: Any = SparsePrefillWrapper(device=torch.device(device))
+        self.wrapper: Any = SparsePrefillWrapper(head_configs, device=torch.device(device), min_tokens=0)
 
     def plan(self, layouts: Sequence[ModalityLayout], q_lens: Sequence[int], page_table: torch.Tensor) -> None:
-        self.wrapper.plan(list(layouts), self.head_configs, q_lens=list(q_lens), page_table=page_table)
+        self.wrapper.plan(list(layouts), q_lens=list(q_lens), page_table=page_table)
 
     def run(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        layer: int,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        scale: float,
+        self, q: torch.Tensor, layer: int, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float
     ) -> torch.Tensor:
-        return self.wrapper.run(q, k, v, layer, k_cache=k_cache, v_cache=v_cache, scale=scale)
+        return self.wrapper.run(q, None, None, layer, k_cache=k_cache, v_cache=v_cache, scale=scale)
