@@ -239,6 +239,18 @@ def _compact(key: torch.Tensor, keep: torch.Tensor, big: int) -> tuple[torch.Ten
     return count, k
 
 
+def _mask_to_lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [rows, n] -> (count int64 [rows], ascending column ids int64 [rows, max(count)]): O(nnz) beyond the mask
+    (a sort of the whole [rows, n] id matrix would need 16 bytes per entry: gigabytes at 1M tokens)."""
+    count = mask.sum(1)
+    width = int(count.max()) if count.numel() else 0
+    r, c = mask.nonzero(as_tuple=True)  # row-major: ascending columns within a row
+    start = torch.cumsum(count, 0) - count
+    ids = torch.zeros(mask.shape[0], width, dtype=torch.int64, device=mask.device)
+    ids[r, torch.arange(r.numel(), device=mask.device) - start[r]] = c
+    return count, ids
+
+
 @dataclass(frozen=True)
 class _SlotLists:
     q_order: torch.Tensor
@@ -281,10 +293,10 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
     k_by_pos = torch.sort(k_min, stable=True).indices
     rank = torch.empty_like(k_by_pos)
     rank[k_by_pos] = torch.arange(nkb, device=device)
-    lead = torch.gather(kept, 1, k_by_pos.expand(nqb, nkb)).to(torch.int64).cumprod(1).sum(1)  # [nqb]
+    miss = ~torch.gather(kept, 1, k_by_pos.expand(nqb, nkb))  # [nqb, nkb] in order of first position
+    lead = torch.where(miss.any(1), miss.to(torch.uint8).argmax(1), nkb)  # length of the kept leading run
     in_lead = rank[None, :] < lead[:, None]
-    kb = torch.arange(nkb, device=device)
-    b_count, b_ids = _compact(kb.expand(nqb, nkb), kept & ~in_lead, nkb)
+    b_count, b_ids = _mask_to_lists(kept & ~in_lead)
     if keep.column_ids is not None and keep.column_ids.numel():
         cid = keep.column_ids.to(device, torch.int64)
         if cid.dim() != 2 or cid.shape[0] != nqb:
