@@ -75,8 +75,11 @@ def estimate_layer_selections(
 
     ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]`` token-major, any float dtype and device (scores in fp32); ``layout``
     covers the ``n_k`` tokens and the queries are its last ``n_q``. Selections live on the CPU (their builders'
-    convention). Raises ValueError on inconsistent shapes, a layout of another length, head configs for another
-    geometry, a layer out of range, or a Grid config whose stride candidates are empty on this layout.
+    convention; building them is where the host synchronises). Memory: ``O(S · last_q · n_k)`` fp32 scores for the
+    ``S`` heads that need them (VS, Grid), ``O(Hq · (n_q / block) · (n_k / block))`` for block-sparse heads, plus the
+    selection builders' own (`grid_selection` builds an ``n_q × n_k`` pair mask).
+    Raises ValueError on inconsistent shapes, a layout of another length, head configs for another geometry, a layer
+    out of range, or a Grid config whose stride candidates are empty on this layout.
     """
     _check(q, k, layout, head_configs, layer)
     n_q, hq = q.shape[0], q.shape[1]
@@ -87,9 +90,15 @@ def estimate_layer_selections(
     g = hq // hkv
     patterns: list[PatternConfig] = [spec.pattern for spec in lc.heads]  # boundary q/2d: temporary rule (#7)
 
-    # last-query scores once for the layer, with the longest last_q any head asks for
-    last_qs = [p.last_q for p in patterns if isinstance(p, VerticalSlash | Grid)]
-    probs = last_query_scores(q, k, max(last_qs), scale=scale) if last_qs else None
+    # last-query scores once for the layer, only for the heads that use them, with the longest last_q they ask for;
+    # probs[row_of[h]] are head h's scores
+    scored = [h for h, p in enumerate(patterns) if isinstance(p, VerticalSlash | Grid)]
+    row_of = {h: i for i, h in enumerate(scored)}
+    probs = None
+    if scored:
+        longest = max(patterns[h].last_q for h in scored)  # type: ignore[union-attr]
+        idx = torch.tensor(scored, device=q.device)
+        probs = last_query_scores(q.index_select(1, idx), _kv_for(k, scored, g), longest, scale=scale)
 
     def rows_of(cfg: VerticalSlash | Grid) -> slice:  # this head's own last_q rows of the shared scores
         assert probs is not None
@@ -108,7 +117,7 @@ def estimate_layer_selections(
                 sel[h] = s
         elif isinstance(cfg, VerticalSlash):
             assert probs is not None
-            cols, offs = estimate_vertical_slash(probs[heads][:, rows_of(cfg)], cfg)
+            cols, offs = estimate_vertical_slash(probs[[row_of[h] for h in heads]][:, rows_of(cfg)], cfg)
             cols, offs = cols.cpu(), offs.cpu()
             for i, h in enumerate(heads):
                 sel[h] = vertical_slash_selection(
@@ -129,18 +138,19 @@ def estimate_layer_selections(
         units += [grid_heads] if lc.gqa[j] == "group" else [[h] for h in grid_heads]
     if units:
         assert probs is not None
-        weights = torch.zeros(hq, probs.shape[1], device=q.device)  # each Grid head's own last_q rows
-        for h, p in enumerate(patterns):
+        weights = torch.zeros(len(scored), probs.shape[1], device=q.device)  # each Grid head's own last_q rows
+        for h in scored:
+            p = patterns[h]
             if isinstance(p, Grid):
-                weights[h, rows_of(p)] = 1.0
-        head_scores = grid_key_scores(probs, weights)  # [Hq, n_k]; rows of non-Grid heads are unused
+                weights[row_of[h], rows_of(p)] = 1.0
+        head_scores = grid_key_scores(probs, weights)  # [len(scored), n_k]; rows of VS heads are unused
         by_cfg_grid: dict[Grid, list[int]] = defaultdict(list)  # units whose first head has this config
         for u, heads in enumerate(units):
             cfg0 = patterns[heads[0]]
             assert isinstance(cfg0, Grid)
             by_cfg_grid[cfg0].append(u)
         for cfg0, us in by_cfg_grid.items():
-            unit_scores = torch.stack([head_scores[units[u]].mean(0) for u in us])
+            unit_scores = torch.stack([head_scores[[row_of[h] for h in units[u]]].mean(0) for u in us])
             stride, residues = estimate_grid(unit_scores, layout, cfg0, n_k - probs.shape[1])
             stride, residues = stride.cpu(), residues.cpu()
             for i, u in enumerate(us):
