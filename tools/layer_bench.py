@@ -29,7 +29,7 @@ from mmi_kernels import LayoutTensors, SparsePrefillWrapper, estimate_layer_keep
 from mmi_kernels import sparse_attention as sparse_attention_fn
 from mmi_kernels.wrapper import dense_causal_attention
 
-HQ, HKV, D, LAYERS_7B = 28, 4, 128, 28
+HQ, HKV, D, LAYERS_7B = 28, 4, 128, 28  # Qwen2.5-VL-7B; --heads overrides for a CPU dry run
 
 
 def log(*a: object) -> None:
@@ -236,8 +236,11 @@ def main() -> None:
     ap.add_argument("--tpf", type=int, default=256, choices=[196, 256, 768])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--heads", default="28,4", help="query,kv heads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    global HQ, HKV
+    HQ, HKV = (int(x) for x in args.heads.split(","))
     out = Path(args.out) / f"layer_bench_{args.pattern}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     import triton
