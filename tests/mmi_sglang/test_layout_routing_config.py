@@ -234,3 +234,22 @@ def test_route_stats_counts_and_prometheus(caplog):
     assert stats.requests == {"sparse": 2, "text_only": 2} and stats.tokens == {"sparse": 60, "text_only": 10}
     assert (value("sparse") - before[0], value("text_only") - before[1]) == (2, 2)
     assert caplog.text.count("2 extend batches") == 0 and "sparse=1 req/30 tok" in caplog.text  # first sparse batch
+
+
+def test_head_configs_family_default_from_mmi_models():
+    """MMI_HEAD_CONFIGS unset: the family default of mmi-models for SGLang's hf_config, checked and TP-sliced."""
+    from transformers import Qwen2_5_VLConfig
+
+    import mmi_models
+
+    if not hasattr(mmi_models, "default_head_configs"):
+        pytest.skip("mmi_models.default_head_configs has not landed")
+    text = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    hf = Qwen2_5_VLConfig(text_config=text, vision_config=dict(depth=1, hidden_size=32, out_hidden_size=64))
+    hf.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    hc = resolve_head_configs(MMIServeConfig(), hf, 2, 4, 2, tp_rank=1, tp_size=2)
+    assert (hc.num_layers, hc.num_q_heads, hc.num_kv_heads) == (2, 2, 1)
+    with pytest.raises(ConfigError, match="the model has"):
+        resolve_head_configs(MMIServeConfig(), hf, 3, 4, 2)
