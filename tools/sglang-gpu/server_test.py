@@ -35,7 +35,7 @@ ap.add_argument(
 ap.add_argument(
     "--variants",
     default="stock,mmi_mixed",
-    help="comma list, run in order: stock, mmi_off, mmi_dense, mmi_grid, mmi_mixed, hybrid_mixed",
+    help="comma list, run in order: stock, mmi_off, mmi_dense, mmi_grid, mmi_mixed, mmi_default, hybrid_mixed",
 )
 ap.add_argument("--port", type=int, default=30000)
 ap.add_argument("--mm-attention-backend", default="triton_attn")
@@ -59,6 +59,7 @@ VARIANTS = {  # label -> (attention flags, extra environment)
     "mmi_dense": (["--attention-backend", "mmi"], {**MMI_ENV, **hc("dense.json")}),
     "mmi_grid": (["--attention-backend", "mmi"], {**MMI_ENV, **hc("grid.json")}),
     "mmi_mixed": (["--attention-backend", "mmi"], {**MMI_ENV, **hc("mixed.json")}),
+    "mmi_default": (["--attention-backend", "mmi"], MMI_ENV),  # mmi-models' family default head configs
     "hybrid_mixed": (
         ["--prefill-attention-backend", "mmi", "--decode-attention-backend", "triton"],
         {**MMI_ENV, **hc("mixed.json")},
