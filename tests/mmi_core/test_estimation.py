@@ -196,3 +196,22 @@ def test_estimate_grid_without_video_skips_the_search():
 
     stride, res = estimate_grid(torch.zeros(2, 40), ModalityLayout.text(40), Grid(stride="search", lines=3), 30)
     assert stride.tolist() == [2, 2] and res.tolist() == [[0, 1, 0]] * 2
+
+
+def test_block_sparse_coverage_reaches_pooled_target():
+    q, k = _rand(200, 400, 2, 1, seed=5)
+    q = q * 4  # sharper pooled scores
+    cov = Coverage(threshold=0.9, min_fraction=0.0, max_fraction=1.0)
+    top = estimate_block_sparse(q, k, BlockSparse(top_k=25, block=16, coverage=cov))
+    p = block_scores(q, k, 16)
+    nqb, _nkb = p.shape[1:]
+    for h in range(2):
+        for qb in range(nqb):
+            first = 200 + qb * 16
+            last = min(first + 15, 399)
+            kept = {0, *range(first // 16, last // 16 + 1), *(t for t in top[h, qb].tolist() if t >= 0)}
+            mass = float(p[h, qb, sorted(kept)].sum())
+            assert mass >= 0.9 - 1e-5
+            extra = [t for t in top[h, qb].tolist() if t >= 0]
+            if extra:  # tight: without its weakest chosen block the target is missed
+                assert mass - float(p[h, qb, extra].min()) < 0.9
