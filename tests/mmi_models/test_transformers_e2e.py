@@ -153,7 +153,9 @@ def test_mismatched_grid_metadata_is_a_clear_error(patched, clip):
 def test_unknown_architecture_and_bad_configs(patched):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    gpt = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=32))
+    gpt = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=32, bos_token_id=0, eos_token_id=0)
+    )
     with pytest.raises(AdapterError, match=r"known architectures: .*Qwen2_5_VLForConditionalGeneration"):
         apply_mminference(gpt)
     wrong = HeadConfigs.uniform(3, 4, 2, Dense())
