@@ -472,22 +472,37 @@ def _rows_from_lists(count: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tens
 
 
 def index_to_bsr(index: SparseIndex) -> BlockSparseRows:
-    """Expand the index into BSR rows: each row's kept key blocks (leading run and list together), ascending."""
-    s_, tqb, dev = index.num_slots, index.total_qblocks, index.device
-    big = torch.iinfo(torch.int64).max
+    """Expand the index into BSR rows: each row's kept key blocks (leading run and list together), ascending.
+
+    Works slot by slot on a bool [TQB, max nkb] matrix (1 bit-byte per tile), so memory stays O(TQB x nkb) bytes."""
+    tqb, dev = index.total_qblocks, index.device
     nkb_max = max(_cdiv(n, index.block) for n in index.seqlens_k)
-    req = index.qblock_request.to(torch.int64)
-    kb0 = index.cu_kblocks.to(torch.int64)[req]  # [TQB]
+    tkb = index.k_blocks_by_pos.shape[1]
+    req = index.qblock_request.long()
+    kb0 = index.cu_kblocks.long()[req]  # [TQB] first global key block of the query block's request
+    nkb_r = (index.cu_kblocks[1:] - index.cu_kblocks[:-1]).long()[req]
+    nkb_per_req = (index.cu_kblocks[1:] - index.cu_kblocks[:-1]).long()
+    kreq0 = torch.repeat_interleave(index.cu_kblocks[:-1].long(), nkb_per_req)  # [TKB] its request's first block
+    pos_in_req = torch.arange(tkb, device=dev) - kreq0
     j = torch.arange(nkb_max, device=dev)
-    gidx = torch.clamp(kb0[:, None] + j[None, :], max=index.k_blocks_by_pos.shape[1] - 1)  # [TQB, nkb_max]
-    lead = index.k_blocks_by_pos.to(torch.int64)[:, gidx]  # [S, TQB, nkb_max]
-    lead = torch.where(j[None, None, :] < index.block_prefix.to(torch.int64)[:, :, None], lead, big)
+    gid = torch.clamp(kb0[:, None] + j[None, :], max=max(tkb - 1, 0))  # [TQB, nkb_max] global key block
+    in_req = j[None, :] < nkb_r[:, None]
     c = torch.arange(index.block_capacity, device=dev)
-    rest = torch.where(c[None, None, :] < index.block_count.to(torch.int64)[:, :, None], index.block_ids.long(), big)
-    ids = torch.sort(torch.cat([lead, rest], dim=2), dim=2).values
-    indptr, indices = _rows_from_lists((index.block_prefix + index.block_count).view(s_, tqb), ids)
+    counts, indices = [], []
+    for s in range(index.num_slots):
+        rank = torch.empty(tkb, dtype=torch.int32, device=dev)  # position of each key block in the by-pos order
+        rank[index.k_blocks_by_pos[s].long() + kreq0] = pos_in_req.to(torch.int32)
+        mask = (rank[gid] < index.block_prefix[s, :, None]) & in_req
+        listed = c[None, :] < index.block_count[s, :, None].long()
+        rows = torch.arange(tqb, device=dev)[:, None].expand_as(listed)
+        mask[rows[listed], index.block_ids[s].long()[listed]] = True
+        counts.append(mask.sum(1))
+        indices.append(mask.nonzero(as_tuple=True)[1])  # row-major: ascending key blocks within a row
+    count = torch.cat(counts)
+    indptr = torch.zeros(count.numel() + 1, dtype=torch.int64, device=dev)
+    indptr[1:] = torch.cumsum(count, 0)
     cptr, cind = _rows_from_lists(index.column_count, index.column_ids)
-    return BlockSparseRows(indptr, indices, cptr, cind)
+    return BlockSparseRows(indptr.to(torch.int32), torch.cat(indices).to(torch.int32), cptr, cind)
 
 
 def index_keep_mask(index: SparseIndex, request: int, slot: int, rows: torch.Tensor | None = None) -> torch.Tensor:
