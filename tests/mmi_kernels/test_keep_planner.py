@@ -19,7 +19,7 @@ from mmi_core import (
     grid_selection,
     vertical_slash_selection,
 )
-from mmi_core.estimation import last_query_scores, vertical_slash_scores
+from mmi_core.estimation import grid_key_scores, last_query_scores, vertical_slash_scores
 from mmi_kernels import (
     LayoutTensors,
     ashape_keep,
@@ -110,8 +110,9 @@ def test_last_query_stats_chunked_matches_exact() -> None:
     q = torch.randn(50, 4, 16, generator=g)
     k = torch.randn(130, 2, 16, generator=g)
     v_ref, s_ref = vertical_slash_scores(last_query_scores(q, k, 24))
-    v, s = last_query_stats(q, k, 24, chunk=32)
+    v, s, lm = last_query_stats(q, k, 24, chunk=32)
     torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lm, grid_key_scores(last_query_scores(q, k, 24)), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=1e-6)
 
 

@@ -21,8 +21,8 @@ import torch
 from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, PatternConfig, VerticalSlash
 from mmi_core.estimation import (
     estimate_block_sparse,
-    estimate_stride_phase,
-    grid_stride_candidates,
+    estimate_grid,
+    grid_key_scores,
     last_query_scores,
     stable_top,
     vertical_slash_scores,
@@ -70,20 +70,24 @@ def layer_slots(head_configs: HeadConfigs, layer: int) -> list[tuple[int, int]]:
 
 def last_query_stats(
     q: torch.Tensor, k: torch.Tensor, last_q: int, *, scale: float | None = None, chunk: int = STATS_CHUNK
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column sums and diagonal sums of the last-query softmax: fp32 ``(vertical [Hq, n_k], slash [Hq, n_k])``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Statistics of the last-query softmax ``p [Hq, L, n_k]``: fp32 ``(vertical, slash, log_mean)``, each
+    ``[Hq, n_k]``: column sums, diagonal sums (`vertical_slash_scores`) and the per-key mean over rows of
+    ``log(max(p, 1e-30))`` (`grid_key_scores`, the Grid fold's input).
 
-    Equals ``vertical_slash_scores(last_query_scores(q, k, last_q))`` (exactly up to ``chunk`` keys; to fp32
-    rounding beyond, where it runs in two passes over key chunks: row log-sum-exp, then sums of probabilities).
+    Exactly mmi_core's functions up to ``chunk`` keys; beyond, two passes over key chunks (row log-sum-exp, then the
+    three sums), equal to fp32 rounding, in O(Hq · L · chunk) memory.
     """
     n_q, hq, d = q.shape
     n_k, hkv, _ = k.shape
     if n_k <= chunk:
-        return vertical_slash_scores(last_query_scores(q, k, last_q, scale=scale))
+        probs = last_query_scores(q, k, last_q, scale=scale)
+        return (*vertical_slash_scores(probs), grid_key_scores(probs))
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     n_last, g, dev = min(last_q, n_q), hq // hkv, q.device
     q_last = q[n_q - n_last :].float().reshape(n_last, hkv, g, d)
     rows = torch.arange(n_k - n_last, n_k, device=dev)
+    log_floor = math.log(1e-30)
 
     def scores(a: int, b: int) -> torch.Tensor:  # [Hq, L, b - a], causal-masked
         s = torch.einsum("lhgd,nhd->hgln", q_last, k[a:b].float()).reshape(hq, n_last, b - a) * scale
@@ -93,14 +97,17 @@ def last_query_stats(
     for a in range(0, n_k, chunk):
         lse = torch.logaddexp(lse, torch.logsumexp(scores(a, min(a + chunk, n_k)), dim=-1))
     vertical = torch.empty(hq, n_k, device=dev)
+    log_mean = torch.empty(hq, n_k, device=dev)
     slash = torch.zeros(hq, n_k, device=dev)
     for a in range(0, n_k, chunk):
         b = min(a + chunk, n_k)
-        p = torch.exp(scores(a, b) - lse[..., None])
+        logp = scores(a, b) - lse[..., None]
+        p = torch.exp(logp)
         vertical[:, a:b] = p.sum(1)
+        log_mean[:, a:b] = logp.clamp_min(log_floor).mean(1)
         offs = (rows[:, None] - torch.arange(a, b, device=dev)[None, :]).clamp(min=0)
         slash.scatter_add_(1, offs.reshape(1, -1).expand(hq, -1), p.reshape(hq, -1))
-    return vertical, slash
+    return vertical, slash, log_mean
 
 
 def estimate_layer_keeps(
@@ -127,7 +134,7 @@ def estimate_layer_keeps(
     dev = q.device
 
     # last-query statistics per distinct last_q (heads use their own last rows)
-    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for p in patterns:
         if isinstance(p, VerticalSlash | Grid) and p.last_q not in stats:
             stats[p.last_q] = last_query_stats(q, k, p.last_q, scale=scale, chunk=chunk)
@@ -143,7 +150,7 @@ def estimate_layer_keeps(
             for h in heads:
                 keep[h] = kp
         elif isinstance(cfg, VerticalSlash):
-            vertical, slash = (t[heads] for t in stats[cfg.last_q])
+            vertical, slash = (t[heads] for t in stats[cfg.last_q][:2])
             forced_c = (idx < cfg.sink).expand(len(heads), n_k)
             forced_s = (idx < cfg.local).expand(len(heads), n_k)
             cols = stable_top(vertical, cfg.vertical, forced=forced_c, coverage=cfg.coverage)
@@ -156,24 +163,26 @@ def estimate_layer_keeps(
             for i, h in enumerate(heads):
                 keep[h] = block_sparse_keep(n_q, n_k, cfg, top[i])
 
-    # Grid: one unit per executing group (pooled scores) or per head, exactly as mmi_core.layer
+    # Grid: one unit per executing group (pooled) or per head, exactly as mmi_core.layer
     units: list[list[int]] = []
     for j in range(hkv):
         grid_heads = [h for h in range(j * g, (j + 1) * g) if isinstance(patterns[h], Grid)]
         if grid_heads:
             units += [grid_heads] if lc.gqa[j] == "group" else [[h] for h in grid_heads]
     if units:
-        by_search: dict[tuple[tuple[int, ...], int, int | None], list[int]] = defaultdict(list)
+        # mmi_core scores every VS/Grid head over the layer's longest last_q: the fold excludes keys near its first row
+        longest = max(p.last_q for p in patterns if isinstance(p, VerticalSlash | Grid))
+        first_row = n_k - min(longest, n_q)
+        by_cfg_grid: dict[Grid, list[int]] = defaultdict(list)  # units whose first head has this config
         for u, heads in enumerate(units):
             cfg0 = patterns[heads[0]]
             assert isinstance(cfg0, Grid)
-            cands = tuple(grid_stride_candidates(lt.layout, cfg0))
-            by_search[(cands, cfg0.lines, lt.layout.tokens_per_frame)].append(u)
-        for (cands, lines, tpf), us in by_search.items():
-            unit_mass = torch.stack(
-                [sum(stats[patterns[h].last_q][0][h] for h in units[u]) for u in us]  # type: ignore[union-attr]
+            by_cfg_grid[cfg0].append(u)
+        for cfg0, us in by_cfg_grid.items():
+            unit_scores = torch.stack(
+                [torch.stack([stats[patterns[h].last_q][2][h] for h in units[u]]).mean(0) for u in us]  # type: ignore[union-attr]
             )
-            stride, residues = estimate_stride_phase(unit_mass, lt.is_video, cands, lines, default=tpf)
+            stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row)
             strides = stride.tolist()  # the permutation's shape depends on it: one host read per layer
             for i, u in enumerate(us):
                 for h in units[u]:
