@@ -154,3 +154,16 @@ def test_short_sequences_and_empty_segments():
         q, k, text, _configs([Grid(stride=4, block=B), Grid(stride=4, block=B)], ["group"]), 0
     )
     assert sels[0].k_perm.is_identity
+
+
+def test_pooled_grid_group_recovers_planted_stride_and_phase():
+    """End to end through the layer API on a synthetic workload (a dev seed): two grid query heads of one KV head
+    executing as a group get one selection, permuted by the planted (stride, phase)."""
+    from mmi_core import grid_permutation, synthetic_workload
+
+    w = synthetic_workload(0, num_tokens=2500, num_q_heads=2, num_kv_heads=1, head_kinds=("grid", "grid"), n_q=300)
+    hc = _configs([Grid(stride="search"), Grid(stride="search")], ["group"])
+    sels = estimate_layer_selections(w.q, w.k, w.layout, hc, 0)
+    assert sels[0] is sels[1]
+    want = grid_permutation(w.layout, w.strides[0], w.phases[0])
+    assert torch.equal(sels[0].k_perm.order, want.order)
