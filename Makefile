@@ -37,11 +37,11 @@ lint: $(STAMP) ## ruff check and format check
 build: $(STAMP) ## build the four wheels into dist/
 	$(UV) build --all-packages -o dist
 
-bench: $(STAMP) ## benchmark: the embedded CPU default here, the GPU suite where CUDA is present
-	PYTHONUNBUFFERED=1 $(PY) tools/bench.py
+bench: $(STAMP) ## benchmark: the embedded CPU default here, the GPU suite where CUDA is present (BENCHMARKS.md)
+	PYTHONUNBUFFERED=1 $(PY) tools/bench.py $(BENCH_ARGS)
 
 bench-gpu: ## GPU suite with the system python3 (GPU machine: no uv, no internet)
-	PYTHONUNBUFFERED=1 PYTHONPATH=$(GPU_PATH):$$PYTHONPATH $(GPU_PY) tools/bench.py
+	PYTHONUNBUFFERED=1 PYTHONPATH=$(GPU_PATH):$$PYTHONPATH $(GPU_PY) tools/bench.py $(BENCH_ARGS)
 
 test-gpu: ## test suite with the system python3 on the GPU machine (gpu-marked tests run there)
 	PYTHONPATH=$(GPU_PATH):$$PYTHONPATH $(GPU_PY) -m pytest -q -p no:cacheprovider -m "not sglang"

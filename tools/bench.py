@@ -6,11 +6,16 @@ the date and the versions. Present sections:
 
 - ``density`` (CPU, every machine): how much of the causal (query, key) grid each reference pattern keeps on a small
   video layout (text 64 + 16 frames of 8x8 + text 32 = 1120 tokens), computed with `mmi_core` only.
+- ``recall`` (CPU, every machine): `mmi_core.synthetic.recall_density_table` on held-out synthetic workloads (video
+  and interleaved): recall, density and output error of the estimated selections per (planted head kind, pattern),
+  with the wall seconds of each workload kind on this machine's CPU (PyTorch reference code, not kernels).
 
-Later issues add estimation recall tables and the GPU kernel suite as further sections; on a CUDA machine this
-script says that the GPU suite is not present yet and runs the CPU sections.
+On a CUDA machine ``tools/bench_gpu.py`` adds the GPU suite (kernel suite over the four paper models' layouts, full
+layer with time split); each of its commands is sized by ``--budget-s`` and resumable.
+PNG plots (density per pattern, recall vs density per pattern) are written next to the JSON/CSV/markdown.
 
-Usage: ``python tools/bench.py [--sections density] [--out results/local]``.
+Usage: ``python tools/bench.py [--size tiny|default] [--sections density recall] [--out results/local]``;
+``python tools/bench.py --committed-plots results/bench`` redraws the plots of the committed GPU JSON.
 """
 
 from __future__ import annotations
@@ -209,10 +214,118 @@ def density_section(ctx: Context) -> Table:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# section: estimated recall / density / output error on held-out synthetic workloads (CPU)
+# ---------------------------------------------------------------------------------------------------------------
+SIZES: dict[str, dict[str, int]] = {
+    # tokens per workload, held-out seeds, sampled query rows
+    "tiny": {"tokens": 1024, "seeds": 1, "sample": 32},
+    "default": {"tokens": 4096, "seeds": 2, "sample": 128},
+}
+SIZE = "default"
+
+
+def recall_section(ctx: Context) -> Table:
+    from mmi_core.synthetic import recall_density_table
+
+    size = SIZES[SIZE]
+    table = Table(
+        name="recall",
+        title=(
+            f"Estimated patterns on held-out synthetic workloads ({size['tokens']} tokens, {size['seeds']} seed(s), "
+            f"{size['sample']} sampled query rows)"
+        ),
+        note=(
+            "mmi_core.synthetic.recall_density_table: one query head per planted kind; Grid estimated with "
+            "stride search, the other patterns' budgets bisected to the Grid's density on the first head (same "
+            "density). recall = attention mass kept, output_error = relative L2 vs dense attention on the sampled "
+            f"rows. cpu_seconds: wall time of the whole workload kind on this machine's CPU ({ctx.device_name}), "
+            "PyTorch reference code: a CPU timing, not a kernel speed."
+        ),
+    )
+    start = time.perf_counter()
+    for workload in tqdm(("video", "interleaved"), desc="recall", unit="workload", file=sys.stderr):
+        t0 = time.perf_counter()
+        rows = recall_density_table(size["seeds"], workload=workload, num_tokens=size["tokens"], sample=size["sample"])
+        secs = round(time.perf_counter() - t0, 1)
+        for r in rows:
+            table.rows.append(
+                {
+                    "workload": workload,
+                    "head_kind": r["head_kind"],
+                    "pattern": r["pattern"],
+                    "recall": round(r["recall"], 4),
+                    "min_recall": round(r["min_recall"], 4),
+                    "density": round(r["density"], 4),
+                    "output_error": round(r["output_error"], 4),
+                    "seeds": r["seeds"],
+                    "cpu_seconds": secs,
+                }
+            )
+    table.seconds = time.perf_counter() - start
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tables(ctx: Context, tables: list[Table], base: Path) -> list[Path]:
+    """PNG per plottable section: density per pattern (bars), recall vs density per pattern and workload."""
+    plt = _pyplot()
+    paths = []
+    label = f"{ctx.device} ({ctx.device_name}), {ctx.date}, torch {ctx.versions['torch']}"
+    for t in tables:
+        if not t.rows:
+            continue
+        if t.name == "density":
+            fig, ax = plt.subplots(figsize=(9, 4.5))
+            for i, block in enumerate(sorted({r["block"] for r in t.rows})):
+                rows = [r for r in t.rows if r["block"] == block]
+                xs = [j + 0.4 * i for j in range(len(rows))]
+                ax.bar(xs, [r["density"] for r in rows], width=0.4, label=f"block {block}")
+                ax.set_xticks([j + 0.2 for j in range(len(rows))])
+                ax.set_xticklabels([f"{r['pattern']}\n{r['parameters'][:22]}" for r in rows], fontsize=6)
+            ax.set_ylabel("density (kept / causal pairs)")
+            ax.set_title(f"{t.title}\n{label}", fontsize=8)
+            ax.legend()
+        elif t.name == "recall":
+            workloads = sorted({r["workload"] for r in t.rows})
+            fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4.5), squeeze=False)
+            for ax, wk in zip(axes[0], workloads, strict=True):
+                for pattern in sorted({r["pattern"] for r in t.rows}):
+                    rows = [r for r in t.rows if r["workload"] == wk and r["pattern"] == pattern]
+                    ax.scatter([r["density"] for r in rows], [r["recall"] for r in rows], label=pattern)
+                    for r in rows:
+                        ax.annotate(r["head_kind"][:4], (r["density"], r["recall"]), fontsize=6)
+                ax.set_xscale("log")
+                ax.set_xlabel("density (log)")
+                ax.set_ylabel("attention recall")
+                ax.set_title(f"{wk} (point label: planted head kind)", fontsize=8)
+                ax.legend(fontsize=7)
+            fig.suptitle(f"{t.title}\n{label}", fontsize=8)
+        else:
+            continue
+        fig.tight_layout()
+        path = Path(f"{base}-{t.name}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # registry, output
 # ---------------------------------------------------------------------------------------------------------------
-SECTIONS: dict[str, Callable[[Context], Table]] = {"density": density_section}
-GPU_SECTIONS: dict[str, Callable[[Context], Table]] = {}  # the kernel suite (a later issue) registers here
+SECTIONS: dict[str, Callable[[Context], Table]] = {"density": density_section, "recall": recall_section}
+GPU_SECTIONS: dict[str, Callable[[Context], Table]] = {}  # tools/bench_gpu.py registers the GPU suite here
 
 
 def markdown(ctx: Context, tables: list[Table]) -> str:
@@ -253,7 +366,7 @@ def write(ctx: Context, tables: list[Table], out: Path) -> list[Path]:
             for r in t.rows:
                 w.writerow({"date": ctx.date, "device": ctx.device_name, "torch": ctx.versions["torch"], **r})
         paths.append(path)
-    return paths
+    return paths + plot_tables(ctx, tables, base)
 
 
 def print_table(t: Table) -> None:
@@ -270,21 +383,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=[*SECTIONS, *GPU_SECTIONS])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "local")
+    parser.add_argument("--size", choices=list(SIZES), default="default", help="tiny: the smoke test's size")
+    parser.add_argument("--cpu-only", action="store_true", help="skip the GPU suite on a CUDA machine")
+    parser.add_argument("--gpu-budget-s", type=float, default=480.0, help="GPU suite: stop starting rows after this")
+    parser.add_argument("--committed-plots", type=Path, default=None, help="only redraw the committed GPU plots here")
     args = parser.parse_args(argv)
+    global SIZE
+    SIZE = args.size
+    if args.committed_plots is not None:
+        import bench_gpu
+
+        paths = bench_gpu.committed_plots(args.committed_plots)
+        print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
 
     ctx = Context.detect()
     print(f"mmi bench: {ctx.device} ({ctx.device_name}), {ctx.date}, torch {ctx.versions['torch']}")
-    if ctx.device == "cuda" and not GPU_SECTIONS:
-        print("GPU suite: not present yet (kernel benchmarks arrive with the kernel issue); running the CPU sections.")
-    elif ctx.device == "cpu":
-        print("CPU: running the embedded CPU sections (the GPU suite needs CUDA).")
-    tables = [SECTIONS[name](ctx) for name in args.sections if name in SECTIONS]
     if ctx.device == "cuda":
-        tables += [GPU_SECTIONS[name](ctx) for name in args.sections if name in GPU_SECTIONS]
+        print("CUDA: CPU sections here, then the GPU suite: python tools/bench_gpu.py (see BENCHMARKS.md).")
+    else:
+        print("CPU: running the embedded CPU sections (the GPU suite, tools/bench_gpu.py, needs CUDA).")
+    tables = [SECTIONS[name](ctx) for name in args.sections if name in SECTIONS]
     for t in tables:
         print_table(t)
     paths = write(ctx, tables, args.out)
     print("\nwrote " + ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths))
+    if ctx.device == "cuda" and not args.cpu_only:
+        import bench_gpu  # tools/ is on sys.path when this file runs as a script
+
+        return bench_gpu.main(["--out", str(args.out / "gpu"), "--budget-s", str(args.gpu_budget_s)])
     return 0
 
 
