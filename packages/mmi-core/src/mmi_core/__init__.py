@@ -18,12 +18,23 @@ from mmi_core.estimation import (
     stable_top,
 )
 from mmi_core.head_configs import SCHEMA_VERSION, ConfigError, HeadConfigs, HeadSpec, LayerConfig
+from mmi_core.latency import CostModel, LatencySource, pattern_family
 from mmi_core.layer import estimate_layer_selections, mmi_attention_reference
 from mmi_core.layout import LayoutError, Modality, ModalityLayout, Segment, VisualGrid
 from mmi_core.metrics import attention_recall, density, output_error, sample_rows
 from mmi_core.patterns import AShape, BlockSparse, Coverage, Dense, Grid, PatternConfig, VerticalSlash
 from mmi_core.permutation import Permutation, grid_permutation, grid_residues, modality_permutation
 from mmi_core.reference import check_qkv, dense_attention_reference, sparse_attention_reference
+from mmi_core.search import (
+    PAPER_VS_PAIRS,
+    HeadChoice,
+    LayerSearchResult,
+    SearchSpace,
+    assemble_head_configs,
+    paper_search_space,
+    pattern_label,
+    search_layer,
+)
 from mmi_core.selection import (
     Selection,
     ashape_selection,
@@ -43,21 +54,27 @@ from mmi_core.synthetic import (
 )
 
 __all__ = [
+    "PAPER_VS_PAIRS",
     "SCHEMA_VERSION",
     "AShape",
     "BlockSparse",
     "ConfigError",
+    "CostModel",
     "Coverage",
     "Dense",
     "Grid",
+    "HeadChoice",
     "HeadConfigs",
     "HeadSpec",
+    "LatencySource",
     "LayerConfig",
+    "LayerSearchResult",
     "LayoutError",
     "Modality",
     "ModalityLayout",
     "PatternConfig",
     "Permutation",
+    "SearchSpace",
     "Segment",
     "Selection",
     "SyntheticSpec",
@@ -65,6 +82,7 @@ __all__ = [
     "VerticalSlash",
     "VisualGrid",
     "ashape_selection",
+    "assemble_head_configs",
     "attention_recall",
     "block_sparse_selection",
     "check_qkv",
@@ -86,9 +104,13 @@ __all__ = [
     "mmi_attention_reference",
     "modality_permutation",
     "output_error",
+    "paper_search_space",
+    "pattern_family",
     "pattern_for_density",
+    "pattern_label",
     "recall_density_table",
     "sample_rows",
+    "search_layer",
     "sparse_attention_reference",
     "stable_top",
     "synthetic_workload",

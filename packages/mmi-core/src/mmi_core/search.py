@@ -1,0 +1,408 @@
+"""Offline, kernel-aware pattern search (engine-agnostic): choose every head's pattern from captured q/k/v.
+
+Per layer (`search_layer`):
+
+1. **Candidates.** Every pattern of the `SearchSpace` runs on every head through the layer API
+   (`estimate_layer_selections` with ``gqa="head"``, the same online estimation as at run time) and the reference
+   sparse attention on sampled query rows. Per (candidate, head): the relative **output error** against dense
+   attention on those rows (`output_error`), the attention recall (`attention_recall`), the same error on the rows of
+   each query modality, and the latency from a `LatencySource` (``mmi_core.latency.CostModel`` on the CPU).
+   A candidate that cannot run on the layout (e.g. Grid on a layout without video) is skipped with its reason.
+2. **Choice per head.** The latency target is ``target_fraction`` × the head's dense latency. Among candidates whose
+   latency is within ±``band`` (default 10%) of the target, the one with the lowest output error wins. When none is
+   in the band: the lowest error among those cheaper than the band's upper edge, else the cheapest candidate
+   (``in_band`` False says so). Ties go to the earlier candidate.
+3. **Per modality, per pair, boundary.** The per-query-modality errors of every candidate are recorded and the best
+   candidate per modality is reported. Boundary kinds ``"q"`` / ``"2d"`` are **not searched**: ``mmi_core.layer``
+   still executes them with the head pattern over the whole sequence (temporary rule of issue #7), so a search among
+   them would measure nothing; `SearchSpace` rejects them with that reason. ``"none"`` and ``"k"`` execute
+   identically; the chosen head gets ``boundaries[0]``.
+4. **GQA.** With ``"group"`` in ``space.gqa`` the chosen patterns are re-run with each KV head's group executing
+   together (union of selections, pooled Grid stride/phase). A group executes together when its mean output error
+   grows by at most ``gqa_error_tolerance`` and its total latency by at most ``band``.
+
+Results are pydantic (`LayerSearchResult`, JSON round trip for per-layer checkpoints); `assemble_head_configs` turns
+them into a `HeadConfigs` with the metadata every consumer reads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from mmi_core.head_configs import HeadConfigs, HeadSpec, LayerConfig
+from mmi_core.latency import CostModel, LatencySource
+from mmi_core.layer import estimate_layer_selections
+from mmi_core.layout import Modality, ModalityLayout
+from mmi_core.metrics import attention_recall, output_error, sample_rows
+from mmi_core.patterns import AShape, BlockSparse, Coverage, Dense, Grid, PatternConfig, VerticalSlash
+from mmi_core.reference import check_qkv, dense_attention_reference, sparse_attention_reference
+
+__all__ = [
+    "PAPER_VS_PAIRS",
+    "HeadChoice",
+    "LayerSearchResult",
+    "SearchSpace",
+    "assemble_head_configs",
+    "paper_search_space",
+    "pattern_label",
+    "search_layer",
+]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_PATTERN = TypeAdapter(PatternConfig)
+
+#: The nine vertical-slash (vertical, slash) budgets: vertical {1000, 2000, 3500} × slash {200, 1024, 2048}.
+PAPER_VS_PAIRS: tuple[tuple[int, int], ...] = tuple((v, s) for v in (1000, 2000, 3500) for s in (200, 1024, 2048))
+#: The six Grid line combinations (hline, vline, slash): every non-empty subset except hline alone (queries on the
+#: lines keep everything, other rows only their local blocks: never useful on its own).
+GRID_LINE_COMBOS: tuple[tuple[bool, bool, bool], ...] = (
+    (True, True, True),
+    (True, True, False),
+    (True, False, True),
+    (False, True, True),
+    (False, True, False),
+    (False, False, True),
+)
+
+
+class SearchSpace(BaseModel):
+    """Candidates of the search. Raises ValueError for an empty candidate list, mixed block sizes, or boundary kinds
+    the layer API does not execute yet."""
+
+    model_config = _FROZEN
+    candidates: tuple[PatternConfig, ...]
+    boundaries: tuple[Literal["none", "k"], ...] = ("none",)
+    gqa: tuple[Literal["head", "group"], ...] = ("head", "group")
+
+    @field_validator("candidates")
+    @classmethod
+    def _non_empty(cls, v: tuple[PatternConfig, ...]) -> tuple[PatternConfig, ...]:
+        if not v:
+            raise ValueError("empty search space: give at least one candidate pattern")
+        blocks = {p.block for p in v if not isinstance(p, Dense)}
+        if len(blocks) > 1:
+            raise ValueError(f"candidates mix block sizes {sorted(blocks)}; one block size per layer")
+        return v
+
+    @field_validator("boundaries", mode="before")
+    @classmethod
+    def _boundaries(cls, v: Any) -> Any:
+        kinds = tuple(v) if v is not None else ()
+        bad = [b for b in kinds if b in ("q", "2d")]
+        if bad:
+            raise ValueError(
+                f"boundary kinds {bad} are not executed by mmi_core.layer yet (it runs the head pattern over the "
+                "whole sequence, issue #7): a search over them would measure nothing; use 'none'/'k'"
+            )
+        if not kinds:
+            raise ValueError("empty search space: give at least one boundary kind ('none')")
+        return kinds
+
+    @field_validator("gqa")
+    @classmethod
+    def _gqa(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "head" not in v:
+            raise ValueError("gqa options must include 'head' (the per-head choice is made first)")
+        return v
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "candidates": [pattern_label(p) for p in self.candidates],
+            "boundaries": list(self.boundaries),
+            "boundaries_not_searched": {"q/2d": "not executed by mmi_core.layer yet (issue #7)"},
+            "gqa": list(self.gqa),
+        }
+
+
+def paper_search_space(
+    block: int = 64,
+    *,
+    token_scale: float = 1.0,
+    last_q: int = 64,
+    grid_strides: Sequence[Literal["frame", "search"] | int] = ("frame", "search"),
+    block_sparse_top_k: Sequence[int] = (16, 32, 64),
+    coverage: float | None = 0.95,
+    gqa: Sequence[Literal["head", "group"]] = ("head", "group"),
+) -> SearchSpace:
+    """The paper's space plus ours. Exactly:
+
+    - Grid: stride in ``grid_strides`` × the 6 `GRID_LINE_COMBOS`, ``max_stride`` 1024;
+    - A-shape: sink 128, local 1024 / 2048 / 4096;
+    - vertical-slash: the nine `PAPER_VS_PAIRS`;
+    - block-sparse: top-k key blocks in ``block_sparse_top_k``;
+    - adaptive coverage (``coverage`` not None): vertical-slash (3500, 2048) and block-sparse (largest top-k) with
+      ``Coverage(threshold=coverage)``.
+
+    ``token_scale`` multiplies every token budget (sink, local, vertical, slash; rounded, at least 1) so that a short
+    calibration input gets budgets of the same relative size (e.g. 0.1 for a ~10× shorter input than the paper's).
+    """
+    if token_scale <= 0:
+        raise ValueError(f"token_scale must be > 0, got {token_scale}")
+
+    def t(x: int) -> int:
+        return max(1, round(x * token_scale))
+
+    cands: list[PatternConfig] = []
+    for stride in grid_strides:
+        for h, v, s in GRID_LINE_COMBOS:
+            cands.append(Grid(stride=stride, max_stride=1024, hline=h, vline=v, slash=s, last_q=last_q, block=block))
+    cands += [AShape(sink=t(128), local=t(local), block=block) for local in (1024, 2048, 4096)]
+    cands += [VerticalSlash(vertical=t(v), slash=t(s), last_q=last_q, block=block) for v, s in PAPER_VS_PAIRS]
+    cands += [BlockSparse(top_k=k, block=block) for k in block_sparse_top_k]
+    if coverage is not None:
+        cov = Coverage(threshold=coverage)
+        cands.append(VerticalSlash(vertical=t(3500), slash=t(2048), last_q=last_q, block=block, coverage=cov))
+        cands.append(BlockSparse(top_k=max(block_sparse_top_k, default=64), block=block, coverage=cov))
+    return SearchSpace(candidates=tuple(cands), gqa=tuple(gqa))
+
+
+def pattern_label(p: PatternConfig) -> str:
+    """Short human-readable name of a pattern (reports, CSV)."""
+    if isinstance(p, Dense):
+        return "dense"
+    if isinstance(p, AShape):
+        return f"a_shape({p.sink},{p.local})"
+    cov = f"+cov{p.coverage.threshold:g}" if getattr(p, "coverage", None) is not None else ""
+    if isinstance(p, VerticalSlash):
+        return f"vs({p.vertical},{p.slash}){cov}"
+    if isinstance(p, BlockSparse):
+        return f"block_sparse({p.top_k}){cov}"
+    lines = "".join(c for c, on in zip("hvs", (p.hline, p.vline, p.slash), strict=True) if on)
+    return f"grid({p.stride},{lines})"
+
+
+class HeadChoice(BaseModel):
+    """The chosen spec of one query head with what it was chosen on."""
+
+    model_config = _FROZEN
+    spec: HeadSpec
+    label: str
+    output_error: float
+    recall: float
+    latency_ms: float
+    dense_latency_ms: float
+    in_band: bool
+    error_by_modality: dict[str, float] = Field(default_factory=dict)
+    best_by_modality: dict[str, str] = Field(default_factory=dict)
+
+
+class LayerSearchResult(BaseModel):
+    """One layer's result (also the per-layer checkpoint). ``table``: per candidate label, per head
+    ``[output_error, recall, latency_ms]`` (None where the candidate was skipped)."""
+
+    model_config = _FROZEN
+    layer: int
+    heads: list[HeadChoice]
+    gqa: list[Literal["head", "group"]]
+    target_fraction: float
+    band: float
+    num_rows: int
+    skipped: dict[str, str] = Field(default_factory=dict)
+    table: dict[str, list[list[float]]] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _modality_rows(layout: ModalityLayout, n_q: int, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Positions in ``rows`` (indices into the sampled rows) per query modality."""
+    mods = layout.token_modalities()[layout.num_tokens - n_q :][rows]
+    return {Modality(int(m)).name.lower(): torch.nonzero(mods == m).flatten() for m in torch.unique(mods).tolist()}
+
+
+def search_layer(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: ModalityLayout,
+    space: SearchSpace,
+    *,
+    layer: int = 0,
+    latency: LatencySource | None = None,
+    target_fraction: float = 0.2,
+    band: float = 0.1,
+    num_rows: int = 256,
+    gqa_error_tolerance: float = 0.01,
+    scale: float | None = None,
+    seed: int = 0,
+    on_candidate: Callable[[int, int], None] | None = None,
+) -> LayerSearchResult:
+    """Choose a pattern per query head of one layer (module docstring for the rules).
+
+    ``q [n_q, Hq, D]`` (the last ``n_q`` tokens), ``k, v [n_k, Hkv, D]`` token-major, any float dtype and device;
+    ``layout`` covers the ``n_k`` tokens. ``latency`` defaults to `CostModel()`. ``num_rows`` query rows are sampled
+    (`sample_rows`, ``seed``) for the errors. ``on_candidate(done, total)`` is called after each candidate (progress).
+    Raises ValueError for bad shapes (`check_qkv`), a layout of another length, ``target_fraction`` not in (0, 1],
+    ``band`` not in [0, 1), or when no candidate can run on this layout (reasons in the message).
+    """
+    n_q, n_k, hq, hkv, _d = check_qkv(q, k, v)
+    if layout.num_tokens != n_k:
+        raise ValueError(f"layout has {layout.num_tokens} tokens but k has {n_k}")
+    if not 0 < target_fraction <= 1:
+        raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
+    if not 0 <= band < 1:
+        raise ValueError(f"band must be in [0, 1), got {band}")
+    latency = latency or CostModel()
+    t0 = time.perf_counter()
+    rows = sample_rows(n_q, num_rows, seed)
+    by_mod = _modality_rows(layout, n_q, rows)
+    o_ref = dense_attention_reference(q, k, v, scale=scale, rows=rows)
+    dense_ms = latency.layer_latency_ms(q, k, v, layout, [Dense()] * hq, [None] * hq)
+
+    def evaluate(hc: HeadConfigs, patterns: list[PatternConfig]) -> tuple[torch.Tensor, torch.Tensor, list[float], Any]:
+        sels = estimate_layer_selections(q, k, layout, hc, 0, scale=scale)
+        o = sparse_attention_reference(q, k, v, sels, scale=scale, rows=rows)
+        err = output_error(o, o_ref, per_head=True)
+        rec = attention_recall(q, k, sels, scale=scale, rows=rows)
+        per_mod = {m: output_error(o[i], o_ref[i], per_head=True) for m, i in by_mod.items() if i.numel()}
+        return err, rec, latency.layer_latency_ms(q, k, v, layout, patterns, sels), per_mod
+
+    cands = list(space.candidates)
+    results: dict[int, tuple[torch.Tensor, torch.Tensor, list[float], dict[str, torch.Tensor]]] = {}
+    skipped: dict[str, str] = {}
+    for i, cand in enumerate(cands):
+        hc = HeadConfigs.uniform(1, hq, hkv, cand, gqa="head")
+        try:
+            results[i] = evaluate(hc, [cand] * hq)
+        except ValueError as e:  # e.g. Grid stride 'frame' on a layout without video
+            skipped[pattern_label(cand)] = str(e)
+        if on_candidate is not None:
+            on_candidate(i + 1, len(cands))
+    if not results:
+        raise ValueError(f"no candidate of the search space runs on this layout: {skipped}")
+
+    specs: list[HeadSpec] = []
+    choices: list[dict[str, Any]] = []
+    for h in range(hq):
+        target = target_fraction * dense_ms[h]
+        lo, hi = (1 - band) * target, (1 + band) * target
+        lat = {i: r[2][h] for i, r in results.items()}
+        err = {i: float(r[0][h]) for i, r in results.items()}
+        in_band = [i for i in results if lo <= lat[i] <= hi]
+        pool = in_band or [i for i in results if lat[i] <= hi]
+        best = min(pool, key=lambda i: (err[i], i)) if pool else min(results, key=lambda i: (lat[i], i))
+        err_mod = {m: float(e[h]) for m, e in results[best][3].items()}
+        best_mod = {
+            m: pattern_label(cands[min(pool or [best], key=lambda i, m=m: (float(results[i][3][m][h]), i))])
+            for m in results[best][3]
+        }
+        specs.append(HeadSpec(boundary=space.boundaries[0], pattern=cands[best]))
+        choices.append(
+            {
+                "label": pattern_label(cands[best]),
+                "output_error": err[best],
+                "recall": float(results[best][1][h]),
+                "latency_ms": lat[best],
+                "dense_latency_ms": dense_ms[h],
+                "in_band": bool(in_band),
+                "error_by_modality": err_mod,
+                "best_by_modality": best_mod,
+            }
+        )
+
+    gqa: list[Literal["head", "group"]] = ["head"] * hkv
+    if "group" in space.gqa and hq > hkv:
+        patterns = [s.pattern for s in specs]
+        try:
+            g_err, g_rec, g_lat, g_mod = evaluate(
+                HeadConfigs(
+                    num_layers=1,
+                    num_q_heads=hq,
+                    num_kv_heads=hkv,
+                    layers=[LayerConfig(heads=specs, gqa=["group"] * hkv)],
+                ),
+                patterns,
+            )
+        except ValueError:
+            g_err = None
+        if g_err is not None:
+            g = hq // hkv
+            for j in range(hkv):
+                hs = range(j * g, (j + 1) * g)
+                head_err = sum(choices[h]["output_error"] for h in hs) / g
+                group_err = float(g_err[j * g : (j + 1) * g].mean())
+                head_lat = sum(choices[h]["latency_ms"] for h in hs)
+                group_lat = sum(g_lat[h] for h in hs)
+                if group_err <= head_err + gqa_error_tolerance and group_lat <= (1 + band) * head_lat:
+                    gqa[j] = "group"
+                    for h in hs:
+                        choices[h].update(
+                            output_error=float(g_err[h]),
+                            recall=float(g_rec[h]),
+                            latency_ms=g_lat[h],
+                            error_by_modality={m: float(e[h]) for m, e in g_mod.items()},
+                        )
+    table = {
+        pattern_label(cands[i]): [[float(r[0][h]), float(r[1][h]), r[2][h]] for h in range(hq)]
+        for i, r in results.items()
+    }
+    heads = [HeadChoice(spec=s, **c) for s, c in zip(specs, choices, strict=True)]
+    return LayerSearchResult(
+        layer=layer,
+        heads=heads,
+        gqa=gqa,
+        target_fraction=target_fraction,
+        band=band,
+        num_rows=int(rows.numel()),
+        skipped=skipped,
+        table=table,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def assemble_head_configs(
+    results: Sequence[LayerSearchResult],
+    num_q_heads: int,
+    num_kv_heads: int,
+    *,
+    space: SearchSpace,
+    latency: LatencySource,
+    metadata: dict[str, Any] | None = None,
+) -> HeadConfigs:
+    """`HeadConfigs` from one result per layer (in layer order 0..L-1), with metadata: the caller's (model, date,
+    calibration), the search space, the latency source, and per layer × head the chosen label, output error, recall,
+    latency and dense latency. Raises ValueError when layers are missing or out of order."""
+    if not results or [r.layer for r in results] != list(range(len(results))):
+        raise ValueError(f"need one result per layer 0..L-1 in order, got layers {[r.layer for r in results]}")
+    layers = [LayerConfig(heads=[c.spec for c in r.heads], gqa=r.gqa) for r in results]
+    per_head = [
+        [
+            {
+                "pattern": c.label,
+                "output_error": round(c.output_error, 6),
+                "recall": round(c.recall, 6),
+                "latency_ms": round(c.latency_ms, 6),
+                "dense_latency_ms": round(c.dense_latency_ms, 6),
+                "in_band": c.in_band,
+                "error_by_modality": {m: round(e, 6) for m, e in c.error_by_modality.items()},
+                "best_by_modality": c.best_by_modality,
+            }
+            for c in r.heads
+        ]
+        for r in results
+    ]
+    total = sum(c.latency_ms for r in results for c in r.heads)
+    dense = sum(c.dense_latency_ms for r in results for c in r.heads)
+    meta = {
+        **(metadata or {}),
+        "search": {
+            "space": space.describe(),
+            "latency_source": latency.describe(),
+            "target_fraction": results[0].target_fraction,
+            "band": results[0].band,
+            "rows_sampled": results[0].num_rows,
+            "selection_rule": "min output error (sampled rows, vs dense) among candidates within +-band of "
+            "target_fraction x dense latency",
+            "latency_fraction_of_dense": round(total / dense, 6) if dense > 0 else math.nan,
+            "seconds_per_layer": [round(r.seconds, 3) for r in results],
+            "skipped_candidates": {str(r.layer): r.skipped for r in results if r.skipped},
+        },
+        "per_head": per_head,
+    }
+    return HeadConfigs(
+        num_layers=len(results), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, layers=layers, metadata=meta
+    )

@@ -1,0 +1,152 @@
+"""Offline pattern search (mmi_core.search): planted heads are found, the latency band rules, configs round-trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from mmi_core import (
+    AShape,
+    CostModel,
+    Dense,
+    Grid,
+    HeadConfigs,
+    LayerSearchResult,
+    SearchSpace,
+    VerticalSlash,
+    assemble_head_configs,
+    paper_search_space,
+    search_layer,
+    synthetic_workload,
+)
+from mmi_core.search import PAPER_VS_PAIRS
+
+BLOCK = 32
+KINDS = ("grid", "grid", "vertical_slash", "vertical_slash")
+
+
+def _space(gqa: tuple[str, ...] = ("head",)) -> SearchSpace:
+    vs = [
+        VerticalSlash(vertical=v, slash=s, block=BLOCK, last_q=32, sink=16, local=32)
+        for v, s in ((16, 8), (32, 16), (64, 32), (64, 64), (128, 32))
+    ]
+    ashape = [AShape(sink=32, local=local, block=BLOCK) for local in (64, 128, 256)]
+    return SearchSpace(candidates=(Grid(stride="frame", block=BLOCK, last_q=32, sink=16), *vs, *ashape), gqa=gqa)
+
+
+@pytest.fixture(scope="module")
+def workload():
+    # dev seed 5 (not a held-out seed); at ~1.5K tokens the choice is seed-dependent (see docs/search/README.md)
+    return synthetic_workload(5, num_tokens=1536, num_q_heads=4, num_kv_heads=2, head_kinds=KINDS)
+
+
+@pytest.fixture(scope="module")
+def result(workload) -> LayerSearchResult:
+    w = workload
+    kernel_only = CostModel(estimation_ms_at_128k={})  # at 1.5K tokens the 128K estimation overhead would dominate
+    return search_layer(
+        w.q, w.k, w.v, w.layout, _space(), latency=kernel_only, num_rows=64, target_fraction=0.45, band=0.3
+    )
+
+
+def test_planted_grid_heads_get_grid_and_vs_heads_get_vertical_slash(result):
+    kinds = [type(c.spec.pattern).__name__ for c in result.heads]
+    assert kinds[:2] == ["Grid", "Grid"], [c.label for c in result.heads]
+    assert kinds[2:] == ["VerticalSlash", "VerticalSlash"], [c.label for c in result.heads]
+    for c in result.heads:
+        assert c.in_band
+        assert 0.45 * 0.7 <= c.latency_ms / c.dense_latency_ms <= 0.45 * 1.3
+        # the chosen one has the lowest error among the in-band candidates of the table
+        errs = [
+            row[0]
+            for lab, rows in result.table.items()
+            for row in [rows[result.heads.index(c)]]
+            if 0.7 * 0.45 <= row[2] / c.dense_latency_ms <= 1.3 * 0.45
+        ]
+        assert c.output_error == pytest.approx(min(errs))
+
+
+class _Fake:
+    """Latency by pattern type: VS cheap, Grid at the target, A-shape above the band."""
+
+    name = "fake"
+
+    def layer_latency_ms(self, q, k, v, layout, patterns, selections) -> list[float]:
+        cost = {Dense: 10.0, VerticalSlash: 1.0, Grid: 2.0, AShape: 5.0}
+        return [cost[type(p)] for p in patterns]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+def test_band_excludes_better_but_slower_and_faster_candidates(workload):
+    w = workload
+    r = search_layer(w.q, w.k, w.v, w.layout, _space(), latency=_Fake(), num_rows=32, target_fraction=0.2, band=0.1)
+    assert all(isinstance(c.spec.pattern, Grid) and c.in_band for c in r.heads)  # only Grid costs 2.0 = 0.2 x 10
+    r = search_layer(w.q, w.k, w.v, w.layout, _space(), latency=_Fake(), num_rows=32, target_fraction=0.05, band=0.1)
+    # nothing within [0.45, 0.55]: the cheapest candidate, flagged out of band
+    assert all(isinstance(c.spec.pattern, VerticalSlash) and not c.in_band for c in r.heads)
+
+
+def test_gqa_group_choice_and_configs_round_trip(workload, tmp_path):
+    w = workload
+    lat = _Fake()
+    r = search_layer(
+        w.q, w.k, w.v, w.layout, _space(("head", "group")), latency=lat, num_rows=32, target_fraction=0.2, band=0.1
+    )
+    assert r.gqa == ["group", "group"]  # one Grid per group: the union costs no more and pools one stride
+    again = LayerSearchResult.model_validate_json(r.model_dump_json())
+    assert again == r
+    hc = assemble_head_configs(
+        [r, again.model_copy(update={"layer": 1})], 4, 2, space=_space(), latency=lat, metadata={"model": "synthetic"}
+    )
+    hc.save(tmp_path / "c.json")
+    back = HeadConfigs.load(tmp_path / "c.json")
+    assert back.num_layers == 2 and back.layers[1].gqa == ["group", "group"]
+    meta = back.metadata
+    assert meta["model"] == "synthetic" and meta["search"]["latency_source"] == {"name": "fake"}
+    assert len(meta["per_head"]) == 2 and set(meta["per_head"][0][0]) >= {"pattern", "output_error", "latency_ms"}
+    with pytest.raises(ValueError, match="one result per layer"):
+        assemble_head_configs([again.model_copy(update={"layer": 1})], 4, 2, space=_space(), latency=lat)
+
+
+def test_paper_space_lists_the_paper_candidates():
+    space = paper_search_space(64)
+    labels = space.describe()["candidates"]
+    assert sum(lab.startswith("grid(") for lab in labels) == 12  # frame + search strides x 6 line combinations
+    assert [lab for lab in labels if lab.startswith("a_shape")] == [
+        "a_shape(128,1024)",
+        "a_shape(128,2048)",
+        "a_shape(128,4096)",
+    ]
+    assert len(PAPER_VS_PAIRS) == 9 and sum(lab.startswith("vs(") and "cov" not in lab for lab in labels) == 9
+    assert any("cov" in lab for lab in labels) and any(lab.startswith("block_sparse") for lab in labels)
+    assert all(p.max_stride == 1024 for p in space.candidates if isinstance(p, Grid))
+
+
+def test_bad_spaces_and_arguments_raise_clearly(workload):
+    with pytest.raises(ValueError, match="empty search space"):
+        SearchSpace(candidates=())
+    with pytest.raises(ValueError, match=r"not executed by mmi_core\.layer"):
+        SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
+    with pytest.raises(ValueError, match="mix block sizes"):
+        SearchSpace(candidates=(AShape(block=32), AShape(block=64)))
+    w = workload
+    text = synthetic_workload(0, workload="text", num_tokens=256, num_q_heads=2, num_kv_heads=1)
+    only_grid = SearchSpace(candidates=(Grid(stride="frame", block=BLOCK),))
+    with pytest.raises(ValueError, match="no candidate of the search space runs"):
+        search_layer(text.q, text.k, text.v, text.layout, only_grid)
+    with pytest.raises(ValueError, match="target_fraction"):
+        search_layer(w.q, w.k, w.v, w.layout, _space(), target_fraction=0.0)
+    with pytest.raises(ValueError, match="layout has"):
+        search_layer(text.q, text.k, text.v, w.layout, _space())
+
+
+def test_cost_model_prices_tiles_and_dense():
+    cm = CostModel()
+    q = torch.zeros(128, 1, 128)
+    dense = cm.layer_latency_ms(q, q, q, None, [Dense()], [None])[0]  # type: ignore[arg-type]
+    assert dense == pytest.approx(4 * 128 * (128 * 128 - 128 * 127 / 2) / 569e12 * 1e3)
+    assert cm.rate("grid", 64) == 293.0 and cm.rate("blocks", 100) == 435.0 and cm.rate("vs", 16) == 316.0
