@@ -2,6 +2,20 @@
 GPU estimation and the plan/run wrapper). Depends on mmi-core and triton; flashinfer optional."""
 
 from mmi_kernels.estimate import estimate_layer_keeps, last_query_stats, layer_slots
+from mmi_kernels.flashinfer_backend import (
+    FlashInferBlockSparse,
+    FlashInferBSR,
+    bsr_attention_reference,
+    flashinfer_available,
+    index_to_flashinfer_bsr,
+)
+from mmi_kernels.flex_export import (
+    FlexExport,
+    flex_permute,
+    flex_sparse_attention,
+    flex_unpermute,
+    index_to_block_mask,
+)
 from mmi_kernels.index import (
     BlockSparseRows,
     IndexCapacityError,
@@ -26,6 +40,9 @@ from mmi_kernels.wrapper import PrefillPlan, SparsePrefillWrapper, dense_causal_
 
 __all__: list[str] = [
     "BlockSparseRows",
+    "FlashInferBSR",
+    "FlashInferBlockSparse",
+    "FlexExport",
     "IndexCapacityError",
     "KernelConfig",
     "LayoutTensors",
@@ -35,14 +52,21 @@ __all__: list[str] = [
     "SparsePrefillWrapper",
     "ashape_keep",
     "block_sparse_keep",
+    "bsr_attention_reference",
     "dense_causal_attention",
     "dense_keep",
     "estimate_layer_keeps",
+    "flashinfer_available",
+    "flex_permute",
+    "flex_sparse_attention",
+    "flex_unpermute",
     "grid_keep",
     "index_from_keeps",
     "index_from_selections",
     "index_keep_mask",
+    "index_to_block_mask",
     "index_to_bsr",
+    "index_to_flashinfer_bsr",
     "last_query_stats",
     "layer_slots",
     "pattern_capacity",
