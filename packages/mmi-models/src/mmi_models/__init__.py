@@ -11,6 +11,7 @@ from mmi_models.adapter import (
     known_architectures,
     register_adapter,
 )
+from mmi_models.capture import CaptureError, capture_layers, load_captured
 from mmi_models.head_configs import SHIPPED_CONFIGS, default_head_configs, default_policy, load_head_configs
 from mmi_models.synthetic_video import moving_shapes_frames, write_moving_shapes_mp4
 from mmi_models.tiny import TINY_FAMILIES, write_tiny_checkpoint
@@ -29,15 +30,18 @@ __all__ = [
     "AdapterError",
     "AttentionGeometry",
     "BatchLayouts",
+    "CaptureError",
     "MMInference",
     "MMInferenceStats",
     "ModelAdapter",
     "adapter_for",
     "apply_mminference",
+    "capture_layers",
     "default_head_configs",
     "default_policy",
     "get_adapter",
     "known_architectures",
+    "load_captured",
     "load_head_configs",
     "mminference_of",
     "moving_shapes_frames",

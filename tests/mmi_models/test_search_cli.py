@@ -1,0 +1,107 @@
+"""`mmi-search` end to end on a tiny Qwen2.5-VL checkpoint with a real mp4, resume after a kill, and bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from mmi_core import HeadConfigs
+from mmi_models import apply_mminference, load_head_configs, write_moving_shapes_mp4
+from mmi_models.adapter import adapter_for
+from mmi_models.search_cli import main
+
+pytestmark = pytest.mark.e2e
+
+# a small space (the paper space on 138 tokens takes ~5 s per layer on 2 CPU cores; see docs/search/README.md)
+CANDIDATES = [
+    {"kind": "grid", "stride": "frame", "block": 16, "sink": 4, "last_q": 16},
+    {"kind": "vertical_slash", "vertical": 8, "slash": 4, "sink": 4, "local": 8, "last_q": 16, "block": 16},
+    {"kind": "a_shape", "sink": 16, "local": 32, "block": 16},
+    {"kind": "block_sparse", "top_k": 2, "block": 16},
+]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_moving_shapes_mp4(tmp_path_factory.mktemp("v") / "clip.mp4", num_frames=16, fps=4)
+
+
+@pytest.fixture(scope="module")
+def candidates(tmp_path_factory):
+    p = tmp_path_factory.mktemp("c") / "candidates.json"
+    p.write_text(json.dumps(CANDIDATES))
+    return p
+
+
+def _args(tiny_qwen, out, video, candidates, *extra):
+    return [
+        str(tiny_qwen.path),
+        "--out",
+        str(out),
+        "--video",
+        str(video),
+        "--prompt",
+        "describe the video",
+        "--candidates",
+        str(candidates),
+        "--rows",
+        "48",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_cli_writes_loadable_configs_and_report_and_resumes(tiny_qwen, video, candidates, tmp_path, capsys):
+    out = tmp_path / "out"
+    main(_args(tiny_qwen, out, video, candidates))
+    assert "head_configs.json" in capsys.readouterr().out
+    geometry = adapter_for(tiny_qwen.model).geometry()
+    hc = HeadConfigs.load(out / "head_configs.json")
+    hc.validate_for(geometry.num_layers, geometry.num_q_heads, geometry.num_kv_heads)
+    load_head_configs(out / "head_configs.json", geometry)
+    meta = hc.metadata
+    assert meta["search"]["latency_source"]["name"] == "cost_model"
+    assert "video clip.mp4" in meta["calibration"] and "video" in meta["calibration"].split(";")[1]
+    assert meta["model"].startswith("Qwen2_5_VL") and meta["date"]
+    assert len(meta["per_head"]) == geometry.num_layers
+    assert all(set(h) >= {"pattern", "output_error", "recall", "latency_ms"} for lay in meta["per_head"] for h in lay)
+    for name in ("patterns.png", "attention_maps.png", "search.csv"):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((out / "search.csv").open()))
+    assert len(rows) == geometry.num_layers * geometry.num_q_heads
+    assert all(float(r["output_error"]) >= 0.0 and float(r["latency_ms"]) > 0 for r in rows)
+
+    # the configs drive the transformers integration
+    handle = apply_mminference(tiny_qwen.model, out / "head_configs.json", min_tokens=16)
+    handle.remove()
+
+    # killed after layer 0: layer 1 is searched again, layer 0 comes from its checkpoint
+    first = (out / "layers" / "layer_000.json").read_text()
+    (out / "layers" / "layer_001.json").unlink()
+    (out / "head_configs.json").unlink()
+    main(_args(tiny_qwen, out, video, candidates))
+    assert (out / "layers" / "layer_000.json").read_text() == first
+    assert (out / "layers" / "layer_001.json").is_file()
+    assert HeadConfigs.load(out / "head_configs.json").layers == hc.layers
+    # a resumed run with other settings is refused
+    with pytest.raises(SystemExit, match="other settings"):
+        main(_args(tiny_qwen, out, video, candidates, "--target", "0.5"))
+
+
+def test_cli_bad_inputs_fail_clearly(tiny_qwen, video, candidates, tmp_path):
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "o1"), "--prompt", "hi"])
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not an mp4 file" * 100)
+    with pytest.raises(SystemExit, match="cannot decode video"):
+        main(_args(tiny_qwen, tmp_path / "o2", bad, candidates))
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(_args(tiny_qwen, tmp_path / "o3", tmp_path / "nope.mp4", candidates))
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(SystemExit, match="empty search space"):
+        main(_args(tiny_qwen, tmp_path / "o4", video, empty))
+    with pytest.raises(SystemExit, match="calibration input"):
+        main([str(tiny_qwen.path), "--out", str(tmp_path / "o5")])
