@@ -132,3 +132,38 @@ def test_estimate_layer_keeps_equals_mmi_core(layout_name, prefix) -> None:
     keeps = estimate_layer_keeps(q, k, LayoutTensors(layout, "cpu"), hc, 0)
     got = index_from_keeps([keeps], block=16, num_q_heads=hq, num_kv_heads=hkv, slot_heads=slots)
     assert_same_index(got, ref)
+
+
+@pytest.mark.slow
+def test_bf16_estimation_keeps_the_fp32_selection() -> None:
+    """bf16 inputs (as on the GPU) vs fp32 inputs: per slot the kept (query, key) sets overlap >= 99% and the kept
+    dense-softmax mass differs by <= 1e-3 (issue #5's bf16 criterion), on a held-out synthetic video workload."""
+    from mmi_core import Grid, HeadConfigs, HeadSpec, LayerConfig, VerticalSlash
+    from mmi_core.synthetic import held_out_seeds, synthetic_workload
+    from mmi_kernels import index_keep_mask
+
+    w = synthetic_workload(held_out_seeds(2)[1], workload="video", num_tokens=3072, num_q_heads=4, num_kv_heads=2)
+    layer = LayerConfig(
+        heads=[HeadSpec(pattern=Grid(stride="frame", block=32, lines=2))] * 2
+        + [HeadSpec(pattern=VerticalSlash(vertical=64, slash=32, block=32))] * 2,
+        gqa=["group", "group"],
+    )
+    hc = HeadConfigs(num_layers=1, num_q_heads=4, num_kv_heads=2, layers=[layer])
+    lt = LayoutTensors(w.layout, "cpu")
+    slots = layer_slots(hc, 0)
+    idx = {}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        keeps = estimate_layer_keeps(w.q.to(dt), w.k.to(dt), lt, hc, 0)
+        idx[name] = index_from_keeps([keeps], block=32, num_q_heads=4, num_kv_heads=2, slot_heads=slots)
+    rows = torch.arange(0, w.q.shape[0], 7)
+    n_q, n_k = w.q.shape[0], w.k.shape[0]
+    causal = torch.arange(n_k)[None, :] <= (rows + n_k - n_q)[:, None]
+    for s, (first, count) in enumerate(slots):
+        a, b = (index_keep_mask(idx[n], 0, s, rows) for n in ("fp32", "bf16"))
+        overlap = (a & b).sum().item() / (a | b).sum().item()
+        assert overlap >= 0.99, (s, overlap)
+        for h in range(first, first + count):
+            sc = (w.q[rows, h].float() @ w.k[:, h // 2].float().T) / w.q.shape[-1] ** 0.5
+            p = torch.softmax(sc.masked_fill(~causal, float("-inf")), -1)
+            diff = ((p * a).sum(-1) - (p * b).sum(-1)).abs().mean().item()
+            assert diff <= 1e-3, (h, diff)
