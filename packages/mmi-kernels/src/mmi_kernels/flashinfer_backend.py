@@ -330,9 +330,7 @@ class FlashInferBlockSparse:
         self.bsr = bsr
         return bsr
 
-    def run(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Packed ``q [TQ, Hq, D]``, ``k, v [TK, Hkv, D]`` -> ``[TQ, Hq, D]`` (fold, wrapper.run, unfold)."""
         if self.bsr is None:
             raise RuntimeError("FlashInferBlockSparse.run before plan")

@@ -175,10 +175,7 @@ def index_to_block_mask(
     full = torch.stack(full_m)[head_slot.to(dev)]
     part = torch.stack(part_m)[head_slot.to(dev)]
     hh, nqb = full.shape[0], full.shape[1]
-    if trim:
-        width = max(int(full.sum(2).max()), int(part.sum(2).max()), 1)
-    else:
-        width = nkb
+    width = max(int(full.sum(2).max()), int(part.sum(2).max()), 1) if trim else nkb
     fcnt, fidx = _lists(full.reshape(hh * nqb, nkb), width)
     pcnt, pidx = _lists(part.reshape(hh * nqb, nkb), width)
     q_pos = torch.stack(qpos)[head_slot.to(dev)].contiguous()  # [H, n_q] original position of each permuted row
