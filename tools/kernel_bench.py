@@ -6,7 +6,11 @@ GPU at block level (mmi_core's builders are O(N^2) / CPU):
 - ``grid``: a 1024-token text prefix then video of ``stride`` tokens per frame, grid-permuted (queries and keys by
   ``(pos mod stride, pos)``); kept: sink block, own + 1 local block, slash (own residue class), ``lines`` vlines and
   hlines (an hline query block keeps every causal key: a leading run in the index);
-- ``vs``: vertical-slash, identity order: diagonals as block ranges plus single key columns (not comparable in Flex).
+- ``vs``: vertical-slash, identity order: diagonals as block ranges plus single key columns: mmi's MInference-style
+  vertical-slash path (rows carry ``peer_label``); not expressible in Flex or FlashInfer (single columns), no peer row.
+Peers on the identical mask: FlexAttention through `mmi_kernels.index_to_block_mask` (always), FlashInfer's
+BlockSparseAttentionWrapper through `mmi_kernels.FlashInferBlockSparse` (``--flashinfer``, when flashinfer and CUDA
+are usable; a row with ``skipped`` otherwise).
 Every (kv) head slot shares one pattern, so FlexAttention gets the identical mask with H=1.
 
 Density = computed tiles / causal tiles (nqb (nqb+1) / 2). FLOPs on computed tiles = 4 * D * 64 * 64 * tiles * Hq
@@ -31,7 +35,15 @@ import torch
 import triton
 
 import mmi_kernels.sparse_attention  # noqa: F401  (the module; the package name is shadowed by the function)
-from mmi_kernels import KernelConfig, SlotKeep, index_from_keeps, index_to_bsr, sparse_attention
+from mmi_kernels import (
+    FlashInferBlockSparse,
+    KernelConfig,
+    SlotKeep,
+    flashinfer_available,
+    index_from_keeps,
+    index_to_block_mask,
+    sparse_attention,
+)
 
 HQ, HKV, D, B = 28, 4, 128, 64
 _FLEX: dict = {}
@@ -304,68 +316,44 @@ def stage_check(rec: Recorder, sizes: list[int]) -> None:
             torch.cuda.empty_cache()
 
 
-def flex_runner(q, k, v, idx, order_q, order_k):
-    """FlexAttention on the identical block mask (slot 0's lists) on pre-permuted q/k/v (materialised: not timed)."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    n = k.shape[0]
-    nb = cdiv(n, B)
-    bsr = index_to_bsr(idx)
-    tqb = idx.total_qblocks
-    ptr = bsr.indptr[: tqb + 1].long()
-    cnt = ptr[1:] - ptr[:-1]
-    ids = bsr.indices[: int(ptr[-1])].long()
-    rowid = torch.repeat_interleave(torch.arange(tqb, device="cuda"), cnt)
-    qpos = order_q.to(torch.int32)
-    kpos = order_k.to(torch.int32)
-    qmin = torch.nn.functional.pad(qpos, (0, nb * B - n), value=1 << 30).view(nb, B).amin(1)
-    kmax = torch.nn.functional.pad(kpos, (0, nb * B - n), value=-1).view(nb, B).amax(1)
-    full = kmax[ids] <= qmin[rowid]
-    dense_full = torch.zeros(nb, nb, dtype=torch.int32, device="cuda")
-    dense_part = torch.zeros(nb, nb, dtype=torch.int32, device="cuda")
-    fcnt = torch.zeros(nb, dtype=torch.int32, device="cuda")
-    pcnt = torch.zeros(nb, dtype=torch.int32, device="cuda")
-    fcnt.index_add_(0, rowid[full], torch.ones_like(rowid[full], dtype=torch.int32))
-    pcnt.index_add_(0, rowid[~full], torch.ones_like(rowid[~full], dtype=torch.int32))
-    fstart = torch.zeros(nb + 1, dtype=torch.int64, device="cuda")
-    fstart[1:] = torch.cumsum(fcnt.long(), 0)
-    pstart = torch.zeros(nb + 1, dtype=torch.int64, device="cuda")
-    pstart[1:] = torch.cumsum(pcnt.long(), 0)
-    fr, fi = rowid[full], ids[full]
-    pr, pi = rowid[~full], ids[~full]
-    dense_full[fr, torch.arange(fr.numel(), device="cuda") - fstart[fr]] = fi.int()
-    dense_part[pr, torch.arange(pr.numel(), device="cuda") - pstart[pr]] = pi.int()
-
-    st = _FLEX.get(n)
-    if st is None:  # one mask_mod over persistent buffers per size: new patterns do not recompile
+def flex_runner(q, k, v, idx):
+    """FlexAttention on the identical keep set: `mmi_kernels.index_to_block_mask` of slot 0 (every slot shares the
+    pattern, so H=1 broadcasts it over all heads), full tiles without mask_mod, partial tiles with the position
+    mask_mod, trimmed lists; q/k/v pre-permuted through the export's orders (materialised: not timed)."""
+    ex = index_to_block_mask(idx, slot=0)
+    fa = _FLEX.get("fn")
+    if fa is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        qbuf = torch.empty(n, dtype=torch.int32, device="cuda")
-        kbuf = torch.empty(n, dtype=torch.int32, device="cuda")
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return qbuf[q_idx] >= kbuf[kv_idx]
-
-        st = _FLEX[n] = (qbuf, kbuf, mask_mod, torch.compile(flex_attention, dynamic=False))
-    qbuf, kbuf, mask_mod, fa = st
-    qbuf.copy_(qpos)
-    kbuf.copy_(kpos)
-    bm = BlockMask.from_kv_blocks(
-        pcnt[None, None], dense_part[None, None], fcnt[None, None], dense_full[None, None],
-        BLOCK_SIZE=B, mask_mod=mask_mod, seq_lengths=(n, n), compute_q_blocks=False,
-    )  # fmt: skip
-    qf = q[order_q].transpose(0, 1)[None]
-    kf = k[order_k].transpose(0, 1)[None]
-    vf = v[order_k].transpose(0, 1)[None]
+        fa = _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    qf = q[ex.q_order[0]].transpose(0, 1)[None].contiguous()
+    kf = k[ex.k_order[0]].transpose(0, 1)[None].contiguous()
+    vf = v[ex.k_order[0]].transpose(0, 1)[None].contiguous()
     opts = {"BLOCK_M": B, "BLOCK_N": B} if B < 128 else None  # the sparse block must be a multiple of the tile
-    return lambda: fa(qf, kf, vf, block_mask=bm, enable_gqa=True, kernel_options=opts)
+    return lambda: fa(qf, kf, vf, block_mask=ex.block_mask, enable_gqa=True, kernel_options=opts)
+
+
+def flashinfer_runner(q, k, v, idx):
+    """flashinfer.BlockSparseAttentionWrapper on the identical keep set (`mmi_kernels.FlashInferBlockSparse`: slots
+    folded into rows, R = C = block, bf16 passed explicitly); folding done once here (not timed)."""
+    fb = FlashInferBlockSparse()
+    bsr = fb.plan(idx, head_dim=D, dtype=q.dtype)
+    qf, kf, vf = bsr.fold(q, k, v)
+    return (lambda: fb._wrapper.run(qf, kf, vf)), ("causal" if bsr.causal else "mask")
 
 
 KINDS = (("blocks", 0.05), ("blocks", 0.10), ("grid", 0.05), ("grid", 0.10), ("vs", 0.05))
 
 
 def stage_time(
-    rec: Recorder, n: int, reps: int, configs: list[KernelConfig], dense: bool, flex: bool, kinds=KINDS
+    rec: Recorder,
+    n: int,
+    reps: int,
+    configs: list[KernelConfig],
+    dense: bool,
+    flex: bool,
+    kinds=KINDS,
+    flashinfer: bool = False,
 ) -> None:
     q, k, v = qkv(n, n, seed=1)
     nb = cdiv(n, B)
@@ -389,6 +377,8 @@ def stage_time(
         flops = 4 * D * B * B * tiles * HQ + 4 * D * B * cols * HQ
         common = dict(n=n, kind=kind, target_density=density, tile_density=tiles / causal_tiles, tiles=tiles,
                       columns=cols, index_bytes=idx.nbytes(), index_build_s=build_s, **extra)  # fmt: skip
+        if kind == "vs":
+            common["peer_label"] = "minference_style_vertical_slash"  # mmi's own VS path, the MInference baseline
         for cfg in configs:
             out = torch.empty_like(q)
             fn = lambda cfg=cfg, out=out, idx=idx: sparse_attention(q, k, v, idx, out=out, config=cfg)
@@ -423,7 +413,7 @@ def stage_time(
         if flex and cols == 0:
             try:
                 t0 = time.perf_counter()
-                fn = flex_runner(q, k, v, idx, keep.q_order, keep.k_order)
+                fn = flex_runner(q, k, v, idx)
                 fn()
                 torch.cuda.synchronize()
                 compile_s = time.perf_counter() - t0
@@ -431,6 +421,21 @@ def stage_time(
                 rec.add(what="flex", ms=ms, all_ms=ts, tflops=flops / ms / 1e9, compile_s=compile_s, **common)
             except Exception as e:
                 rec.add(what="flex", error=repr(e)[:800], **common)
+        if flashinfer and cols == 0:
+            if not flashinfer_available()[0]:
+                rec.add(what="flashinfer", skipped=flashinfer_available()[1], **common)
+            else:
+                try:
+                    t0 = time.perf_counter()
+                    fn, mode = flashinfer_runner(q, k, v, idx)
+                    fn()
+                    torch.cuda.synchronize()
+                    plan_s = time.perf_counter() - t0
+                    ms, ts = time_ms(fn, warmup=2, reps=reps)
+                    rec.add(what="flashinfer", ms=ms, all_ms=ts, tflops=flops / ms / 1e9, mask_mode=mode,
+                            plan_compile_s=plan_s, **common)  # fmt: skip
+                except Exception as e:
+                    rec.add(what="flashinfer", error=repr(e)[:800], **common)
         del idx, keep
         torch.cuda.empty_cache()
 
@@ -443,6 +448,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--flashinfer", action="store_true", help="also time flashinfer's block-sparse wrapper (if usable)")
     ap.add_argument("--block", type=int, default=64, help="index block (query and key tile rows)")
     ap.add_argument("--paged", action="store_true", help="also time the paged path (shuffled pool) per pattern")
     a = ap.parse_args()
@@ -460,7 +466,7 @@ def main() -> None:
         stage_check(rec, a.n)
     elif a.stage == "time":
         for n in a.n:
-            stage_time(rec, n, a.reps, [KernelConfig()], not a.no_dense, not a.no_flex)
+            stage_time(rec, n, a.reps, [KernelConfig()], not a.no_dense, not a.no_flex, flashinfer=a.flashinfer)
     elif a.stage == "sweep":
         cfgs = [KernelConfig(always_mask=False), KernelConfig(always_mask=True)]
         for n in a.n:
