@@ -19,7 +19,8 @@ Per layer (`search_layer`):
    identically; the chosen head gets ``boundaries[0]``.
 4. **GQA.** With ``"group"`` in ``space.gqa`` the chosen patterns are re-run with each KV head's group executing
    together (union of selections, pooled Grid stride/phase). A group executes together when its mean output error
-   grows by at most ``gqa_error_tolerance`` and its total latency by at most ``band``.
+   grows by at most ``gqa_error_tolerance`` and its total latency by at most ``band``. Groups mixing Grid with
+   identity-order patterns stay ``"head"`` (the layer API would run them per head anyway: no shared key order).
 
 Results are pydantic (`LayerSearchResult`, JSON round trip for per-layer checkpoints); `assemble_head_configs` turns
 them into a `HeadConfigs` with the metadata every consumer reads.
@@ -323,6 +324,9 @@ def search_layer(
             g = hq // hkv
             for j in range(hkv):
                 hs = range(j * g, (j + 1) * g)
+                grids = sum(isinstance(patterns[h], Grid) for h in hs)
+                if 0 < grids < g:  # Grid and identity-order heads share no order: the layer runs them per head
+                    continue
                 head_err = sum(choices[h]["output_error"] for h in hs) / g
                 group_err = float(g_err[j * g : (j + 1) * g].mean())
                 head_lat = sum(choices[h]["latency_ms"] for h in hs)

@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=256, help="sampled query rows for the output error")
     p.add_argument("--layers", type=int, help="search only the first N layers (others: dense), for quick runs")
     p.add_argument("--latency", choices=["auto", "cost_model", "kernels"], default="auto")
+    p.add_argument(
+        "--kernel-only",
+        action="store_true",
+        help="cost model without estimation overhead (short calibration inputs, where the fixed "
+        "per-head estimation cost would dominate every choice)",
+    )
     p.add_argument("--no-group", action="store_true", help="do not consider GQA group execution")
     p.add_argument("--candidates", help="JSON file with a list of pattern configs (replaces the paper space)")
     p.add_argument("--seed", type=int, default=0)
@@ -137,8 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _latency(kind: str) -> Any:
+def _latency(kind: str, kernel_only: bool = False) -> Any:
     if kind == "cost_model" or (kind == "auto" and not torch.cuda.is_available()):
+        if kernel_only:
+            return CostModel(name="cost_model_kernel_only", estimation_ms_at_128k={})
         return CostModel()
     try:
         import mmi_kernels  # noqa: F401
@@ -185,6 +193,8 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
             f"synthetic video workload, ~{args.synthetic} tokens, seed {args.seed}",
         )
 
+        planted: dict[int, list[str]] = {}
+
         def layer_inputs(i: int) -> CapturedLayer:
             w = synthetic_workload(
                 args.seed + i,
@@ -193,6 +203,7 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
                 num_kv_heads=geometry.num_kv_heads,
                 head_dim=max(geometry.head_dim, 32),
             )
+            planted[i] = list(w.head_kinds)
             return CapturedLayer(i, w.q, w.k, w.v, w.layout, None)
     else:
         loaded = load_model(args.model)
@@ -201,6 +212,8 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
         if not (cap / "layout.json").is_file():
             capture_layers(loaded, calibration_inputs(loaded, args.video, args.prompt), cap)
         del loaded
+
+        planted = {}
 
         def layer_inputs(i: int) -> CapturedLayer:
             return load_captured(cap, i)
@@ -211,7 +224,7 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
         f"; {first.layout.num_tokens} tokens ({', '.join(m.name.lower() for m in first.layout.modalities())})"
     )
     space = _space(args, first.layout.num_tokens)
-    latency = _latency(args.latency)
+    latency = _latency(args.latency, args.kernel_only)
     run_info = {
         "space": space.describe(),
         "latency": latency.describe(),
@@ -281,6 +294,8 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "layers_searched": n_layers,
     }
+    if planted:
+        meta["synthetic_planted_head_kinds"] = {str(i): kinds for i, kinds in sorted(planted.items())}
     if n_layers < geometry.num_layers:  # unsearched layers stay dense, and the file says so
         meta["unsearched_layers_dense"] = list(range(n_layers, geometry.num_layers))
     hc = assemble_head_configs(results, hq, geometry.num_kv_heads, space=space, latency=latency, metadata=meta)

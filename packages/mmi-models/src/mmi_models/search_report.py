@@ -77,7 +77,7 @@ def write_heatmap(results: list[LayerSearchResult], path: str | Path, title: str
     fams = list(FAMILY_COLORS)
     grid = torch.tensor([[FAMILY_COLORS[c.spec.pattern.kind][0] for c in r.heads] for r in results])
     n_l, n_h = grid.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * n_h + 2), max(2.5, 0.35 * n_l + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * n_h + 3), max(2.8, 0.35 * n_l + 1.8)))
     ax.imshow(
         grid.numpy(),
         cmap=ListedColormap([FAMILY_COLORS[f][1] for f in fams]),
@@ -90,9 +90,11 @@ def write_heatmap(results: list[LayerSearchResult], path: str | Path, title: str
         for i, r in enumerate(results):
             for h, c in enumerate(r.heads):
                 ax.text(h, i, f"{c.output_error:.2f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(range(n_h))
+    ax.set_yticks(range(n_l))
     ax.set_xlabel("query head")
     ax.set_ylabel("layer")
-    ax.set_title(title or "chosen pattern per head (number: output error)", fontsize=9)
+    ax.set_title("\n".join(filter(None, [title, "number: output error vs dense"])), fontsize=8)
     ax.legend(
         handles=[Patch(color=FAMILY_COLORS[f][1], label=f) for f in fams],
         loc="upper left",
@@ -118,8 +120,8 @@ def write_attention_maps(
     scale: float | None = None,
 ) -> Path:
     """PNG: for a few heads of ``layer``, the dense causal attention of the last ``window`` query rows over the last
-    ``window`` keys (log scale) with the chosen keep set overlaid (red = kept but the map is dim; the outline shows
-    the mask). ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]``. Raises ValueError like `estimate_layer_selections`."""
+    ``window`` keys (log scale) with the chosen keep set outlined in red and the dropped causal pairs greyed.
+    ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]``. Raises ValueError like `estimate_layer_selections`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,13 +143,15 @@ def write_attention_maps(
         sel = sels[h]
         mask = causal[:, k0:] if sel is None else keep_mask(sel, rows)[:, k0:]
         ax.imshow(torch.log10(p.clamp_min(1e-6)).numpy(), cmap="viridis", vmin=-6, vmax=0, interpolation="nearest")
+        dropped = (causal[:, k0:] & ~mask).float()
+        ax.imshow(dropped.numpy(), cmap="Greys", vmin=0, vmax=1, alpha=0.45 * dropped.numpy(), interpolation="nearest")
         ax.contour(mask.float().numpy(), levels=[0.5], colors="red", linewidths=0.6)
         spec = head_configs.spec(layer, h)
         ax.set_title(f"L{layer} H{h}: {spec.pattern.kind}", fontsize=8)
         ax.set_xlabel(f"keys {k0}..{n_k - 1}", fontsize=7)
         ax.set_ylabel(f"queries (last {w})", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.suptitle("dense attention (log10) with the chosen keep set outlined in red", fontsize=9)
+    fig.suptitle("dense attention (log10); chosen keep set outlined in red, dropped pairs greyed", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
