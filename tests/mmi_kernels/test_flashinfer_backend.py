@@ -84,6 +84,23 @@ def test_bsr_pairs_equal_keep_mask(kind: str, prefix: int) -> None:
         assert torch.equal(_unfolded(bsr, pairs, u, n_q, n_k), keep_mask(sels[u])), f"unit {u}"
 
 
+@pytest.mark.parametrize("n_q", [1, 3, 17])
+def test_short_query_chunks_over_a_block_aligned_cache(n_q: int) -> None:
+    """n_k a multiple of the block and a few queries: the last query block's own key tile may be fully causal (one
+    row at the end of a complete block); FlashInfer's bottom-right causal rule would cut it, so it must not be used
+    unless exact."""
+    layout = video_layout(text_after=17)
+    n_k = layout.num_tokens
+    assert n_k % 16 == 0
+    sels = group_selections("blocks", n_q, n_k, hkv=HKV, g=G, seed=4, layout=layout)
+    idx = index_from_selections([sels], num_q_heads=HQ, num_kv_heads=HKV)
+    bsr = index_to_flashinfer_bsr(idx)
+    _check_format(bsr)
+    pairs = _folded_pairs(bsr)
+    for u in range(HKV):
+        assert torch.equal(_unfolded(bsr, pairs, u, n_q, n_k), keep_mask(sels[u])), f"unit {u}"
+
+
 def test_two_requests_and_mixed_slots() -> None:
     """Two requests (one with a prefix); slots of mixed size (a GQA group together, the other per query head): the
     fold uses one unit per query head."""

@@ -12,8 +12,9 @@ keep sets differ per head slot and live in permuted orders, so the conversion (`
 - uses ``R = C = index.block`` and **ascending** key-block ids per row (`index_to_bsr` order);
 - picks the mask: FlashInfer's ``causal=True`` aligns each row's causal diagonal bottom-right, i.e. query ``a`` of a
   row sees kv ``t <= a + count * C - R``: exact only when the **last** listed block is the row's own positions in
-  the same contiguous ascending order and every other block is fully causal and complete. That holds for identity
-  orders with a block-aligned prefix (A-shape, block-sparse; ascending order puts the diagonal last). Otherwise
+  the same contiguous ascending order and every other block is fully causal and complete (a fully causal *last*
+  block would lose its upper triangle, e.g. a single query row at the end of a complete key block). That holds for
+  identity orders with a block-aligned prefix (A-shape, block-sparse; ascending order puts the diagonal last). Otherwise
   (Grid permutations, unaligned prefixes, padded key tails) every tile carries an explicit bool mask ``[nnz, R, C]``
   from original positions (``mask=``; FlashInfer packs it to bits): exact, at one mask bit per computed pair.
 - Vertical-line columns cannot be expressed (single keys, not blocks): ``columns="error"`` refuses, ``"widen"``
@@ -223,7 +224,9 @@ def index_to_flashinfer_bsr(index: SparseIndex, *, columns: Literal["error", "wi
     last = torch.zeros_like(full)
     last[indptr[1:][count > 0] - 1] = True
     diag = last & contiguous(q_tile) & contiguous(k_tile) & (q_tile[:, 0] == k_tile[:, 0]) & (k_real >= q_real)
-    causal = bool((full | diag).all())
+    # the bottom-right diagonal falls on each row's last tile, so that tile must be the exact diagonal (a full last
+    # tile would lose its upper triangle) and every other tile must be full
+    causal = bool(torch.where(last, diag, full).all())
     mask = None
     if not causal:
         mask = (k_tile[:, None, :] >= 0) & (k_tile[:, None, :] <= q_tile[:, :, None])
