@@ -100,6 +100,17 @@ def test_block_mask_equals_index_and_keep_mask(kind: str, prefix: int, trim: boo
             assert torch.equal(row, torch.sort(row).values)
 
 
+@pytest.mark.parametrize("n_q", [1, 17])
+def test_short_query_chunk_over_a_block_aligned_cache(n_q: int) -> None:
+    layout = video_layout(text_after=17)
+    n_k = layout.num_tokens
+    sels = group_selections("grid", n_q, n_k, hkv=HKV, g=G, seed=5, layout=layout)
+    idx = index_from_selections([sels], num_q_heads=HQ, num_kv_heads=HKV)
+    ex = index_to_block_mask(idx)
+    for h in range(HQ):
+        assert torch.equal(_pairs(ex, h, idx.block), keep_mask(sels[h // G])), f"head {h}"
+
+
 def test_single_slot_export_and_query_head_slots() -> None:
     """slot=s exports H=1 over the slot's heads; slots per query head with different grid phases (key orders differ
     inside one KV head) export one key row per query head (no GQA in Flex)."""
