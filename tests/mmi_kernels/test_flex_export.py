@@ -129,6 +129,20 @@ def test_single_slot_export_and_query_head_slots() -> None:
         assert torch.equal(_pairs(ex2, h, idx2.block), index_keep_mask(idx2, 0, h))
 
 
+def test_second_request_of_a_batch() -> None:
+    lay_a, lay_b = video_layout(frames=4), video_layout(frames=2, text_before=5, text_after=50)
+    reqs = []
+    for lay, prefix in ((lay_a, 0), (lay_b, 29)):
+        n_k = lay.num_tokens
+        reqs.append(group_selections("grid", n_k - prefix, n_k, hkv=HKV, g=G, seed=6, layout=lay))
+    idx = index_from_selections(reqs, num_q_heads=HQ, num_kv_heads=HKV)
+    for r in range(2):
+        ex = index_to_block_mask(idx, request=r)
+        assert ex.block_mask.shape[2:] == (idx.seqlens_q[r], idx.seqlens_k[r])
+        for h in range(HQ):
+            assert torch.equal(_pairs(ex, h, idx.block), index_keep_mask(idx, r, h // G)), f"request {r} head {h}"
+
+
 def test_columns_refused_or_widened() -> None:
     idx, sels = _index("vs", 0)
     with pytest.raises(ValueError, match="single key columns"):
@@ -185,3 +199,19 @@ def test_compiled_flex_on_cpu_matches_reference(kind: str, prefix: int) -> None:
     err = float((o - ref).norm() / ref.norm())
     assert err < 1e-5, err
     assert float((o - dense).norm() / dense.norm()) > 1e-2  # the sparsity was applied (eager would be dense)
+
+
+@pytest.mark.slow
+def test_compiled_flex_without_gqa_on_cpu() -> None:
+    """Per-query-head Grid slots with different phases: one key row per query head, enable_gqa=False."""
+    layout = video_layout(frames=3)
+    n_k = layout.num_tokens
+    per_head = [selection("grid", n_k, n_k, seed=h, layout=layout, phase=h) for h in range(4)]
+    idx = index_from_selections([per_head], num_q_heads=4, num_kv_heads=2)
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(n_k, h, D, generator=g) for h in (4, 2, 2))
+    ex = index_to_block_mask(idx, trim=False)
+    assert not ex.gqa
+    o = flex_sparse_attention(q, k, v, ex)
+    ref = sparse_attention_reference(q, k, v, per_head)
+    assert float((o - ref).norm() / ref.norm()) < 1e-5
