@@ -67,6 +67,7 @@ def test_cli_writes_loadable_configs_and_report_and_resumes(tiny_qwen, video, ca
     assert meta["model"].startswith("Qwen2_5_VL") and meta["date"]
     assert len(meta["per_head"]) == geometry.num_layers
     assert all(set(h) >= {"pattern", "output_error", "recall", "latency_ms"} for lay in meta["per_head"] for h in lay)
+    assert set(meta["per_head"][0][0]["error_by_modality"]) == {"text", "video"}  # errors per query modality
     for name in ("patterns.png", "attention_maps.png", "search.csv"):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "search.csv").open()))
@@ -105,3 +106,37 @@ def test_cli_bad_inputs_fail_clearly(tiny_qwen, video, candidates, tmp_path):
         main(_args(tiny_qwen, tmp_path / "o4", video, empty))
     with pytest.raises(SystemExit, match="calibration input"):
         main([str(tiny_qwen.path), "--out", str(tmp_path / "o5")])
+
+
+@pytest.mark.slow
+def test_cli_synthetic_paper_space_recovers_planted_heads(tiny_qwen, tmp_path):
+    """The full paper space (29 candidates) on a synthetic workload with the tiny model's geometry (dev seed 0,
+    planted kinds grid / vertical_slash / a_shape / grid): every planted kind is chosen at matched latency."""
+    out = tmp_path / "syn"
+    main(
+        [
+            str(tiny_qwen.path),
+            "--out",
+            str(out),
+            "--synthetic",
+            "2048",
+            "--block",
+            "32",
+            "--kernel-only",
+            "--rows",
+            "96",
+            "--target",
+            "0.35",
+            "--layers",
+            "1",
+            "--no-progress",
+        ]
+    )
+    hc = HeadConfigs.load(out / "head_configs.json")
+    planted = hc.metadata["synthetic_planted_head_kinds"]["0"]
+    assert planted == ["grid", "vertical_slash", "a_shape", "grid"]
+    assert [s.pattern.kind for s in hc.layers[0].heads] == planted
+    assert all(h["in_band"] for h in hc.metadata["per_head"][0])
+    assert hc.metadata["search"]["latency_source"]["name"] == "cost_model_kernel_only"
+    # unsearched layers stay dense and the file says so
+    assert all(s.is_dense for s in hc.layers[1].heads) and hc.metadata["unsearched_layers_dense"] == [1]
