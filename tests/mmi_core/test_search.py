@@ -150,3 +150,22 @@ def test_cost_model_prices_tiles_and_dense():
     dense = cm.layer_latency_ms(q, q, q, None, [Dense()], [None])[0]  # type: ignore[arg-type]
     assert dense == pytest.approx(4 * 128 * (128 * 128 - 128 * 127 / 2) / 569e12 * 1e3)
     assert cm.rate("grid", 64) == 293.0 and cm.rate("blocks", 100) == 435.0 and cm.rate("vs", 16) == 316.0
+
+
+def test_boundary_q_only_when_the_layer_executes_it(workload, monkeypatch):
+    from mmi_core import search as search_mod
+
+    w = workload
+    assert len({int(m) for m in w.layout.token_modalities()}) > 1  # text and video query rows
+    if not search_mod.boundary_executed("q"):
+        with pytest.raises(ValueError, match="not executed"):
+            SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
+        monkeypatch.setattr(search_mod, "boundary_executed", lambda kind: True)  # exercise the q stage anyway
+    space = SearchSpace(candidates=_space().candidates, boundaries=("none", "q"), gqa=("head",))
+    base = search_layer(w.q, w.k, w.v, w.layout, _space(), latency=_Fake(), num_rows=32, target_fraction=0.5, band=0.9)
+    r = search_layer(w.q, w.k, w.v, w.layout, space, latency=_Fake(), num_rows=32, target_fraction=0.5, band=0.9)
+    for a, b in zip(base.heads, r.heads, strict=True):
+        assert b.output_error <= a.output_error + 1e-6  # 'q' is taken only where it lowers the error
+        assert (b.spec.boundary == "q") == b.label.startswith("q[")
+        if b.spec.boundary == "q":
+            assert b.spec.by_modality

@@ -13,10 +13,12 @@ Per layer (`search_layer`):
    in the band: the lowest error among those cheaper than the band's upper edge, else the cheapest candidate
    (``in_band`` False says so). Ties go to the earlier candidate.
 3. **Per modality, per pair, boundary.** The per-query-modality errors of every candidate are recorded and the best
-   candidate per modality is reported. Boundary kinds ``"q"`` / ``"2d"`` are **not searched**: ``mmi_core.layer``
-   still executes them with the head pattern over the whole sequence (temporary rule of issue #7), so a search among
-   them would measure nothing; `SearchSpace` rejects them with that reason. ``"none"`` and ``"k"`` execute
-   identically; the chosen head gets ``boundaries[0]``.
+   in-pool candidate per query modality is reported. With ``"q"`` in ``space.boundaries`` each head whose modalities
+   prefer different candidates is re-run as ``HeadSpec(boundary="q", by_modality=...)`` and keeps it where the
+   output error drops within the latency band. ``"q"`` is accepted only when `boundary_executed` finds that
+   ``mmi_core.layer`` executes it (until issue #7 lands the layer runs the head pattern over the whole sequence, and
+   a search over it would measure nothing); ``"2d"`` (the per-pair stage) is not searched yet. ``"none"`` and
+   ``"k"`` execute identically; a head that keeps one pattern gets ``boundaries[0]``.
 4. **GQA.** With ``"group"`` in ``space.gqa`` the chosen patterns are re-run with each KV head's group executing
    together (union of selections, pooled Grid stride/phase). A group executes together when its mean output error
    grows by at most ``gqa_error_tolerance`` and its total latency by at most ``band``. Groups mixing Grid with
@@ -28,6 +30,7 @@ them into a `HeadConfigs` with the metadata every consumer reads.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +53,7 @@ __all__ = [
     "LayerSearchResult",
     "SearchSpace",
     "assemble_head_configs",
+    "boundary_executed",
     "paper_search_space",
     "pattern_label",
     "search_layer",
@@ -72,13 +76,35 @@ GRID_LINE_COMBOS: tuple[tuple[bool, bool, bool], ...] = (
 )
 
 
+@functools.cache
+def boundary_executed(kind: Literal["q", "2d"]) -> bool:
+    """Whether `estimate_layer_selections` executes boundary ``kind`` (a probe, cached): on a 128-token text + video
+    layout, a head whose ``pattern`` is `Dense` but whose video rows (``"q"``) or ``video->video`` pair (``"2d"``)
+    use an A-shape must get a selection (not None = dense)."""
+    from mmi_core.layout import VisualGrid
+
+    layout = ModalityLayout.from_parts([("text", 64), ("video", VisualGrid(frames=2, rows=4, cols=8))])
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(128, 1, 32, generator=g)
+    small = AShape(sink=16, local=16, block=16)
+    if kind == "q":
+        spec = HeadSpec(boundary="q", pattern=Dense(), by_modality={"video": small})
+    else:
+        spec = HeadSpec(boundary="2d", pattern=Dense(), by_pair={"video->video": small})
+    hc = HeadConfigs.uniform(1, 1, 1, spec, gqa="head")
+    try:
+        return estimate_layer_selections(q, q, layout, hc, 0)[0] is not None
+    except (ValueError, NotImplementedError):
+        return False
+
+
 class SearchSpace(BaseModel):
     """Candidates of the search. Raises ValueError for an empty candidate list, mixed block sizes, or boundary kinds
     the layer API does not execute yet."""
 
     model_config = _FROZEN
     candidates: tuple[PatternConfig, ...]
-    boundaries: tuple[Literal["none", "k"], ...] = ("none",)
+    boundaries: tuple[Literal["none", "k", "q"], ...] = ("none",)
     gqa: tuple[Literal["head", "group"], ...] = ("head", "group")
 
     @field_validator("candidates")
@@ -95,11 +121,12 @@ class SearchSpace(BaseModel):
     @classmethod
     def _boundaries(cls, v: Any) -> Any:
         kinds = tuple(v) if v is not None else ()
-        bad = [b for b in kinds if b in ("q", "2d")]
-        if bad:
+        if "2d" in kinds:
+            raise ValueError("boundary kind '2d' is not searched yet (the per-pair stage is not implemented)")
+        if "q" in kinds and not boundary_executed("q"):
             raise ValueError(
-                f"boundary kinds {bad} are not executed by mmi_core.layer yet (it runs the head pattern over the "
-                "whole sequence, issue #7): a search over them would measure nothing; use 'none'/'k'"
+                "boundary kind 'q' is not executed by mmi_core.layer yet (it runs the head pattern over the "
+                "whole sequence, issue #7): a search over it would measure nothing; use 'none'/'k'"
             )
         if not kinds:
             raise ValueError("empty search space: give at least one boundary kind ('none')")
@@ -116,7 +143,12 @@ class SearchSpace(BaseModel):
         return {
             "candidates": [pattern_label(p) for p in self.candidates],
             "boundaries": list(self.boundaries),
-            "boundaries_not_searched": {"q/2d": "not executed by mmi_core.layer yet (issue #7)"},
+            "boundaries_not_searched": {
+                "q": "searched"
+                if "q" in self.boundaries
+                else ("not requested" if boundary_executed("q") else "not executed by mmi_core.layer yet (issue #7)"),
+                "2d": "per-pair stage not implemented",
+            },
             "gqa": list(self.gqa),
         }
 
@@ -278,6 +310,8 @@ def search_layer(
 
     specs: list[HeadSpec] = []
     choices: list[dict[str, Any]] = []
+    best_idx: list[dict[str, int]] = []  # per head: the best candidate per query modality (within the head's pool)
+    cand_idx: list[int] = []
     for h in range(hq):
         target = target_fraction * dense_ms[h]
         lo, hi = (1 - band) * target, (1 + band) * target
@@ -287,10 +321,11 @@ def search_layer(
         pool = in_band or [i for i in results if lat[i] <= hi]
         best = min(pool, key=lambda i: (err[i], i)) if pool else min(results, key=lambda i: (lat[i], i))
         err_mod = {m: float(e[h]) for m, e in results[best][3].items()}
-        best_mod = {
-            m: pattern_label(cands[min(pool or [best], key=lambda i, m=m: (float(results[i][3][m][h]), i))])
-            for m in results[best][3]
-        }
+        best_idx.append(
+            {m: min(pool or [best], key=lambda i, m=m: (float(results[i][3][m][h]), i)) for m in results[best][3]}
+        )
+        cand_idx.append(best)
+        best_mod = {m: pattern_label(cands[i]) for m, i in best_idx[h].items()}
         specs.append(HeadSpec(boundary=space.boundaries[0], pattern=cands[best]))
         choices.append(
             {
@@ -304,6 +339,36 @@ def search_layer(
                 "best_by_modality": best_mod,
             }
         )
+
+    if "q" in space.boundaries and len(by_mod) > 1:
+        # boundary 'q': each query modality gets its own best in-pool candidate; kept where the output error drops
+        q_specs = list(specs)
+        for h in range(hq):
+            own = {m: i for m, i in best_idx[h].items() if i != cand_idx[h]}
+            if own:
+                q_specs[h] = HeadSpec(
+                    boundary="q", pattern=specs[h].pattern, by_modality={m: cands[i] for m, i in own.items()}
+                )
+        changed = [h for h in range(hq) if q_specs[h] is not specs[h]]
+        if changed:
+            hc_q = HeadConfigs(
+                num_layers=1, num_q_heads=hq, num_kv_heads=hkv, layers=[LayerConfig(heads=q_specs, gqa=["head"] * hkv)]
+            )
+            q_err, q_rec, q_lat, q_mod = evaluate(hc_q, [sp.pattern for sp in q_specs])
+            for h in changed:
+                if (
+                    float(q_err[h]) < choices[h]["output_error"]
+                    and q_lat[h] <= (1 + band) * target_fraction * dense_ms[h]
+                ):
+                    specs[h] = q_specs[h]
+                    parts = ",".join(f"{m}:{pattern_label(p)}" for m, p in q_specs[h].by_modality.items())
+                    choices[h].update(
+                        label=f"q[{choices[h]['label']};{parts}]",
+                        output_error=float(q_err[h]),
+                        recall=float(q_rec[h]),
+                        latency_ms=q_lat[h],
+                        error_by_modality={m: float(e[h]) for m, e in q_mod.items()},
+                    )
 
     gqa: list[Literal["head", "group"]] = ["head"] * hkv
     if "group" in space.gqa and hq > hkv:
