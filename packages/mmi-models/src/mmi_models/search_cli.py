@@ -136,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
         help="cost model without estimation overhead (short calibration inputs, where the fixed "
         "per-head estimation cost would dominate every choice)",
     )
+    p.add_argument(
+        "--boundaries",
+        default="none",
+        help="comma-separated boundary kinds to search: none, k, q ('q' only once mmi_core.layer executes it)",
+    )
     p.add_argument("--no-group", action="store_true", help="do not consider GQA group execution")
     p.add_argument("--candidates", help="JSON file with a list of pattern configs (replaces the paper space)")
     p.add_argument("--seed", type=int, default=0)
@@ -159,14 +164,16 @@ def _latency(kind: str, kernel_only: bool = False) -> Any:
 
 def _space(args: argparse.Namespace, n_tokens: int) -> SearchSpace:
     gqa = ("head",) if args.no_group else ("head", "group")
+    boundaries = tuple(b.strip() for b in args.boundaries.split(",") if b.strip())
     if args.candidates:
         try:
             data = json.loads(Path(args.candidates).read_text())
-            return SearchSpace.model_validate({"candidates": data, "gqa": gqa})
+            return SearchSpace.model_validate({"candidates": data, "gqa": gqa, "boundaries": boundaries})
         except (OSError, ValueError) as e:
             raise ConfigError(f"--candidates {args.candidates}: {e}") from None
     scale = min(1.0, n_tokens / PAPER_CALIBRATION_TOKENS) if args.token_scale == "auto" else float(args.token_scale)
-    return paper_search_space(args.block, token_scale=scale, last_q=min(64, max(16, n_tokens // 16)), gqa=gqa)
+    paper = paper_search_space(args.block, token_scale=scale, last_q=min(64, max(16, n_tokens // 16)), gqa=gqa)
+    return SearchSpace(candidates=paper.candidates, boundaries=boundaries, gqa=gqa)
 
 
 def run_search(args: argparse.Namespace) -> HeadConfigs:
