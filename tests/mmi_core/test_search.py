@@ -152,6 +152,7 @@ def test_cost_model_prices_tiles_and_dense():
     assert cm.rate("grid", 64) == 293.0 and cm.rate("blocks", 100) == 435.0 and cm.rate("vs", 16) == 316.0
 
 
+@pytest.mark.slow
 def test_boundary_q_only_when_the_layer_executes_it(workload, monkeypatch):
     from mmi_core import search as search_mod
 
@@ -161,8 +162,19 @@ def test_boundary_q_only_when_the_layer_executes_it(workload, monkeypatch):
         with pytest.raises(ValueError, match="not executed"):
             SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
         monkeypatch.setattr(search_mod, "boundary_executed", lambda kind: True)  # exercise the q stage anyway
-    space = SearchSpace(candidates=_space().candidates, boundaries=("none", "q"), gqa=("head",))
-    base = search_layer(w.q, w.k, w.v, w.layout, _space(), latency=_Fake(), num_rows=32, target_fraction=0.5, band=0.9)
+    cands = _space().candidates[:4]  # Grid and three vertical-slash budgets: enough for modalities to differ
+    space = SearchSpace(candidates=cands, boundaries=("none", "q"), gqa=("head",))
+    base = search_layer(
+        w.q,
+        w.k,
+        w.v,
+        w.layout,
+        SearchSpace(candidates=cands, gqa=("head",)),
+        latency=_Fake(),
+        num_rows=32,
+        target_fraction=0.5,
+        band=0.9,
+    )
     r = search_layer(w.q, w.k, w.v, w.layout, space, latency=_Fake(), num_rows=32, target_fraction=0.5, band=0.9)
     for a, b in zip(base.heads, r.heads, strict=True):
         assert b.output_error <= a.output_error + 1e-6  # 'q' is taken only where it lowers the error
