@@ -29,7 +29,8 @@ def samples(args: argparse.Namespace, folder: Path) -> list:
             if "v_niah" in args.tasks:
                 out.append(make_v_niah(folder, frames=length, **kw))
             if "mm_niah" in args.tasks:
-                segments = max(4, length // args.frames_per_clip)
+                # three parts in four are clips: about `length` video frames in all
+                segments = max(4, -(-4 * length // (3 * args.frames_per_clip)))
                 for where in ("text", "video"):
                     out.append(
                         make_mm_niah(
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         processor = AutoProcessor.from_pretrained(args.hf)
-        model = AutoModelForImageTextToText.from_pretrained(args.hf, dtype="auto", device_map="auto").eval()
+        import torch
+
+        model = AutoModelForImageTextToText.from_pretrained(args.hf, dtype="auto").eval()
+        if torch.cuda.is_available():  # no device_map: it needs `accelerate`, not a dependency here
+            model = model.to("cuda")
         if args.mmi:
             from mmi_models import apply_mminference
 
