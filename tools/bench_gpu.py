@@ -360,7 +360,7 @@ def layer_speedup_png(layer: list[dict[str, Any]], path: Path, label: str) -> Pa
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for p in sorted({r["pattern"] for r in layer}):
         mine = sorted((r for r in layer if r["pattern"] == p), key=lambda r: r["n_tokens"])
-        for b, style in (("sdpa_flash", "-o"), ("cudnn", "--s")):
+        for b, style in (("sdpa_flash", "-o"), ("cudnn", "--s"), ("sdpa_math", ":^")):  # math: CPU dry run only
             pts = [(r["n_tokens"], r[f"speedup_vs_{b}"]) for r in mine if f"speedup_vs_{b}" in r]
             if pts:
                 axes[0].plot(*zip(*pts, strict=True), style, label=f"{p} layer vs {b}")
