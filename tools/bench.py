@@ -366,7 +366,11 @@ def write(ctx: Context, tables: list[Table], out: Path) -> list[Path]:
             for r in t.rows:
                 w.writerow({"date": ctx.date, "device": ctx.device_name, "torch": ctx.versions["torch"], **r})
         paths.append(path)
-    return paths + plot_tables(ctx, tables, base)
+    try:
+        return paths + plot_tables(ctx, tables, base)
+    except ImportError as e:  # the GPU machine's system python may lack matplotlib
+        print(f"no PNG plots ({e})")
+        return paths
 
 
 def print_table(t: Table) -> None:

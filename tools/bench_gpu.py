@@ -11,9 +11,10 @@ command sized by ``--budget-s`` (~8 min) is resumed by running it again):
   key columns, our "MInference-style" path, identity order), ``a_shape`` (sink block + local blocks), ``blocks``
   (random top-k block-sparse) and ``mix`` (one KV head each of grid / vs / a_shape / blocks in one launch: a
   heterogeneous-heads mix, NOT the paper's modality-boundary patterns). Non-grid budgets are set to the grid's
-  tile density on that layout ("same density"). FlexAttention runs on the identical block mask where the mask is
-  one block-level pattern (``kernel_bench.flex_runner``; not ``vs``: columns, not ``mix``: per-head masks). Per row:
-  kernel ms, TFLOP/s on computed tiles, tile density, and on sampled rows (``layer_bench.accuracy``) attention
+  tile density on that layout ("same density"). FlexAttention runs on the identical block mask
+  (`mmi_kernels.flex_export.index_to_block_mask`, every head its slot's lists; not ``vs``: single key columns). Per row:
+  kernel ms, TFLOP/s on computed tiles, tile density, FlashInfer's block-sparse wrapper where it runs
+  (`mmi_kernels.flashinfer_backend`; not ``vs``), and on sampled rows (``layer_bench.accuracy``) attention
   recall (of random q/k: the kernel's kept mass, not an estimator's quality) and the kernel's output error vs fp32.
 - ``layer``: the full layer (estimation + index + kernel through `SparsePrefillWrapper`) on held-out synthetic
   video workloads at 256 tokens per frame, patterns grid and vs ("MInference-style" VS estimation):
@@ -213,17 +214,68 @@ def kernel_row(store: Store, model: str, n: int, pattern: str, q, k, v, args) ->
     if pattern != "mix":  # exactness: the kernel vs fp32 attention restricted to the same kept set
         ref = kb.reference_rows(q, k, v, keeps[0], rows, 0)
         row["kernel_vs_kept_set_error"] = float((out[rows].float() - ref).norm() / ref.norm())
-    if args.flex and dev == "cuda" and pattern not in ("vs", "mix"):
-        try:
-            fn = kb.flex_runner(q, k, v, idx, keeps[0].q_order, keeps[0].k_order)
-            t1 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            row["flex_compile_s"] = time.perf_counter() - t1
-            row["flex_ms"] = lb.cuda_ms(fn, args.reps)
-        except Exception as e:  # recorded, the run goes on
-            row["flex_error"] = repr(e)[:300]
+    if args.flex and dev == "cuda" and pattern != "vs":  # Flex has no single-column keys
+        flex_row(row, q, k, v, idx, keeps, out, rows, args)
+    if args.flashinfer and dev == "cuda" and pattern != "vs":
+        flashinfer_row(row, q, k, v, idx, out, rows, args)
     store.add(row)
+
+
+def flex_row(row: dict[str, Any], q, k, v, idx, keeps, out, rows, args) -> None:
+    """FlexAttention on the identical mask: `mmi_kernels.flex_export` (every head reads its slot's lists; timed on
+    pre-permuted tensors, permutation not timed), else tools/kernel_bench.flex_runner (one shared pattern)."""
+    try:
+        try:
+            from mmi_kernels.flex_export import flex_permute, flex_sparse_attention, index_to_block_mask
+        except ImportError:
+            index_to_block_mask = None
+        t1 = time.perf_counter()
+        if index_to_block_mask is not None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            export = index_to_block_mask(idx, 0, None)
+            qf, kf, vf = flex_permute(export, q, k, v)
+            fa = _FLEX_FN.setdefault("fn", torch.compile(flex_attention, dynamic=False))
+            opts = {"BLOCK_M": kb.B, "BLOCK_N": kb.B} if kb.B < 128 else None
+
+            def fn():
+                return fa(qf, kf, vf, block_mask=export.block_mask, enable_gqa=export.gqa, kernel_options=opts)
+
+            o = flex_sparse_attention(q, k, v, export, flex_fn=fa, kernel_options=opts)
+            row["flex_vs_mmi_error"] = float((o[rows].float() - out[rows].float()).norm() / out[rows].float().norm())
+            row["flex_via"] = "mmi_kernels.flex_export"
+        elif row["pattern"] == "mix":
+            return
+        else:
+            fn = kb.flex_runner(q, k, v, idx, keeps[0].q_order, keeps[0].k_order)
+            fn()
+            row["flex_via"] = "kernel_bench.flex_runner"
+        torch.cuda.synchronize()
+        row["flex_compile_s"] = time.perf_counter() - t1
+        row["flex_ms"] = lb.cuda_ms(fn, args.reps)
+    except Exception as e:  # recorded, the run goes on
+        row["flex_error"] = repr(e)[:300]
+
+
+def flashinfer_row(row: dict[str, Any], q, k, v, idx, out, rows, args) -> None:
+    """FlashInfer's BlockSparseAttentionWrapper on the index's block part (`mmi_kernels.flashinfer_backend`)."""
+    try:
+        from mmi_kernels.flashinfer_backend import FlashInferBlockSparse, flashinfer_available
+
+        ok, why = flashinfer_available()
+        if not ok:
+            row["flashinfer_error"] = f"unavailable: {why}"[:300]
+            return
+        fb = FlashInferBlockSparse()
+        fb.plan(idx, head_dim=kb.D, dtype=q.dtype, scale=1 / math.sqrt(kb.D))
+        o = fb.run(q, k, v)
+        row["flashinfer_vs_mmi_error"] = float((o[rows].float() - out[rows].float()).norm() / out[rows].float().norm())
+        row["flashinfer_ms"] = lb.cuda_ms(lambda: fb.run(q, k, v), args.reps)
+    except Exception as e:  # recorded, the run goes on
+        row["flashinfer_error"] = repr(e)[:300]
+
+
+_FLEX_FN: dict[str, Any] = {}
 
 
 def layer_row(store: Store, n: int, pattern: str, args, out: Path) -> None:
@@ -290,8 +342,9 @@ def speedup_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for b in DENSE:
             if (b, r["n"]) in dense:
                 s[f"speedup_vs_{b}"] = dense[(b, r["n"])] / r["ms"]
-        if "flex_ms" in r:
-            s["speedup_vs_flex"] = r["flex_ms"] / r["ms"]
+        for other in ("flex", "flashinfer"):
+            if f"{other}_ms" in r:
+                s[f"speedup_vs_{other}"] = r[f"{other}_ms"] / r["ms"]
         out.append(s)
     return out
 
@@ -409,18 +462,13 @@ def write_tables(store: Store, out: Path) -> list[Path]:
     ctx = store.data["context"]
     lines = ["# mmi GPU suite", "", f"- device: {ctx['gpu']}", f"- date: {ctx['date']}"]
     lines += [f"- versions: torch {ctx['torch']}, triton {ctx['triton']}, cuda {ctx['cuda']}, cudnn {ctx['cudnn']}"]
-    lines += [f"- geometry: {ctx['geometry']}", "", "| model | pattern | tokens | density | ms | TFLOP/s tiles |"
-              " vs SDPA flash | vs cuDNN | vs Flex | recall | out err |", "|" + "---|" * 11]  # fmt: skip
+    cols = ["tile_density", "ms", "tflops_on_tiles", "speedup_vs_sdpa_flash", "speedup_vs_cudnn", "speedup_vs_flex"]
+    cols += ["speedup_vs_flashinfer", "recall_mean", "output_error_mean"]
+    head = "density | ms | TFLOP/s tiles | vs SDPA flash | vs cuDNN | vs Flex | vs FlashInfer | recall | out err"
+    lines += [f"- geometry: {ctx['geometry']}", "", f"| model | pattern | tokens | {head} |", "|" + "---|" * 12]
     for r in speedup_rows(store.data["rows"]):
-
-        def f(k: str, r: dict[str, Any] = r) -> str:
-            return f"{r[k]:.3g}" if k in r else "-"
-
-        lines.append(
-            f"| {r['model']} | {r['label']} | {r['n']} | {f('tile_density')} | {f('ms')} | {f('tflops_on_tiles')} | "
-            f"{f('speedup_vs_sdpa_flash')} | {f('speedup_vs_cudnn')} | {f('speedup_vs_flex')} | {f('recall_mean')} | "
-            f"{f('output_error_mean')} |"
-        )
+        vals = [f"{r[k]:.3g}" if k in r else "-" for k in cols]
+        lines.append(f"| {r['model']} | {r['label']} | {r['n']} | " + " | ".join(vals) + " |")
     path = out / "bench_gpu.md"
     path.write_text("\n".join(lines) + "\n")
     return [*paths, path]
@@ -493,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--heads", default="28,4", help="query,kv heads (smaller for a CPU dry run)")
     ap.add_argument("--no-flex", dest="flex", action="store_false")
+    ap.add_argument("--no-flashinfer", dest="flashinfer", action="store_false")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     hq, hkv = (int(x) for x in args.heads.split(","))
@@ -501,7 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.lengths) <= kb.TEXT_PREFIX + 2 * max(MODELS[m]["tpf"] for m in args.models):
         ap.error(f"lengths must exceed the {kb.TEXT_PREFIX}-token text prefix plus two frames")
     store = run(args)
-    paths = write_tables(store, args.out) + plots(store, args.out)
+    paths = write_tables(store, args.out)
+    try:
+        paths += plots(store, args.out)
+    except ImportError as e:  # the GPU machine's system python may lack matplotlib: the data is written already
+        log(f"no PNG plots ({e}); redraw later with tools/bench_gpu.py on a machine with matplotlib")
     log("wrote " + ", ".join(str(p) for p in [store.path, *paths]))
     return 0
 
