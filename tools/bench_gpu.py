@@ -379,7 +379,8 @@ def plots(store: Store, out: Path) -> list[Path]:
             ax.set_xlabel("tokens")
             ax.set_ylabel("kernel speedup (x)")
             ax.set_title(f"{m} ({MODELS.get(m, {}).get('tpf', '?')} tokens/frame)", fontsize=8)
-            ax.legend(fontsize=5)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=5)
         fig.suptitle(f"sparse kernel vs dense attention, same length\n{label}", fontsize=8)
         fig.tight_layout()
         paths.append(out / "kernel_speedup_vs_length.png")
@@ -397,7 +398,8 @@ def plots(store: Store, out: Path) -> list[Path]:
         ax.set_xlabel("density (kept / causal pairs, sampled rows)")
         ax.set_ylabel("attention recall")
         ax.set_title(f"recall vs density (kernel rows: random q/k; layer: synthetic video)\n{label}", fontsize=7)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
         fig.tight_layout()
         paths.append(out / "recall_vs_density.png")
         fig.savefig(paths[-1], dpi=110)
