@@ -19,6 +19,7 @@ from mmi_core.estimation import (
 )
 from mmi_core.head_configs import SCHEMA_VERSION, ConfigError, HeadConfigs, HeadSpec, LayerConfig
 from mmi_core.latency import CostModel, LatencySource, pattern_family
+from mmi_core.boundary import boundary_selection, modality_last_rows
 from mmi_core.layer import estimate_layer_selections, mmi_attention_reference
 from mmi_core.layout import LayoutError, Modality, ModalityLayout, Segment, VisualGrid
 from mmi_core.metrics import attention_recall, density, output_error, sample_rows
@@ -92,6 +93,8 @@ __all__ = [
     "estimate_block_sparse",
     "estimate_grid",
     "estimate_layer_selections",
+    "boundary_selection",
+    "modality_last_rows",
     "estimate_stride_phase",
     "estimate_vertical_slash",
     "grid_permutation",

@@ -11,8 +11,10 @@ Rules:
   ``lines`` of the group's first Grid head). A dense head makes the whole group dense. A group mixing
   Grid heads with identity-order patterns (VS, A-shape, block-sparse) cannot share one permutation, so it runs per
   query head (each head keeps its own selection; Grid heads still share the pooled stride/phase).
-- **Temporary rule (until issue #7):** heads with boundary ``"q"`` or ``"2d"`` are estimated and executed with their
-  head ``pattern`` over the whole sequence, ignoring ``by_modality``/``by_pair``.
+- Heads with boundary ``"q"`` or ``"2d"`` get one `Selection` each from `mmi_core.boundary.boundary_selection`
+  (per-modality / per-pair estimation, modality-permuted orders; see that module). In a ``"group"`` KV head they
+  join the union only when every member shares their orders (otherwise each head keeps its own selection); an
+  all-dense boundary head is dense like a `Dense` head.
 - ``n_q == 0`` (nothing to compute): every entry is ``None``.
 """
 
@@ -22,6 +24,7 @@ from collections import defaultdict
 
 import torch
 
+from mmi_core.boundary import boundary_selection
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -88,7 +91,9 @@ def estimate_layer_selections(
         return [None] * hq
     lc = head_configs.layers[layer]
     g = hq // hkv
-    patterns: list[PatternConfig] = [spec.pattern for spec in lc.heads]  # boundary q/2d: temporary rule (#7)
+    boundary = {h for h, spec in enumerate(lc.heads) if spec.boundary in ("q", "2d")}
+    # boundary heads are estimated below by mmi_core.boundary; Dense() here keeps them out of the pattern dispatch
+    patterns: list[PatternConfig] = [Dense() if h in boundary else spec.pattern for h, spec in enumerate(lc.heads)]
 
     # last-query scores once for the layer, only for the heads that use them, with the longest last_q they ask for;
     # probs[row_of[h]] are head h's scores
@@ -105,6 +110,8 @@ def estimate_layer_selections(
         return slice(max(probs.shape[1] - cfg.last_q, 0), None)
 
     sel: list[Selection | None] = [None] * hq
+    for h in sorted(boundary):
+        sel[h] = boundary_selection(q[:, h : h + 1], k[:, h // g : h // g + 1], layout, lc.heads[h], scale=scale)
 
     # heads sharing one config are estimated in one batched call
     by_cfg: dict[PatternConfig, list[int]] = defaultdict(list)
@@ -164,7 +171,7 @@ def estimate_layer_selections(
         if lc.gqa[j] != "group":
             continue
         group = list(range(j * g, (j + 1) * g))
-        if any(isinstance(patterns[h], Dense) for h in group):
+        if any(isinstance(patterns[h], Dense) and (h not in boundary or sel[h] is None) for h in group):
             for h in group:
                 sel[h] = None
             continue

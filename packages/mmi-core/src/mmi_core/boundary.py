@@ -1,0 +1,164 @@
+"""Q-boundary and 2D-boundary heads (MMInference's inter-modality patterns) as ONE `Selection` per head.
+
+Semantics (the reference every kernel-side twin is tested against):
+
+- Modalities TEXT, IMAGE and VIDEO are distinct. ``prefix = n_k - n_q`` cached tokens come first; query row ``i`` is
+  original position ``prefix + i``. Causality is always on original positions (the `Selection` rule).
+- **Sub-problem of a query modality m.** Let ``e`` be the end (exclusive, original position) of m's last segment that
+  holds query rows. m's parameters are estimated on the truncated sequence ``[0, e)`` (queries ``[prefix, e)``), with
+  the pattern's ``last_q`` clamped to the number of query rows of that last segment, so the last-query scores come
+  only from rows **of modality m** (fewer than 64 rows work; one row works). Block-sparse patterns score the whole
+  truncated chunk (their estimate is per query block anyway). The sub-selection ``S_m`` is built by the ordinary
+  builders on ``(e - prefix, e)``; since every m row lies before ``e``, it covers all of them against all keys
+  (keys at or after ``e`` are non-causal for them).
+- **Transfer:** parameters are global positions (columns, diagonal offsets, grid stride/phase/lines, top blocks), so
+  a selection estimated in the last video segment applies to every video row, earlier segments included (the
+  paper's observation). Text parameters are applied only to text rows and never to vision rows (each modality has
+  its own sub-problem).
+- **Q-boundary** (``boundary == "q"``): rows of modality m keep the pairs of ``S_m`` with m's pattern
+  ``spec.for_query(m)``, against all keys.
+- **2D-boundary** (``boundary == "2d"``): rows of m keep, for each key modality n, the pairs of the sub-selection of
+  pattern ``spec.for_pair(m, n)`` restricted to keys of modality n (pairs mapped to one pattern share one estimate).
+  Limitation: the per-pair estimate scores m's last rows against **all** keys and then restricts to n's keys; it
+  does not renormalise inside n.
+- A modality with **no query rows** in the chunk has nothing to compute and no rule applies (its keys stay
+  available to the other modalities' rows, as keys). Dense patterns give all causal pairs of their rows (and keys).
+- **One head = one Selection.** The union of the groups' pairs is rounded onto ONE selection whose query and key
+  orders are `modality_permutation` of the chunk and of the keys (all text, then image, then video, each in
+  original order): a pair from a sub-selection's *blocks* keeps the tile of the new orders that holds it, a pair
+  from a sub-selection's *columns* stays a single column of its new query block. So every query block runs ONE
+  online softmax across all key modalities (no outputs merged afterwards), and the existing kernel, index
+  (`SlotKeep` takes any q/k order and block set) and wrapper execute boundary heads unchanged. The rounding only
+  adds pairs: ``keep_mask`` of the result is a superset of every group's pairs and every kept tile holds one.
+- **A modality whose rows are fewer than one block** is estimated from its rows like any other; in the modality
+  order its rows share a query block with the neighbouring modality's rows, and that block keeps the union of both
+  groups' tiles (a superset, never a loss).
+- Not done yet: the Grid permutation inside video for Grid pairs (a Grid sub-selection is rounded to modality-order
+  tiles, which is correct but denser than the Grid head alone).
+
+Memory: ``O(n_q · n_k)`` bool pair masks (reference only; kernels use the index twins).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmi_core.layout import Modality, ModalityLayout
+from mmi_core.patterns import Dense, Grid, PatternConfig, VerticalSlash
+from mmi_core.permutation import modality_permutation
+from mmi_core.selection import Selection, dense_selection, keep_mask
+
+__all__ = ["boundary_selection", "modality_last_rows"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def modality_last_rows(layout: ModalityLayout, n_q: int) -> dict[Modality, tuple[int, int]]:
+    """For each modality with query rows among the last ``n_q`` tokens: ``(e, rows)`` = end (exclusive original
+    position) of its last segment holding query rows, and that segment's number of query rows (>= 1)."""
+    prefix = layout.num_tokens - n_q
+    out: dict[Modality, tuple[int, int]] = {}
+    for s in layout.segments:
+        if s.end > prefix and s.length > 0:
+            out[s.modality] = (s.end, s.end - max(s.start, prefix))
+    return out
+
+
+def _truncate(layout: ModalityLayout, end: int) -> ModalityLayout:
+    """The layout's first ``end`` tokens; ``end`` must be a segment end (so no segment is cut)."""
+    return ModalityLayout(end, tuple(s for s in layout.segments if s.end <= end))
+
+
+def _sub_selection(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    layout: ModalityLayout,
+    cfg: PatternConfig,
+    end: int,
+    rows: int,
+    block: int,
+    scale: float | None,
+) -> Selection:
+    """Selection of one query modality's sub-problem (module docstring) on ``(end - prefix, end)``.
+    q [n_q, 1, D], k [n_k, 1, D] of one head."""
+    from mmi_core.head_configs import HeadConfigs  # local: layer -> boundary -> layer would cycle at import
+    from mmi_core.layer import estimate_layer_selections
+
+    prefix = layout.num_tokens - q.shape[0]
+    n_q_sub = end - prefix
+    if isinstance(cfg, Dense):
+        return dense_selection(n_q_sub, end, block)
+    if isinstance(cfg, VerticalSlash | Grid):
+        cfg = cfg.model_copy(update={"last_q": min(cfg.last_q, rows)})
+    hc = HeadConfigs.uniform(1, 1, 1, cfg)
+    sel = estimate_layer_selections(q[:n_q_sub], k[:end], _truncate(layout, end), hc, 0, scale=scale)[0]
+    return sel if sel is not None else dense_selection(n_q_sub, end, block)
+
+
+def _parts(sel: Selection) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pairs from blocks, pairs from columns) of ``sel``, bool [n_q, n_k] original order, causal."""
+    from_blocks = keep_mask(Selection(sel.block, sel.q_perm, sel.k_perm, sel.blocks, None))
+    if sel.columns is None:
+        return from_blocks, torch.zeros_like(from_blocks)
+    empty = torch.zeros_like(sel.blocks)
+    return from_blocks, keep_mask(Selection(sel.block, sel.q_perm, sel.k_perm, empty, sel.columns))
+
+
+def boundary_selection(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    layout: ModalityLayout,
+    spec: object,
+    *,
+    scale: float | None = None,
+) -> Selection | None:
+    """The `Selection` of one boundary head (``spec.boundary`` in ``"q"``, ``"2d"``), per the module docstring.
+
+    ``q [n_q, 1, D]``, ``k [n_k, 1, D]`` (one query head and its KV head), token-major, any float dtype; ``layout``
+    covers the ``n_k`` keys. ``spec`` is a `HeadSpec`. Returns ``None`` (dense) when every pattern is dense, or
+    when ``n_q == 0``. Raises ValueError for another boundary kind or inconsistent shapes.
+    """
+    from mmi_core.head_configs import HeadSpec
+
+    if not isinstance(spec, HeadSpec) or spec.boundary not in ("q", "2d"):
+        raise ValueError(f"boundary_selection needs a HeadSpec with boundary 'q' or '2d', got {spec!r}")
+    if q.dim() != 3 or k.dim() != 3 or q.shape[1] != 1 or k.shape[1] != 1:
+        raise ValueError(f"q and k must be [tokens, 1, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    n_q, n_k = q.shape[0], k.shape[0]
+    if layout.num_tokens != n_k or n_q > n_k:
+        raise ValueError(f"layout has {layout.num_tokens} tokens, k {n_k}, q {n_q}: need layout == k >= q")
+    if n_q == 0 or spec.is_dense:
+        return None
+    block = spec.block or 64
+    prefix = n_k - n_q
+    qmod = layout.token_modalities()[prefix:]
+    kmod = layout.token_modalities()
+    pair_b = torch.zeros(n_q, n_k, dtype=torch.bool)
+    pair_c = torch.zeros(n_q, n_k, dtype=torch.bool)
+    for m, (end, rows) in modality_last_rows(layout, n_q).items():
+        if spec.boundary == "q":
+            targets = {spec.for_query(m): torch.ones(n_k, dtype=torch.bool)}
+        else:
+            targets = {}
+            for n in layout.modalities():
+                p = spec.for_pair(m, n)
+                targets[p] = targets.get(p, torch.zeros(n_k, dtype=torch.bool)) | (kmod == int(n))
+        row_mask = qmod[: end - prefix] == int(m)
+        for cfg, key_mask in targets.items():
+            sub = _sub_selection(q, k, layout, cfg, end, rows, block, scale)
+            fb, fc = _parts(sub)  # [end - prefix, end]
+            pair_b[: end - prefix, :end] |= fb & row_mask[:, None] & key_mask[None, :end]
+            pair_c[: end - prefix, :end] |= fc & row_mask[:, None] & key_mask[None, :end]
+    pos = torch.arange(n_k)
+    pair_b |= pos[None, :] == (prefix + torch.arange(n_q))[:, None]  # every row keeps its own position
+    qp = modality_permutation(layout, prefix, n_k)
+    kp = modality_permutation(layout)
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    pb = pair_b[qp.order][:, kp.order]
+    pb = torch.nn.functional.pad(pb, (0, nkb * block - n_k, 0, nqb * block - n_q))
+    blocks = pb.view(nqb, block, nkb, block).any(dim=3).any(dim=1)
+    pc = torch.nn.functional.pad(pair_c[qp.order][:, kp.order], (0, 0, 0, nqb * block - n_q))
+    columns = pc.view(nqb, block, n_k).any(dim=1)
+    return Selection(block, qp, kp, blocks, columns)
