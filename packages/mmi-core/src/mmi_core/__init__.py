@@ -7,6 +7,7 @@ original positions); `sparse_attention_reference` computes attention on it; metr
 Depends only on torch, numpy and pydantic.
 """
 
+from mmi_core.boundary import boundary_selection, modality_last_rows
 from mmi_core.budgets import pattern_for_density
 from mmi_core.estimation import (
     estimate_block_sparse,
@@ -19,7 +20,6 @@ from mmi_core.estimation import (
 )
 from mmi_core.head_configs import SCHEMA_VERSION, ConfigError, HeadConfigs, HeadSpec, LayerConfig
 from mmi_core.latency import CostModel, LatencySource, pattern_family
-from mmi_core.boundary import boundary_selection, modality_last_rows
 from mmi_core.layer import estimate_layer_selections, mmi_attention_reference
 from mmi_core.layout import LayoutError, Modality, ModalityLayout, Segment, VisualGrid
 from mmi_core.metrics import attention_recall, density, output_error, sample_rows
@@ -86,6 +86,7 @@ __all__ = [
     "assemble_head_configs",
     "attention_recall",
     "block_sparse_selection",
+    "boundary_selection",
     "check_qkv",
     "dense_attention_reference",
     "dense_selection",
@@ -93,8 +94,6 @@ __all__ = [
     "estimate_block_sparse",
     "estimate_grid",
     "estimate_layer_selections",
-    "boundary_selection",
-    "modality_last_rows",
     "estimate_stride_phase",
     "estimate_vertical_slash",
     "grid_permutation",
@@ -105,6 +104,7 @@ __all__ = [
     "keep_mask",
     "last_query_scores",
     "mmi_attention_reference",
+    "modality_last_rows",
     "modality_permutation",
     "output_error",
     "paper_search_space",
