@@ -177,7 +177,10 @@ def estimate_layer_selections(
             continue
         members = [sel[h] for h in group]
         assert all(s is not None for s in members)
-        if _same_orders(members):  # type: ignore[arg-type]
+        # boundary heads (modality orders) join a union only with boundary heads: decided from the configs alone,
+        # like mmi_kernels.estimate.layer_slots, even where a text-only layout makes the orders coincide
+        mixed = 0 < sum(h in boundary for h in group) < len(group)
+        if not mixed and _same_orders(members):  # type: ignore[arg-type]
             u = union_selections(members)  # type: ignore[arg-type]
             for h in group:
                 sel[h] = u

@@ -18,7 +18,8 @@ from collections import defaultdict
 
 import torch
 
-from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, PatternConfig, VerticalSlash
+from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, HeadSpec, PatternConfig, VerticalSlash
+from mmi_core.boundary import boundary_selection
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -52,16 +53,27 @@ def layer_block(head_configs: HeadConfigs, layer: int) -> int | None:
     return blocks.pop() if blocks else None
 
 
+def _is_boundary(spec: HeadSpec) -> bool:
+    return spec.boundary in ("q", "2d")
+
+
+def _is_dense(spec: HeadSpec) -> bool:
+    """Dense head: a boundary head whose patterns are all dense, or any other head whose pattern is `Dense`."""
+    return spec.is_dense if _is_boundary(spec) else isinstance(spec.pattern, Dense)
+
+
 def layer_slots(head_configs: HeadConfigs, layer: int) -> list[tuple[int, int]]:
     """``(first_query_head, num_heads)`` of every head slot of ``layer``, in query-head order."""
     lc = head_configs.layers[layer]
     g = head_configs.group_size
     slots: list[tuple[int, int]] = []
     for j, mode in enumerate(lc.gqa):
-        pats = [lc.heads[h].pattern for h in range(j * g, (j + 1) * g)]
-        dense = any(isinstance(p, Dense) for p in pats)
-        grids = sum(isinstance(p, Grid) for p in pats)
-        if mode == "group" and (dense or grids in (0, g)):
+        specs = [lc.heads[h] for h in range(j * g, (j + 1) * g)]
+        dense = any(_is_dense(s) for s in specs)
+        # execution orders from the configs: boundary heads use modality orders, Grid heads grid orders, the rest
+        # identity; a group executes together only when all its members share one kind (or one member is dense)
+        kinds = {"boundary" if _is_boundary(s) else "grid" if isinstance(s.pattern, Grid) else "id" for s in specs}
+        if mode == "group" and (dense or len(kinds) == 1):
             slots.append((j * g, g))
         else:
             slots += [(h, 1) for h in range(j * g, (j + 1) * g)]
@@ -121,15 +133,18 @@ def estimate_layer_keeps(
     chunk: int = STATS_CHUNK,
 ) -> list[SlotKeep]:
     """One request's keep sets, one per slot of `layer_slots`. ``q [n_q, Hq, D]`` (the request's queries, the last
-    n_q of its keys), ``k [n_k, Hkv, D]`` on the layout tensors' device. Boundary kinds 'q'/'2d' follow mmi_core's
-    temporary rule (the head pattern over the whole sequence)."""
+    n_q of its keys), ``k [n_k, Hkv, D]`` on the layout tensors' device. Boundary kinds 'q'/'2d' are built by
+    `mmi_core.boundary.boundary_selection` on host copies of the head's q/k (a host sync and O(n_q·n_k) host memory
+    per boundary head: not yet a GPU planner) and carried as a `SlotKeep` with modality orders."""
     n_q, hq = q.shape[0], q.shape[1]
     n_k, hkv = k.shape[0], k.shape[1]
     if lt.layout.num_tokens != n_k:
         raise ValueError(f"layout has {lt.layout.num_tokens} tokens but k has {n_k}")
     lc = head_configs.layers[layer]
     g = hq // hkv
-    patterns: list[PatternConfig] = [spec.pattern for spec in lc.heads]
+    boundary = {h for h, spec in enumerate(lc.heads) if _is_boundary(spec)}
+    # as in mmi_core.layer: boundary heads leave the pattern dispatch (Dense() placeholder) and are built below
+    patterns: list[PatternConfig] = [Dense() if h in boundary else spec.pattern for h, spec in enumerate(lc.heads)]
     block = layer_block(head_configs, layer) or 64
     dev = q.device
 
@@ -140,6 +155,23 @@ def estimate_layer_keeps(
             stats[p.last_q] = last_query_stats(q, k, p.last_q, scale=scale, chunk=chunk)
 
     keep: list[SlotKeep | None] = [None] * hq
+    for h in sorted(boundary):
+        if lc.heads[h].is_dense:
+            continue  # its slot is dense
+        if n_q == 0:
+            keep[h] = dense_keep(n_q, n_k, block, dev)  # nothing to compute
+            continue
+        sel = boundary_selection(
+            q[:, h : h + 1].cpu(), k[:, h // g : h // g + 1].cpu(), lt.layout, lc.heads[h], scale=scale
+        )
+        assert sel is not None
+        kp = SlotKeep.from_selection(sel)
+        keep[h] = SlotKeep(
+            kp.q_order.to(dev),
+            kp.k_order.to(dev),
+            kp.blocks.to(dev),
+            None if kp.column_ids is None else kp.column_ids.to(dev),
+        )
     by_cfg: dict[PatternConfig, list[int]] = defaultdict(list)
     for h, p in enumerate(patterns):
         by_cfg[p].append(h)
@@ -193,7 +225,7 @@ def estimate_layer_keeps(
     out: list[SlotKeep] = []
     for first, count in layer_slots(head_configs, layer):
         heads = range(first, first + count)
-        if any(isinstance(patterns[h], Dense) for h in heads):
+        if any(_is_dense(lc.heads[h]) for h in heads):
             out.append(dense_keep(n_q, n_k, block, dev))
         else:
             out.append(union_keeps([keep[h] for h in heads]))  # type: ignore[misc]
