@@ -34,6 +34,9 @@ BS = BlockSparse(top_k=2, block=B)
 QB = HeadSpec(boundary="q", pattern=AS, by_modality={"video": GR, "text": VS, "image": BS})
 D2 = HeadSpec(boundary="2d", pattern=VS, by_pair={"video->video": GR, "text->video": BS, "video->text": AS})
 DENSE_Q = HeadSpec(boundary="q", pattern=Dense())
+# no Grid for video rows: plain modality orders, so two of them share one executing group
+QV = HeadSpec(boundary="q", pattern=AS, by_modality={"text": VS, "image": BS})
+D2V = HeadSpec(boundary="2d", pattern=VS, by_pair={"video->video": BS, "video->text": AS})
 
 MIXED = {
     "t_i_v_t_v_t": ModalityLayout.from_parts(
@@ -51,8 +54,9 @@ MIXED = {
 
 
 def _configs() -> HeadConfigs:
-    """8 q heads / 4 kv heads: a boundary group, a boundary+VS group (split), a mixed 'head' KV head, a dense one."""
-    heads = [QB, D2, QB, HeadSpec(pattern=VS), D2, HeadSpec(pattern=GR), DENSE_Q, QB]
+    """8 q heads / 4 kv heads: a boundary group (modality orders), a boundary(Grid video)+VS group (split), a mixed
+    'head' KV head, a group with an all-dense boundary head (dense slot)."""
+    heads = [QV, D2V, QB, HeadSpec(pattern=VS), D2, HeadSpec(pattern=GR), DENSE_Q, QB]
     return HeadConfigs(
         num_layers=1,
         num_q_heads=8,
@@ -63,6 +67,10 @@ def _configs() -> HeadConfigs:
 
 def test_layer_slots_split_boundary_from_other_orders() -> None:
     assert layer_slots(_configs(), 0) == [(0, 2), (2, 1), (3, 1), (4, 1), (5, 1), (6, 2)]
+    two_grid_video = HeadConfigs(
+        num_layers=1, num_q_heads=2, num_kv_heads=1, layers=[LayerConfig(heads=[QB, D2], gqa=["group"])]
+    )
+    assert layer_slots(two_grid_video, 0) == [(0, 1), (1, 1)]  # each has its own grid orders
 
 
 @pytest.mark.parametrize("name", list(MIXED))

@@ -33,8 +33,11 @@ Semantics (the reference every kernel-side twin is tested against):
 - **A modality whose rows are fewer than one block** is estimated from its rows like any other; in the modality
   order its rows share a query block with the neighbouring modality's rows, and that block keeps the union of both
   groups' tiles (a superset, never a loss).
-- Not done yet: the Grid permutation inside video for Grid pairs (a Grid sub-selection is rounded to modality-order
-  tiles, which is correct but denser than the Grid head alone).
+- **Grid inside video:** when video rows use a Grid pattern (Q: ``for_query(VIDEO)``; 2D: ``for_pair(VIDEO,
+  VIDEO)``), video rows and video keys keep that estimate's grid order inside the modality order (the Grid
+  sub-selection's permutations: every token after the last video segment is non-video, so they extend unchanged).
+  Otherwise each modality keeps original order (`modality_permutation`). Other pairs' pairs are rounded onto these
+  orders like any others.
 
 Memory: ``O(n_q · n_k)`` bool pair masks (reference only; kernels use the index twins).
 """
@@ -45,10 +48,10 @@ import torch
 
 from mmi_core.layout import Modality, ModalityLayout
 from mmi_core.patterns import Dense, Grid, PatternConfig, VerticalSlash
-from mmi_core.permutation import modality_permutation
+from mmi_core.permutation import Permutation
 from mmi_core.selection import Selection, dense_selection, keep_mask
 
-__all__ = ["boundary_selection", "modality_last_rows"]
+__all__ = ["boundary_selection", "modality_last_rows", "uses_grid_order"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -97,6 +100,25 @@ def _sub_selection(
     return sel if sel is not None else dense_selection(n_q_sub, end, block)
 
 
+def uses_grid_order(spec: object) -> bool:
+    """True when a boundary head's video rows use a Grid pattern, so its orders depend on the estimate (such heads
+    never share an executing GQA group; see `mmi_core.layer`)."""
+    from mmi_core.head_configs import HeadSpec
+
+    if not isinstance(spec, HeadSpec) or spec.boundary not in ("q", "2d"):
+        return False
+    video = Modality.VIDEO
+    return isinstance(spec.for_query(video) if spec.boundary == "q" else spec.for_pair(video, video), Grid)
+
+
+def _grouped(base: torch.Tensor, modality: torch.Tensor, offset: int) -> Permutation:
+    """``base`` (int64 [n] an order of the n tokens) stably grouped by modality (int [n], original index): text,
+    image, video, each keeping its order in ``base``. With the identity base this is `modality_permutation`."""
+    n = base.numel()
+    rank = modality[base].to(torch.int64) * max(n, 1) + torch.arange(n)
+    return Permutation(base[torch.argsort(rank)], offset)
+
+
 def _parts(sel: Selection) -> tuple[torch.Tensor, torch.Tensor]:
     """(pairs from blocks, pairs from columns) of ``sel``, bool [n_q, n_k] original order, causal."""
     from_blocks = keep_mask(Selection(sel.block, sel.q_perm, sel.k_perm, sel.blocks, None))
@@ -137,6 +159,7 @@ def boundary_selection(
     kmod = layout.token_modalities()
     pair_b = torch.zeros(n_q, n_k, dtype=torch.bool)
     pair_c = torch.zeros(n_q, n_k, dtype=torch.bool)
+    q_base, k_base = torch.arange(n_q), torch.arange(n_k)  # orders inside each modality (grid order for video)
     for m, (end, rows) in modality_last_rows(layout, n_q).items():
         if spec.boundary == "q":
             targets = {spec.for_query(m): torch.ones(n_k, dtype=torch.bool)}
@@ -148,13 +171,18 @@ def boundary_selection(
         row_mask = qmod[: end - prefix] == int(m)
         for cfg, key_mask in targets.items():
             sub = _sub_selection(q, k, layout, cfg, end, rows, block, scale)
+            video_cfg = spec.for_query(m) if spec.boundary == "q" else spec.for_pair(m, Modality.VIDEO)
+            if m == Modality.VIDEO and isinstance(cfg, Grid) and cfg == video_cfg:
+                # video rows and keys take this Grid estimate's order; every token after `end` is non-video
+                q_base = torch.cat([sub.q_perm.order.cpu(), torch.arange(end - prefix, n_q)])
+                k_base = torch.cat([sub.k_perm.order.cpu(), torch.arange(end, n_k)])
             fb, fc = _parts(sub)  # [end - prefix, end]
             pair_b[: end - prefix, :end] |= fb & row_mask[:, None] & key_mask[None, :end]
             pair_c[: end - prefix, :end] |= fc & row_mask[:, None] & key_mask[None, :end]
     pos = torch.arange(n_k)
     pair_b |= pos[None, :] == (prefix + torch.arange(n_q))[:, None]  # every row keeps its own position
-    qp = modality_permutation(layout, prefix, n_k)
-    kp = modality_permutation(layout)
+    qp = _grouped(q_base, qmod, prefix)
+    kp = _grouped(k_base, kmod, 0)
     nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
     pb = pair_b[qp.order][:, kp.order]
     pb = torch.nn.functional.pad(pb, (0, nkb * block - n_k, 0, nqb * block - n_q))

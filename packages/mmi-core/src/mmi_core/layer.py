@@ -13,8 +13,9 @@ Rules:
   query head (each head keeps its own selection; Grid heads still share the pooled stride/phase).
 - Heads with boundary ``"q"`` or ``"2d"`` get one `Selection` each from `mmi_core.boundary.boundary_selection`
   (per-modality / per-pair estimation, modality-permuted orders; see that module). In a ``"group"`` KV head they
-  join the union only when every member shares their orders (otherwise each head keeps its own selection); an
-  all-dense boundary head is dense like a `Dense` head.
+  join the union only when every member is a boundary head, none of them uses Grid for video rows
+  (`uses_grid_order`), and the orders agree (otherwise each head keeps its own selection); an all-dense boundary
+  head is dense like a `Dense` head.
 - ``n_q == 0`` (nothing to compute): every entry is ``None``.
 """
 
@@ -24,7 +25,7 @@ from collections import defaultdict
 
 import torch
 
-from mmi_core.boundary import boundary_selection
+from mmi_core.boundary import boundary_selection, uses_grid_order
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -179,7 +180,8 @@ def estimate_layer_selections(
         assert all(s is not None for s in members)
         # boundary heads (modality orders) join a union only with boundary heads: decided from the configs alone,
         # like mmi_kernels.estimate.layer_slots, even where a text-only layout makes the orders coincide
-        mixed = 0 < sum(h in boundary for h in group) < len(group)
+        # (and never when a boundary head's video rows use Grid: its orders come from its own estimate)
+        mixed = 0 < sum(h in boundary for h in group) < len(group) or any(uses_grid_order(lc.heads[h]) for h in group)
         if not mixed and _same_orders(members):  # type: ignore[arg-type]
             u = union_selections(members)  # type: ignore[arg-type]
             for h in group:

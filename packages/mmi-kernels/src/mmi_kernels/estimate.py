@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 
 from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, HeadSpec, PatternConfig, VerticalSlash
-from mmi_core.boundary import boundary_selection
+from mmi_core.boundary import boundary_selection, uses_grid_order
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -73,7 +73,8 @@ def layer_slots(head_configs: HeadConfigs, layer: int) -> list[tuple[int, int]]:
         # execution orders from the configs: boundary heads use modality orders, Grid heads grid orders, the rest
         # identity; a group executes together only when all its members share one kind (or one member is dense)
         kinds = {"boundary" if _is_boundary(s) else "grid" if isinstance(s.pattern, Grid) else "id" for s in specs}
-        if mode == "group" and (dense or len(kinds) == 1):
+        own_orders = any(uses_grid_order(s) for s in specs)  # boundary heads whose video orders are their own Grid's
+        if mode == "group" and (dense or (len(kinds) == 1 and not own_orders)):
             slots.append((j * g, g))
         else:
             slots += [(h, 1) for h in range(j * g, (j + 1) * g)]
