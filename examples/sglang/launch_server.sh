@@ -8,7 +8,7 @@ HC=${2:?head-config JSON (mmi-search output), or "" to use the model family defa
 shift 2
 [ -n "$HC" ] && export MMI_HEAD_CONFIGS=$HC
 export MMI_INNER_BACKEND=${MMI_INNER_BACKEND:-triton}   # stock backend for decode, text and short extends
-export MMI_MIN_SEQ_LEN=${MMI_MIN_SEQ_LEN:-8192}         # sparse only for long multimodal extends
+export MMI_MIN_SEQ_LEN=${MMI_MIN_SEQ_LEN:-65536}        # sparse only for long multimodal extends
 # Hybrid form: mmi for prefill, a stock backend for decode (CUDA graphs stay with the stock backend).
 # `--attention-backend mmi` alone works too (decode is delegated to MMI_INNER_BACKEND).
 exec python -m sglang.launch_server --model-path "$MODEL" \

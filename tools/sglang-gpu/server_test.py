@@ -51,7 +51,8 @@ left = lambda: a.budget_s - (time.time() - T0)
 os.makedirs(a.out, exist_ok=True)
 res = {"argv": sys.argv, "variants": {}}
 
-MMI_ENV = {"MMI_TIMING": "1", "MMI_LOG_INTERVAL_S": "0"}
+# the thresholds of the 2026-11-22 runs (then the defaults): every long extend goes sparse, so the backend is measured
+MMI_ENV = {"MMI_TIMING": "1", "MMI_LOG_INTERVAL_S": "0", "MMI_MIN_SEQ_LEN": "8192", "MMI_MIN_CHUNK_TOKENS": "64"}
 hc = lambda name: {"MMI_HEAD_CONFIGS": os.path.join(a.head_configs, name)}
 VARIANTS = {  # label -> (attention flags, extra environment)
     "stock": (["--attention-backend", "triton"], {}),

@@ -72,9 +72,13 @@ class MMIServeConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     head_configs: str | None = None
     inner_backend: str | None = None
-    min_seq_len: int = Field(8192, ge=1)
+    # Measured on an H200 (2026-11-22, docs/layer/NOTES.md): online estimation costs a fixed ~70-90 ms per layer, so
+    # sparse attention beat the stock Triton backend on a 98K-token full prefill (208 vs 366 ms per layer) but lost
+    # on 8K-token chunks of a 25K-token prompt (68 ms per layer vs the stock's few ms). Until estimation is fused,
+    # only long sequences and large chunks go sparse by default.
+    min_seq_len: int = Field(65536, ge=1)
     min_visual_tokens: int = Field(1024, ge=0)
-    min_chunk_tokens: int = Field(64, ge=1)
+    min_chunk_tokens: int = Field(16384, ge=1)
     sparse_impl: Literal["auto", "kernels", "reference"] = "auto"
     enabled: bool = True
     log_interval_s: float = Field(60.0, ge=0.0)
