@@ -108,7 +108,7 @@ def test_grid_group_shares_one_stride_and_phase():
     assert mixed[0] is not mixed[1] and mixed[1].k_perm.is_identity
 
 
-def test_block_sparse_and_boundary_q_uses_head_pattern():
+def test_boundary_q_head_applies_its_modality_pattern():
     bs = BlockSparse(top_k=2, block=B)
     q, k, _v = _qkv(90)
     spec_q = HeadSpec(boundary="q", pattern=bs, by_modality={"video": AShape(block=B)})
@@ -120,7 +120,10 @@ def test_block_sparse_and_boundary_q_uses_head_pattern():
     )
     same = q[:, :1].expand(-1, 2, -1).contiguous()  # two identical heads
     sels = estimate_layer_selections(same, k[:, :1], LAYOUT, hc, 0)
-    assert torch.equal(keep_mask(sels[0]), keep_mask(sels[1]))  # temporary rule until issue #7
+    video = LAYOUT.token_modalities()[-same.shape[0] :] == 2
+    a, b = keep_mask(sels[0]), keep_mask(sels[1])
+    assert not torch.equal(a[video], b[video])  # video rows follow by_modality["video"] (A-shape), not block-sparse
+    assert a[video].sum() > b[video].sum()
 
 
 def test_zero_queries_and_bad_inputs():
