@@ -21,7 +21,7 @@ from mmi_core import (
     search_layer,
     synthetic_workload,
 )
-from mmi_core.search import PAPER_VS_PAIRS
+from mmi_core.search import PAPER_VS_PAIRS, boundary_executed
 
 BLOCK = 32
 KINDS = ("grid", "grid", "vertical_slash", "vertical_slash")
@@ -129,8 +129,10 @@ def test_paper_space_lists_the_paper_candidates():
 def test_bad_spaces_and_arguments_raise_clearly(workload):
     with pytest.raises(ValueError, match="empty search space"):
         SearchSpace(candidates=())
-    with pytest.raises(ValueError, match=r"not executed by mmi_core\.layer"):
-        SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
+    assert boundary_executed("q")  # issue 7 landed: boundary 'q' is executed, so it can be searched
+    SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
+    with pytest.raises(ValueError, match="'2d' is not searched yet"):
+        SearchSpace(candidates=(Dense(),), boundaries=("none", "2d"))
     with pytest.raises(ValueError, match="mix block sizes"):
         SearchSpace(candidates=(AShape(block=32), AShape(block=64)))
     w = workload
@@ -153,15 +155,9 @@ def test_cost_model_prices_tiles_and_dense():
 
 
 @pytest.mark.slow
-def test_boundary_q_only_when_the_layer_executes_it(workload, monkeypatch):
-    from mmi_core import search as search_mod
-
+def test_boundary_q_stage(workload):
     w = workload
     assert len({int(m) for m in w.layout.token_modalities()}) > 1  # text and video query rows
-    if not search_mod.boundary_executed("q"):
-        with pytest.raises(ValueError, match="not executed"):
-            SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
-        monkeypatch.setattr(search_mod, "boundary_executed", lambda kind: True)  # exercise the q stage anyway
     cands = _space().candidates[:4]  # Grid and three vertical-slash budgets: enough for modalities to differ
     space = SearchSpace(candidates=cands, boundaries=("none", "q"), gqa=("head",))
     base = search_layer(
