@@ -31,22 +31,10 @@ __all__ = [
 def dense_request(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal attention with the queries at the end of the keys (lower-right causal), SDPA in q's dtype.
 
-    q [n_q, Hq, D], k/v [n_k, Hkv, D] -> [n_q, Hq, D]."""
-    n_q, hq, _ = q.shape
-    n_k, hkv, _ = k.shape
-    g = hq // hkv
-    qh = q.transpose(0, 1).unsqueeze(0)
-    kh = k.transpose(0, 1).repeat_interleave(g, dim=0).unsqueeze(0)
-    vh = v.transpose(0, 1).repeat_interleave(g, dim=0).unsqueeze(0)
-    if n_q == n_k:
-        o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
-    else:
-        from torch.nn.attention.bias import causal_lower_right
+    q [n_q, Hq, D], k/v [n_k, Hkv, D] -> [n_q, Hq, D]. The same call the kernels' wrapper makes for dense requests."""
+    from mmi_kernels.wrapper import dense_causal_attention  # lazy: importing mmi_sglang must not import triton
 
-        o = torch.nn.functional.scaled_dot_product_attention(
-            qh, kh, vh, attn_mask=causal_lower_right(n_q, n_k), scale=scale
-        )
-    return o.squeeze(0).transpose(0, 1)
+    return dense_causal_attention(q, k, v, scale)
 
 
 def reference_available() -> bool:
