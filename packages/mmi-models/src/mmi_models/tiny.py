@@ -152,20 +152,7 @@ def _qwen2_5_vl(path: Path) -> None:
     )
 
     tokenizer, ids = _build_tokenizer(_QWEN_SPECIALS, _QWEN_CHAT_TEMPLATE)
-    text = dict(
-        vocab_size=_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        tie_word_embeddings=False,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    text = _qwen_text(ids, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
     vision = dict(
         depth=2,
         hidden_size=32,
@@ -181,10 +168,7 @@ def _qwen2_5_vl(path: Path) -> None:
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_qwen_ids(ids),
         tie_word_embeddings=False,
     )
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
@@ -199,10 +183,7 @@ def _qwen2_5_vl(path: Path) -> None:
         video_processor=video_processor,
         chat_template=_QWEN_CHAT_TEMPLATE,
     )
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    _save(model, processor, ids, path)
 
 
 def _qwen_text(ids: dict[str, int], **extra: object) -> dict[str, object]:
