@@ -181,6 +181,8 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
         sparse_attention_fn(q, k, v, index_box[0], scale=scale)
 
     reps = args.reps
+    if args.profile:
+        profile_parts(out.parent / f"profile_{n}.txt", est, build)
     row["estimate_ms"] = cuda_ms(est, reps)
     row["index_ms"] = cuda_ms(build, reps)
     row["kernel_ms"] = cuda_ms(kern, reps)
@@ -209,6 +211,8 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
     torch.cuda.empty_cache()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if args.no_dense:
+        return
     dense_reps = 1 if n >= 512 * 1024 else reps
     backends = (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))
     if not torch.cuda.is_available():
@@ -227,6 +231,25 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
         torch.cuda.empty_cache()
 
 
+def profile_parts(path: Path, *parts) -> None:
+    """torch.profiler tables (by CUDA time and by CPU time) of one warm call of each part, for finding overheads."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for fn in parts:
+        fn()  # warm
+    torch.cuda.synchronize()
+    lines = []
+    for fn in parts:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        ka = prof.key_averages()
+        lines += [f"== {fn.__name__}: by device time", ka.table(sort_by="self_device_time_total", row_limit=25)]
+        lines += [f"== {fn.__name__}: by CPU time", ka.table(sort_by="cpu_time_total", row_limit=25)]
+    path.write_text("\n".join(lines))
+    log(f"  profile -> {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -237,6 +260,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--heads", default="28,4", help="query,kv heads")
+    ap.add_argument("--profile", action="store_true", help="also write torch.profiler tables of estimate/index")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense baselines")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     global HQ, HKV
