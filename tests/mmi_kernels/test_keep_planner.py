@@ -105,7 +105,66 @@ def test_identity_order_keeps_equal_mmi_core(n_q, n_k, block) -> None:
     assert_same_keep(keep, sel)
 
 
-def test_last_query_stats_chunked_matches_exact() -> None:
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+@pytest.mark.parametrize("start_frac", [0.0, 0.3, 0.97])
+def test_grid_order_closed_form_equals_mmi_core(layout_name, start_frac) -> None:
+    """The sort-free order from a device stride/phase equals mmi_core's permutation for every stride and phase."""
+    from mmi_core import grid_permutation
+    from mmi_kernels.keep_planner import grid_order
+
+    layout = LAYOUTS[layout_name]
+    lt = LayoutTensors(layout, "cpu")
+    n = layout.num_tokens
+    start = int(start_frac * n)
+    for stride in (2, 3, 7, 16, 17, 40, n + 3):
+        for phase in sorted({0, 1, stride // 2, stride - 1}):
+            ref = grid_permutation(layout, stride, phase, start=start).order
+            got = grid_order(lt, torch.tensor(stride), torch.tensor(phase), start)
+            assert torch.equal(got, ref), (stride, phase)
+            assert torch.equal(grid_order(lt, stride, phase, start), ref)
+
+
+@pytest.mark.parametrize("cfg", [Grid(stride=8, block=16, local=1, sink=4), Grid(stride=8, block=32, hline=False)])
+def test_grid_keep_tensor_stride_equals_int_stride(cfg) -> None:
+    layout = LAYOUTS["two_videos"]
+    lt = LayoutTensors(layout, "cpu")
+    n_q = layout.num_tokens - 20
+    sel = grid_selection(layout, n_q, cfg, 14, [5, 2])
+    assert_same_keep(grid_keep(lt, n_q, cfg, torch.tensor(14), torch.tensor([5, 2])), sel)
+
+
+@pytest.mark.parametrize(
+    "n_q,n_k,hq,hkv,d,last_q,dtype",
+    [
+        (300, 333, 4, 2, 64, 64, torch.float32),
+        (20, 517, 6, 3, 80, 64, torch.float32),  # fewer rows than last_q, head_dim not a power of two
+        (1, 70, 2, 2, 32, 64, torch.float32),  # one row
+        (100, 100, 2, 1, 128, 7, torch.bfloat16),
+    ],
+)
+def test_last_query_stats_triton_matches_mmi_core(n_q, n_k, hq, hkv, d, last_q, dtype) -> None:
+    """The Triton statistics kernel (interpreter on CPU) vs mmi_core's scores: fp32 rounding only."""
+    from mmi_kernels.last_query import last_query_stats_triton
+
+    g = torch.Generator().manual_seed(n_k)
+    q = torch.randn(n_q, hq, d, generator=g).to(dtype)
+    k = torch.randn(n_k, hkv, d, generator=g).to(dtype)
+    p = last_query_scores(q, k, last_q)
+    v_ref, s_ref = vertical_slash_scores(p)
+    got = last_query_stats_triton(q, k, last_q)
+    torch.testing.assert_close(got.vertical, v_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.slash, s_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.log_mean, grid_key_scores(p), rtol=1e-5, atol=1e-4)
+    assert last_query_stats_triton(q, k, last_q, need_slash=False).slash is None
+    with pytest.raises(ValueError, match="do not fit"):
+        last_query_stats_triton(q, k[:, :, :-1], last_q)
+    with pytest.raises(ValueError, match="last_q"):
+        last_query_stats_triton(q, k, 0)
+
+
+def test_last_query_stats_chunked_matches_exact(monkeypatch) -> None:
+    """The PyTorch path (CPU without the interpreter): chunked two-pass statistics equal the one-shot ones."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the dispatch reads it per call
     g = torch.Generator().manual_seed(0)
     q = torch.randn(50, 4, 16, generator=g)
     k = torch.randn(130, 2, 16, generator=g)

@@ -363,20 +363,28 @@ def estimate_stride_phase(
 
 
 def estimate_grid(
-    key_scores: torch.Tensor, layout: ModalityLayout, cfg: Grid, first_row: int
+    key_scores: torch.Tensor,
+    layout: ModalityLayout,
+    cfg: Grid,
+    first_row: int,
+    *,
+    masks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid parameters for ``U`` units sharing ``cfg``: `grid_stride_candidates`, `grid_key_mask` (estimation rows
     start at position ``first_row``) and `estimate_stride_phase` with the layout's tokens per frame as the default.
 
-    ``key_scores [U, n_k]``: `grid_key_scores` of each unit (a GQA group: the mean over its heads). Returns int64
-    ``(stride [U], residues [U, cfg.lines])``. A layout without video keys skips the search: the default stride (or
-    the first candidate) and residues ``0 … lines-1``. Raises ValueError when the candidates are empty.
+    ``key_scores [U, n_k]``: `grid_key_scores` of each unit (a GQA group: the mean over its heads). ``masks``: the
+    `grid_key_mask` pair for ``first_row`` if the caller keeps it (on the scores' device; engines ask every layer).
+    Returns int64 ``(stride [U], residues [U, cfg.lines])`` on the scores' device, without a host read. A layout
+    without video keys skips the search: the default stride (or the first candidate) and residues ``0 … lines-1``.
+    Raises ValueError when the candidates are empty.
     """
-    fold, neutral = grid_key_mask(layout, first_row)
     cands = grid_stride_candidates(layout, cfg)
-    if not bool(fold.any()):  # a CPU mask from the layout, not a device sync
+    # every video segment carries a grid, so "some key is folded" is a fact of the layout, not of a device mask
+    if not any(s.length for s in layout.segments_of(Modality.VIDEO)):
         u, dev = key_scores.shape[0], key_scores.device
         fixed = layout.tokens_per_frame if layout.tokens_per_frame in cands else cands[0]
         stride = torch.full((u,), fixed, dtype=torch.int64, device=dev)
         return stride, torch.arange(cfg.lines, device=dev).remainder(stride[:, None])
+    fold, neutral = masks if masks is not None else grid_key_mask(layout, first_row)
     return estimate_stride_phase(key_scores, fold, cands, cfg.lines, neutral=neutral, default=layout.tokens_per_frame)

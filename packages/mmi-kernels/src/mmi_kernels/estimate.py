@@ -14,6 +14,7 @@ slot, as in mmi_core.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 
 import torch
@@ -38,6 +39,7 @@ from mmi_kernels.keep_planner import (
     union_keeps,
     vertical_slash_keep,
 )
+from mmi_kernels.last_query import last_query_stats_triton
 
 __all__ = ["estimate_layer_keeps", "last_query_stats", "layer_block", "layer_slots"]
 
@@ -82,20 +84,31 @@ def layer_slots(head_configs: HeadConfigs, layer: int) -> list[tuple[int, int]]:
 
 
 def last_query_stats(
-    q: torch.Tensor, k: torch.Tensor, last_q: int, *, scale: float | None = None, chunk: int = STATS_CHUNK
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q: torch.Tensor,
+    k: torch.Tensor,
+    last_q: int,
+    *,
+    scale: float | None = None,
+    chunk: int = STATS_CHUNK,
+    need_slash: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Statistics of the last-query softmax ``p [Hq, L, n_k]``: fp32 ``(vertical, slash, log_mean)``, each
-    ``[Hq, n_k]``: column sums, diagonal sums (`vertical_slash_scores`) and the per-key mean over rows of
-    ``log(max(p, 1e-30))`` (`grid_key_scores`, the Grid fold's input).
+    ``[Hq, n_k]``: column sums, diagonal sums (`vertical_slash_scores`; None unless ``need_slash``) and the per-key
+    mean over rows of ``log(max(p, 1e-30))`` (`grid_key_scores`, the Grid fold's input).
 
-    Exactly mmi_core's functions up to ``chunk`` keys; beyond, two passes over key chunks (row log-sum-exp, then the
-    three sums), equal to fp32 rounding, in O(Hq · L · chunk) memory.
+    On CUDA (and on a CPU under ``TRITON_INTERPRET=1``) two Triton launches for all heads
+    (`mmi_kernels.last_query`). Otherwise PyTorch: exactly mmi_core's functions up to ``chunk`` keys; beyond, two
+    passes over key chunks (row log-sum-exp, then the three sums), equal to fp32 rounding, in O(Hq · L · chunk) memory.
     """
+    if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        st = last_query_stats_triton(q, k, last_q, scale=scale, need_slash=need_slash)
+        return st.vertical, st.slash, st.log_mean
     n_q, hq, d = q.shape
     n_k, hkv, _ = k.shape
     if n_k <= chunk:
         probs = last_query_scores(q, k, last_q, scale=scale)
-        return (*vertical_slash_scores(probs), grid_key_scores(probs))
+        vertical, slash = vertical_slash_scores(probs)
+        return vertical, slash if need_slash else None, grid_key_scores(probs)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     n_last, g, dev = min(last_q, n_q), hq // hkv, q.device
     q_last = q[n_q - n_last :].float().reshape(n_last, hkv, g, d)
@@ -118,9 +131,10 @@ def last_query_stats(
         p = torch.exp(logp)
         vertical[:, a:b] = p.sum(1)
         log_mean[:, a:b] = logp.clamp_min(log_floor).mean(1)
-        offs = (rows[:, None] - torch.arange(a, b, device=dev)[None, :]).clamp(min=0)
-        slash.scatter_add_(1, offs.reshape(1, -1).expand(hq, -1), p.reshape(hq, -1))
-    return vertical, slash, log_mean
+        if need_slash:
+            offs = (rows[:, None] - torch.arange(a, b, device=dev)[None, :]).clamp(min=0)
+            slash.scatter_add_(1, offs.reshape(1, -1).expand(hq, -1), p.reshape(hq, -1))
+    return vertical, slash if need_slash else None, log_mean
 
 
 def estimate_layer_keeps(
@@ -149,11 +163,11 @@ def estimate_layer_keeps(
     block = layer_block(head_configs, layer) or 64
     dev = q.device
 
-    # last-query statistics per distinct last_q (heads use their own last rows)
-    stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    for p in patterns:
-        if isinstance(p, VerticalSlash | Grid) and p.last_q not in stats:
-            stats[p.last_q] = last_query_stats(q, k, p.last_q, scale=scale, chunk=chunk)
+    # last-query statistics per distinct last_q (heads use their own last rows); diagonal sums only for VS heads
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+    for lq in sorted({p.last_q for p in patterns if isinstance(p, VerticalSlash | Grid)}):
+        slash = any(isinstance(p, VerticalSlash) and p.last_q == lq for p in patterns)
+        stats[lq] = last_query_stats(q, k, lq, scale=scale, chunk=chunk, need_slash=slash)
 
     keep: list[SlotKeep | None] = [None] * hq
     for h in sorted(boundary):
@@ -183,7 +197,7 @@ def estimate_layer_keeps(
             for h in heads:
                 keep[h] = kp
         elif isinstance(cfg, VerticalSlash):
-            vertical, slash = (t[heads] for t in stats[cfg.last_q][:2])
+            vertical, slash = (t[heads] for t in stats[cfg.last_q][:2])  # type: ignore[index]
             forced_c = (idx < cfg.sink).expand(len(heads), n_k)
             forced_s = (idx < cfg.local).expand(len(heads), n_k)
             cols = stable_top(vertical, cfg.vertical, forced=forced_c, coverage=cfg.coverage)
@@ -211,17 +225,21 @@ def estimate_layer_keeps(
             cfg0 = patterns[heads[0]]
             assert isinstance(cfg0, Grid)
             by_cfg_grid[cfg0].append(u)
+        masks = lt.grid_fold_masks(first_row)
         for cfg0, us in by_cfg_grid.items():
             unit_scores = torch.stack(
                 [torch.stack([stats[patterns[h].last_q][2][h] for h in units[u]]).mean(0) for u in us]  # type: ignore[union-attr]
             )
-            stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row)
-            strides = stride.tolist()  # the permutation's shape depends on it: one host read per layer
+            # stride and residues stay on the device: the planner computes the permutation from them in closed form
+            stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row, masks=masks)
             for i, u in enumerate(us):
+                shared: dict[PatternConfig, SlotKeep] = {}  # heads of one unit with one config share one keep set
                 for h in units[u]:
                     cfg_h = patterns[h]
                     assert isinstance(cfg_h, Grid)
-                    keep[h] = grid_keep(lt, n_q, cfg_h, int(strides[i]), residues[i])
+                    if cfg_h not in shared:
+                        shared[cfg_h] = grid_keep(lt, n_q, cfg_h, stride[i], residues[i])
+                    keep[h] = shared[cfg_h]
 
     out: list[SlotKeep] = []
     for first, count in layer_slots(head_configs, layer):

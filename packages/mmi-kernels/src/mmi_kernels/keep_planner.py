@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from mmi_core import AShape, BlockSparse, Grid, Modality, ModalityLayout, VerticalSlash
+from mmi_core.estimation import grid_key_mask
 from mmi_kernels.index import SlotKeep
 
 __all__ = [
@@ -37,22 +38,35 @@ def _cdiv(a: int, b: int) -> int:
 
 
 class LayoutTensors:
-    """Per-token facts of one layout on a device, computed once per batch (plan time): video mask, segment id."""
+    """Per-token facts of one layout on a device, computed once per batch (plan time): video mask, segment bounds,
+    and the Grid fold's key masks per estimation start (`grid_fold_masks`, cached: every layer asks again)."""
 
     def __init__(self, layout: ModalityLayout, device: torch.device | str) -> None:
         self.layout = layout
         self.device = torch.device(device)
         n = layout.num_tokens
-        self.is_video = torch.zeros(n, dtype=torch.bool, device=self.device)
-        self.seg_id = torch.zeros(n, dtype=torch.int64, device=self.device)
+        seg_id = torch.zeros(n, dtype=torch.int64)
+        is_video = torch.zeros(n, dtype=torch.bool)
+        start = torch.zeros(n, dtype=torch.int64)
+        end = torch.zeros(n, dtype=torch.int64)
         for i, s in enumerate(layout.segments):
-            self.seg_id[s.start : s.end] = i
+            seg_id[s.start : s.end] = i
+            start[s.start : s.end] = s.start
+            end[s.start : s.end] = s.end
             if s.modality == Modality.VIDEO:
-                self.is_video[s.start : s.end] = True
+                is_video[s.start : s.end] = True
+        # built on the host and copied once: per-segment slice writes on a GPU would be one launch per segment
+        self.seg_id, self.is_video = seg_id.to(self.device), is_video.to(self.device)
+        self.segment_start, self.segment_end = start.to(self.device), end.to(self.device)
         self.video_segments = [(s.start, s.end) for s in layout.segments_of(Modality.VIDEO)]
-        self.segment_start = torch.zeros(n, dtype=torch.int64, device=self.device)
-        for s in layout.segments:
-            self.segment_start[s.start : s.end] = s.start
+        self._fold_masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def grid_fold_masks(self, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`mmi_core.grid_key_mask` of this layout for estimation rows starting at ``first_row``, on the device."""
+        if first_row not in self._fold_masks:
+            fold, neutral = grid_key_mask(self.layout, first_row)
+            self._fold_masks[first_row] = (fold.to(self.device), neutral.to(self.device))
+        return self._fold_masks[first_row]
 
 
 def _identity(n_q: int, n_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,36 +139,57 @@ def block_sparse_keep(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Te
     return SlotKeep(qo, ko, blocks | extra[:, :nkb])
 
 
-def grid_order(lt: LayoutTensors, stride: int, phase: int, start: int = 0) -> torch.Tensor:
-    """`mmi_core.grid_permutation(...).order` of tokens ``[start, n)`` on the layout's device (int64)."""
+def grid_order(
+    lt: LayoutTensors, stride: int | torch.Tensor, phase: int | torch.Tensor, start: int = 0
+) -> torch.Tensor:
+    """`mmi_core.grid_permutation(...).order` of tokens ``[start, n)`` on the layout's device (int64).
+
+    ``stride``/``phase`` may be 0-dim device tensors (an online estimate): the order is computed in closed form,
+    without a sort and without reading them on the host. Inside a video segment clipped to ``[a, b)``, the token at
+    ``p`` has class ``c = (p - phase) mod stride``; its new index is ``a`` + (tokens of classes ``< c``) + (its rank
+    in its class). A class ``c`` holds ``L // stride`` tokens plus one when ``(c - r0) mod stride < L mod stride``
+    (``L = b - a``, ``r0`` the first token's class), so the count below ``c`` is ``c · (L // stride)`` plus the
+    overlap of ``[0, c)`` with the cyclic run ``r0 … r0 + L mod stride - 1``."""
+    return _grid_inverse(lt, stride, phase, start)[1]
+
+
+def _grid_inverse(
+    lt: LayoutTensors, stride: int | torch.Tensor, phase: int | torch.Tensor, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inverse, order) of the grid order of tokens ``[start, n)``, both int64 ``[n - start]``, indices relative to
+    ``start``: ``order[inverse[i]] = i``."""
     n = lt.layout.num_tokens
-    order = torch.arange(start, n, device=lt.device)
-    for a0, b0 in lt.video_segments:
-        a, b = max(a0, start), b0
-        if a >= b:
-            continue
-        pos = torch.arange(a, b, device=lt.device)
-        key = torch.remainder(pos - phase, stride) * n + pos
-        order[a - start : b - start] = pos[torch.argsort(key)]
-    return order - start
+    p = torch.arange(start, n, device=lt.device)
+    a = torch.clamp(lt.segment_start[start:], min=start)
+    length = lt.segment_end[start:] - a
+    c = torch.remainder(p - phase, stride)
+    r0 = torch.remainder(a - phase, stride)
+    rem = torch.remainder(length, stride)
+    full = torch.div(length, stride, rounding_mode="floor")
+    # classes below c holding one extra token: [0, c) against the cyclic run r0 ... r0 + rem - 1 (wrapping past s)
+    extra = torch.clamp(torch.minimum(c, r0 + rem) - r0, min=0)
+    extra = extra + torch.clamp(torch.minimum(c, r0 + rem - stride), min=0)
+    rank = torch.div(p - a, stride, rounding_mode="floor")  # the class's tokens before p: one per stride step
+    inv = torch.where(lt.is_video[start:], a + c * full + extra + rank, p) - start
+    order = torch.empty_like(inv)
+    order[inv] = p - start
+    return inv, order
 
 
-def grid_keep(lt: LayoutTensors, n_q: int, cfg: Grid, stride: int, residues: torch.Tensor) -> SlotKeep:
-    """`mmi_core.grid_selection` for ``stride`` and kept lines ``residues`` (int [lines], ``[0]`` the phase)."""
+def grid_keep(lt: LayoutTensors, n_q: int, cfg: Grid, stride: int | torch.Tensor, residues: torch.Tensor) -> SlotKeep:
+    """`mmi_core.grid_selection` for ``stride`` (an int, or a 0-dim device tensor: no host read) and kept lines
+    ``residues`` (int [lines], ``[0]`` the phase)."""
     dev, b, n_k = lt.device, cfg.block, lt.layout.num_tokens
     res = residues.to(dev, torch.int64).flatten()
-    phase = int(res[0])  # the permutation itself depends on it: one small host read per (request, slot)
+    stride = stride.to(dev, torch.int64) if isinstance(stride, torch.Tensor) else stride
+    phase = res[0]
     prefix = n_k - n_q
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
-    ko = grid_order(lt, stride, phase, 0)
-    qo = grid_order(lt, stride, phase, prefix)
-    kinv = torch.empty_like(ko)
-    kinv[ko] = torch.arange(n_k, device=dev)
-    qinv = torch.empty_like(qo)
-    qinv[qo] = torch.arange(n_q, device=dev)
+    kinv, ko = _grid_inverse(lt, stride, phase, 0)
+    qo = _grid_inverse(lt, stride, phase, prefix)[1]
     pos = torch.arange(n_k, device=dev)
     big = n_k  # "no such key" position
-    on_line = lt.is_video & torch.isin(torch.remainder(pos, stride), torch.remainder(res, stride))
+    on_line = lt.is_video & (torch.remainder(pos, stride)[:, None] == torch.remainder(res, stride)[None, :]).any(1)
     kpos = ko  # original position at each key-permuted index
     kmin = torch.nn.functional.pad(kpos, (0, nkb * b - n_k), value=big).view(nkb, b).amin(1)
 
@@ -182,12 +217,14 @@ def grid_keep(lt: LayoutTensors, n_q: int, cfg: Grid, stride: int, residues: tor
     if cfg.slash:
         # first key-permuted index of each row's (segment, residue) class: its key index minus its rank in the class
         s0 = lt.segment_start[q_pos]
-        rank = (q_pos - s0) // stride  # keys of the class before the row's own: s0 + (q_pos - s0) % stride, ...
+        rank = torch.div(q_pos - s0, stride, rounding_mode="floor")  # the class's keys before the row's own
         lo = torch.where(lt.is_video[q_pos], (kinv[q_pos] - rank) // b, own)
-    diff = torch.zeros(nqb, nkb + 1, dtype=torch.int32, device=dev)
-    diff.index_put_((q_block, lo), torch.ones_like(lo, dtype=torch.int32), accumulate=True)
-    diff.index_put_((q_block, own + 1), -torch.ones_like(own, dtype=torch.int32), accumulate=True)
-    blocks |= diff.cumsum(1)[:, :nkb] > 0
+    # interval starts and ends per (query block, key block); integer sums, so the atomics are exact
+    diff = torch.zeros(nqb * (nkb + 1), dtype=torch.int32, device=dev)
+    ones = torch.ones_like(lo, dtype=torch.int32)
+    diff.scatter_add_(0, q_block * (nkb + 1) + lo, ones)
+    diff.scatter_add_(0, q_block * (nkb + 1) + own + 1, -ones)
+    blocks |= diff.view(nqb, nkb + 1).cumsum(1)[:, :nkb] > 0
     if cfg.local:
         owned = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
         owned[q_block, own] = True
@@ -197,12 +234,16 @@ def grid_keep(lt: LayoutTensors, n_q: int, cfg: Grid, stride: int, residues: tor
 
 
 def union_keeps(keeps: Sequence[SlotKeep]) -> SlotKeep:
-    """Union of keep sets that share permutations (a GQA group executing together)."""
-    first = keeps[0]
-    for kp in keeps[1:]:
+    """Union of keep sets that share permutations (a GQA group executing together). The same keep object listed
+    several times (a group whose heads share one estimate) is taken once, without comparing orders."""
+    unique = list({id(kp): kp for kp in keeps}.values())
+    first = unique[0]
+    if len(unique) == 1:
+        return first
+    for kp in unique[1:]:
         if not (torch.equal(kp.q_order, first.q_order) and torch.equal(kp.k_order, first.k_order)):
             raise ValueError("keeps of one executing group must share their permutations")
-    blocks = torch.stack([kp.blocks for kp in keeps]).any(0)
-    cols = [kp.column_ids for kp in keeps if kp.column_ids is not None]
+    blocks = torch.stack([kp.blocks for kp in unique]).any(0)
+    cols = [kp.column_ids for kp in unique if kp.column_ids is not None]
     column_ids = torch.cat(cols, dim=1) if cols else None  # duplicates are removed by the index builder
     return SlotKeep(first.q_order, first.k_order, blocks, column_ids)
