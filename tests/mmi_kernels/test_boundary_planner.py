@@ -1,7 +1,10 @@
-"""Boundary heads (Q and 2D) on the kernel side: estimate_layer_keeps vs mmi_core through the index (exact), and
+"""Boundary heads (Q and 2D) on the kernel side: estimate_layer_keeps vs mmi_core through the index (exact), the
+device planner `boundary_keep` vs `mmi_core.boundary.boundary_selection` head by head (exact, through the index), and
 SparsePrefillWrapper vs mmi_attention_reference on mixed text/image/video layouts."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -23,7 +26,9 @@ from mmi_core import (
     mmi_attention_reference,
     output_error,
 )
+from mmi_core.boundary import boundary_selection
 from mmi_kernels import LayoutTensors, SparsePrefillWrapper, estimate_layer_keeps, index_from_keeps, layer_slots
+from mmi_kernels.boundary_planner import boundary_keep
 from mmi_kernels.index import index_from_selections
 
 B = 16
@@ -106,3 +111,190 @@ def test_wrapper_on_mixed_layouts_matches_reference(monkeypatch) -> None:
     o = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), 0)
     ref = torch.cat([mmi_attention_reference(*t, lay, hc, 0) for *t, lay in zip(qs, ks, vs, layouts, strict=True)])
     assert output_error(o, ref) < 1e-5
+
+
+# --- boundary_keep (the device planner) vs mmi_core.boundary.boundary_selection, head by head, through the index ---
+
+
+def _planner_specs(b: int) -> dict[str, HeadSpec]:
+    vs = VerticalSlash(vertical=7, slash=4, last_q=20, sink=2, local=3, block=b)
+    vs_wide = VerticalSlash(vertical=40, slash=9, last_q=64, sink=5, local=1, block=b)
+    ashape = AShape(sink=b // 2, local=2 * b + 3, block=b)
+    bsp = BlockSparse(top_k=2, block=b)
+    grid_frame = Grid(stride="frame", last_q=20, sink=3, local=1, block=b)
+    grid_search = Grid(stride="search", max_stride=40, lines=2, hline=False, last_q=16, sink=0, local=0, block=b)
+    grid_lines = Grid(stride="frame", lines=3, vline=False, slash=True, hline=True, last_q=8, sink=5, local=2, block=b)
+    return {
+        "q_grid_vs_bs": HeadSpec(
+            boundary="q", pattern=ashape, by_modality={"video": grid_frame, "text": vs, "image": bsp}
+        ),
+        "q_search_dense_image": HeadSpec(
+            boundary="q", pattern=ashape, by_modality={"video": grid_search, "text": bsp, "image": Dense()}
+        ),
+        # video rows identity-ordered, text rows on a Grid (its video keys are grid-ordered in the sub only)
+        "q_text_grid": HeadSpec(boundary="q", pattern=vs_wide, by_modality={"video": ashape, "text": grid_lines}),
+        "2d_mixed": HeadSpec(
+            boundary="2d", pattern=vs, by_pair={"video->video": grid_frame, "text->video": bsp, "video->text": ashape}
+        ),
+        # several pairs to one pattern; video->image VS on grid-ordered video rows (scattered rows with columns)
+        "2d_shared": HeadSpec(
+            boundary="2d",
+            pattern=ashape,
+            by_pair={
+                "video->video": grid_lines,
+                "video->text": grid_lines,
+                "video->image": vs_wide,
+                "text->text": vs,
+                "text->image": vs,
+                "image->video": Dense(),
+            },
+        ),
+        # video rows identity-ordered; other Grids only inside their sub-problems
+        "2d_grid_elsewhere": HeadSpec(
+            boundary="2d",
+            pattern=bsp,
+            by_pair={"video->video": vs, "video->text": grid_search, "text->video": grid_frame, "text->text": Dense()},
+        ),
+        "2d_dense_default": HeadSpec(
+            boundary="2d", pattern=Dense(), by_pair={"video->video": grid_frame, "text->video": vs}
+        ),
+    }
+
+
+def _vg(frames: int, rows: int, cols: int, row_extra: int = 0) -> VisualGrid:
+    return VisualGrid(frames=frames, rows=rows, cols=cols, row_extra=row_extra)
+
+
+# (layout, block, prefixes): 2-5 segments, all modalities, modalities shorter than a block, text at the very end,
+# cached prefixes that cut a video segment or hide a whole modality
+PLANNER_LAYOUTS = {
+    "v_t": (ModalityLayout.from_parts([("video", _vg(3, 4, 8)), ("text", 40)]), 16, (0, 50)),
+    "t_i_v": (
+        ModalityLayout.from_parts([("text", 20), ("image", _vg(1, 4, 6)), ("video", _vg(5, 4, 8, 1))]),
+        16,
+        (0, 44),
+    ),
+    "i_t_v_t": (
+        ModalityLayout.from_parts([("image", _vg(1, 2, 3)), ("text", 50), ("video", _vg(4, 5, 6)), ("text", 3)]),
+        16,
+        (0, 56),  # 56: image and first text cached, rows are video + 3 text rows
+    ),
+    "t_v_t_i_v": (
+        ModalityLayout.from_parts(
+            [("text", 30), ("video", _vg(6, 4, 8)), ("text", 12), ("image", _vg(1, 6, 6)), ("video", _vg(8, 4, 8))]
+        ),
+        32,
+        (0, 101),
+    ),
+    "long_6seg": (
+        ModalityLayout.from_parts(
+            [
+                ("text", 100),
+                ("video", _vg(8, 8, 8)),
+                ("text", 40),
+                ("image", _vg(1, 8, 8)),
+                ("video", _vg(10, 8, 8)),
+                ("text", 60),
+            ]
+        ),
+        32,
+        (0, 700),
+    ),
+}
+
+PLANNER_CASES = [
+    (lay, spec, prefix)
+    for lay, (_, _, prefixes) in PLANNER_LAYOUTS.items()
+    for spec in _planner_specs(16)
+    for prefix in (prefixes if lay != "long_6seg" else prefixes[:1] if "q_" in spec else prefixes[1:])
+]
+
+
+def _planner_vs_reference(layout: ModalityLayout, spec: HeadSpec, block: int, prefix: int, seed: int) -> None:
+    n_k = layout.num_tokens
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n_k - prefix, 1, 16, generator=g)
+    k = torch.randn(n_k, 1, 16, generator=g)
+    try:
+        sel = boundary_selection(q, k, layout, spec, scale=0.3)
+    except ValueError as err:  # e.g. Grid stride 'frame' on a truncated chunk without video: the same error
+        with pytest.raises(ValueError, match=str(err)):
+            boundary_keep(q, k, LayoutTensors(layout, "cpu"), spec, scale=0.3)
+        return
+    keep = boundary_keep(q, k, LayoutTensors(layout, "cpu"), spec, scale=0.3)
+    assert (sel is None) == (keep is None)
+    if sel is None:
+        return
+    assert keep.blocks.shape == sel.blocks.shape
+    ref = index_from_selections([[sel]], num_q_heads=1, num_kv_heads=1)
+    got = index_from_keeps([[keep]], block=block, num_q_heads=1, num_kv_heads=1)
+    assert_same_index(got, ref)
+
+
+@pytest.mark.parametrize(("layout_name", "spec_name", "prefix"), PLANNER_CASES)
+def test_boundary_keep_equals_reference(layout_name: str, spec_name: str, prefix: int) -> None:
+    layout, block, _ = PLANNER_LAYOUTS[layout_name]
+    spec = _planner_specs(block)[spec_name]
+    _planner_vs_reference(layout, spec, block, prefix, seed=len(layout_name) * 1000 + prefix)
+
+
+def test_boundary_keep_dense_and_errors() -> None:
+    layout, block, _ = PLANNER_LAYOUTS["t_i_v"]
+    n = layout.num_tokens
+    lt = LayoutTensors(layout, "cpu")
+    q, k = torch.randn(n, 1, 8), torch.randn(n, 1, 8)
+    assert boundary_keep(q, k, lt, DENSE_Q) is None
+    assert boundary_keep(q[:0], k, lt, _planner_specs(block)["2d_mixed"]) is None
+    with pytest.raises(ValueError, match="boundary 'q' or '2d'"):
+        boundary_keep(q, k, lt, HeadSpec(pattern=VS))
+    with pytest.raises(ValueError, match=r"\[tokens, 1, D\]"):
+        boundary_keep(q.expand(n, 2, 8), k, lt, QB)
+    with pytest.raises(ValueError, match="layout has"):
+        boundary_keep(q, k[:-1], lt, QB)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["q", "2d"])
+def test_boundary_keep_linear_memory_at_200k_tokens(kind: str) -> None:
+    """200K tokens, block 128: the reference would hold two [n_q, n_k] bool masks (~80 GB); the planner needs
+    O(n + nqb·nkb). Measured 2026-11-22 on the shared CPU box (1 thread, torch 2.11): ~4 s (q), ~6 s (2d)."""
+    b = 128
+    vs = VerticalSlash(vertical=64, slash=32, last_q=64, sink=4, local=2, block=b)
+    grid = Grid(stride="frame", last_q=64, sink=64, local=1, block=b)
+    ashape = AShape(sink=128, local=1024, block=b)
+    spec = (
+        HeadSpec(
+            boundary="q",
+            pattern=ashape,
+            by_modality={"video": grid, "text": vs, "image": BlockSparse(top_k=4, block=b)},
+        )
+        if kind == "q"
+        else HeadSpec(boundary="2d", pattern=vs, by_pair={"video->video": grid, "text->video": ashape})
+    )
+    layout = ModalityLayout.from_parts(
+        [
+            ("text", 3000),
+            ("video", _vg(330, 16, 16)),
+            ("text", 2000),
+            ("image", _vg(1, 32, 32)),
+            ("video", _vg(430, 16, 16)),
+            ("text", 1500),
+        ]
+    )
+    n = layout.num_tokens
+    assert n >= 200_000
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(n, 1, 32, generator=g), torch.randn(n, 1, 32, generator=g)
+    start = time.perf_counter()
+    keep = boundary_keep(q, k, LayoutTensors(layout, "cpu"), spec)
+    elapsed = time.perf_counter() - start
+    assert keep is not None
+    nb = -(-n // b)
+    assert keep.blocks.shape == (nb, nb)
+    qinv = torch.empty_like(keep.q_order)
+    qinv[keep.q_order] = torch.arange(n)
+    kinv = torch.empty_like(keep.k_order)
+    kinv[keep.k_order] = torch.arange(n)
+    assert bool(keep.blocks[qinv // b, kinv // b].all())  # every row keeps its own position
+    assert keep.blocks.float().mean() < 0.1  # sparse, not a dense fallback
+    assert elapsed < 60, f"{elapsed:.1f} s"  # generous: 2 cores shared by 5 agents

@@ -1,0 +1,232 @@
+"""Q-boundary and 2D-boundary heads on the device: `mmi_core.boundary.boundary_selection` as a `SlotKeep`, in
+O(n_q + n_k + nqb·nkb) memory.
+
+`boundary_selection` (the specification, rules in its module docstring) ORs every group's (query, key) pairs into
+[n_q, n_k] masks and rounds them onto tiles of the head's modality-grouped orders. Here the sub-problems come from
+the GPU estimator (`estimate_layer_keeps` on the truncated sequence, the same rule as `_sub_selection`), and the
+rounding works on block-level quantities only. The one identity that makes it linear: a sub tile ``(QB, KB)`` keeps
+every causal pair of its rows and keys, so the final tile ``(X, Y)`` holds one of its (restricted) pairs iff
+
+    min position of KB's kept keys inside Y  <=  max position of QB's modality-m rows inside X.
+
+With ``pmax(QB, X)`` per (sub query block, final query block) incidence and ``kmin(KB, Y)`` per (sub key block,
+final key block) incidence (each token is in exactly one incidence, so there are at most n_q and n_k of them):
+
+    A[X, KB] = max over incidences (QB, X) with S[QB, KB] of pmax(QB, X)        [nqb, nkb_sub]
+    T[X, Y]  = OR over incidences (KB, Y) of kmin(KB, Y) <= A[X, KB]             [nqb, nkb]
+
+Incidences are grouped per final block into ``W`` slots (``W`` = the most distinct sub blocks one final block
+meets: 1–3 when the sub's order inside the modality agrees with the final one, up to ``block`` when it does not,
+e.g. identity-ordered keys against grid-ordered video keys); each slot is one [nqb, nkb] gather and max / compare, so
+work is O(W · nqb · nkb) and memory O(nqb · nkb). Sub columns become columns of every final block whose incident m
+rows reach them (``pos(c) <= pmax``); columns that fall inside the sub's kept blocks are not removed first: their
+pairs are block pairs, so the final tile holding them is kept and the index drops such columns anyway.
+
+Host reads per head: the two slot widths ``W`` per sub-problem (one ``.max()`` each), ``torch.unique`` of a sub's
+column lists when they differ between query blocks (one ``torch.equal`` decides; vertical-slash lists never do),
+plus what `estimate_layer_keeps` itself reads (Grid stride/phase, vertical-slash list lengths). None per token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, ModalityLayout, PatternConfig, VerticalSlash
+from mmi_core.boundary import modality_last_rows
+from mmi_kernels.index import SlotKeep
+from mmi_kernels.keep_planner import LayoutTensors, dense_keep
+
+__all__ = ["boundary_keep"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _inverse(order: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel(), device=order.device)
+    return inv
+
+
+def _sub_keep(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    layout: ModalityLayout,
+    cfg: PatternConfig,
+    end: int,
+    rows: int,
+    block: int,
+    scale: float | None,
+) -> SlotKeep:
+    """`mmi_core.boundary._sub_selection` on the device: the keep set of ``cfg`` on queries ``[prefix, end)`` and
+    keys ``[0, end)`` (sub coordinates = global ones: row i, key position c), ``last_q`` clamped to ``rows``."""
+    from mmi_kernels.estimate import estimate_layer_keeps  # local: estimate may dispatch boundary heads to us
+
+    prefix = layout.num_tokens - q.shape[0]
+    n_q_sub = end - prefix
+    if isinstance(cfg, Dense):
+        return dense_keep(n_q_sub, end, block, q.device)
+    if isinstance(cfg, VerticalSlash | Grid):
+        cfg = cfg.model_copy(update={"last_q": min(cfg.last_q, rows)})
+    sub_layout = ModalityLayout(end, tuple(s for s in layout.segments if s.end <= end))
+    hc = HeadConfigs.uniform(1, 1, 1, cfg)
+    lt = LayoutTensors(sub_layout, q.device)
+    return estimate_layer_keeps(q[:n_q_sub], k[:end], lt, hc, 0, scale=scale)[0]
+
+
+def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``ids`` / ``vals`` (int64 [R, B]): the distinct ids other than ``sentinel`` with their largest
+    (``largest``) or smallest value, compacted to ``[R, W]`` (W = most distinct ids of one row, >= 1; padding: id
+    ``sentinel``, value -1 for largest / ``vals.max() + 1``-like big for smallest). One host read (W)."""
+    by_val = torch.sort(vals, dim=1, descending=largest, stable=True).indices
+    ids, vals = ids.gather(1, by_val), vals.gather(1, by_val)
+    by_id = torch.sort(ids, dim=1, stable=True).indices  # best value first inside each id
+    ids, vals = ids.gather(1, by_id), vals.gather(1, by_id)
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    keep = first & (ids != sentinel)
+    compact = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept entries first, in id order
+    ids, vals, keep = ids.gather(1, compact), vals.gather(1, compact), keep.gather(1, compact)
+    width = max(int(keep.sum(1).max()), 1) if keep.numel() else 1
+    ids, vals, keep = ids[:, :width], vals[:, :width], keep[:, :width]
+    pad = -1 if largest else torch.iinfo(torch.int64).max
+    return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad)
+
+
+def _pad_view(x: torch.Tensor, block: int, value: int) -> torch.Tensor:
+    """int64 [n] -> [ceil(n / block), block], padded with ``value``."""
+    nb = _cdiv(x.numel(), block)
+    return torch.nn.functional.pad(x, (0, nb * block - x.numel()), value=value).view(nb, block)
+
+
+def _round_group(
+    sub: SlotKeep,
+    rows_ok: torch.Tensor,
+    key_mask: torch.Tensor,
+    qo: torch.Tensor,
+    ko: torch.Tensor,
+    kinv: torch.Tensor,
+    prefix: int,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One group's pairs rounded onto the final orders: (bool [nqb, nkb] tiles, int64 [nqb, C] final key-permuted
+    column ids with -1 padding, or None).
+
+    ``rows_ok`` bool [n_q]: the group's rows (modality m, inside the sub chunk); ``key_mask`` bool [n_k]: its keys;
+    ``qo`` / ``ko``: the final orders, ``kinv`` the inverse of ``ko``."""
+    dev, b = qo.device, block
+    n_q, n_k = qo.numel(), ko.numel()
+    n_q_sub, end = sub.q_order.numel(), sub.k_order.numel()
+    nqb_s, nkb_s = _cdiv(n_q_sub, b), _cdiv(end, b)
+    qs_inv = _inverse(sub.q_order.to(dev, torch.int64))
+    ks_inv = _inverse(sub.k_order.to(dev, torch.int64))
+
+    # (sub query block, final query block) incidences: max original position of the group's rows in both
+    r = _pad_view(qo, b, n_q)  # [nqb, b] query index at each final row
+    ok = (r < n_q) & rows_ok[r.clamp(max=n_q - 1)]
+    r_sub = r.clamp(max=n_q_sub - 1)
+    q_ids = torch.where(ok, qs_inv[r_sub] // b, nqb_s)
+    q_slot, q_pmax = _slots(q_ids, torch.where(ok, r + prefix, -1), nqb_s, largest=True)
+
+    # (sub key block, final key block) incidences: min position of the group's keys in both
+    c = _pad_view(ko, b, n_k)  # [nkb, b] key position at each final key index
+    ok = (c < end) & key_mask[c.clamp(max=n_k - 1)]
+    k_ids = torch.where(ok, ks_inv[c.clamp(max=end - 1)] // b, nkb_s)
+    big = torch.iinfo(torch.int64).max
+    k_slot, k_min = _slots(k_ids, torch.where(ok, c, big), nkb_s, largest=False)
+
+    s_ext = torch.zeros(nqb_s + 1, nkb_s, dtype=torch.bool, device=dev)  # row nqb_s: padding slots keep nothing
+    s_ext[:nqb_s] = sub.blocks.to(dev)
+    reach = torch.full((q_slot.shape[0], nkb_s), -1, dtype=torch.int64, device=dev)  # A[X, KB]
+    for w in range(q_slot.shape[1]):  # slots, not tokens: W <= block
+        reach = torch.maximum(reach, torch.where(s_ext[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
+    reach = torch.nn.functional.pad(reach, (0, 1), value=-1)  # column nkb_s: padding slots reach nothing
+    tiles = torch.zeros(q_slot.shape[0], k_slot.shape[0], dtype=torch.bool, device=dev)
+    for w in range(k_slot.shape[1]):
+        tiles |= reach.index_select(1, k_slot[:, w]) >= k_min[:, w][None, :]
+
+    if sub.column_ids is None or sub.column_ids.numel() == 0:
+        return tiles, None
+    cid = sub.column_ids.to(dev, torch.int64)
+    if torch.equal(cid, cid[:1].expand_as(cid)):  # one list for every query block (vertical-slash): no union needed
+        universe = cid[0]
+        member = torch.ones(nqb_s + 1, universe.numel(), dtype=torch.bool, device=dev)
+    else:
+        universe = torch.unique(cid[cid >= 0])  # host sync: output size
+        member = torch.zeros(nqb_s + 1, universe.numel(), dtype=torch.bool, device=dev)
+        rows = torch.arange(nqb_s, device=dev)[:, None].expand_as(cid)
+        valid = cid >= 0
+        member[rows[valid], torch.searchsorted(universe, cid[valid])] = True
+    member[nqb_s] = False
+    col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=torch.int64, device=dev)
+    for w in range(q_slot.shape[1]):
+        col_reach = torch.maximum(col_reach, torch.where(member[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
+    pos = sub.k_order.to(dev, torch.int64)[universe.clamp(min=0)]  # original position of each column
+    keep = (universe >= 0)[None, :] & key_mask[pos][None, :] & (pos[None, :] <= col_reach)
+    return tiles, torch.where(keep, kinv[pos][None, :].expand_as(keep), -1)
+
+
+def boundary_keep(
+    q: torch.Tensor, k: torch.Tensor, lt: LayoutTensors, spec: HeadSpec, *, scale: float | None = None
+) -> SlotKeep | None:
+    """`mmi_core.boundary.boundary_selection` of one boundary head as a `SlotKeep` on ``q``'s device.
+
+    ``q [n_q, 1, D]``, ``k [n_k, 1, D]`` (one query head and its KV head), token-major, any float dtype; ``lt`` the
+    layout tensors of the ``n_k`` keys (on ``q``'s device). ``index_from_keeps`` of the result equals
+    ``index_from_selections`` of the reference exactly. Returns None (dense) when every pattern is dense or
+    ``n_q == 0``. Raises ValueError for another boundary kind, inconsistent shapes or devices.
+    """
+    if not isinstance(spec, HeadSpec) or spec.boundary not in ("q", "2d"):
+        raise ValueError(f"boundary_keep needs a HeadSpec with boundary 'q' or '2d', got {spec!r}")
+    if q.dim() != 3 or k.dim() != 3 or q.shape[1] != 1 or k.shape[1] != 1:
+        raise ValueError(f"q and k must be [tokens, 1, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    layout = lt.layout
+    n_q, n_k = q.shape[0], k.shape[0]
+    if layout.num_tokens != n_k or n_q > n_k:
+        raise ValueError(f"layout has {layout.num_tokens} tokens, k {n_k}, q {n_q}: need layout == k >= q")
+    if q.device != k.device or lt.device != q.device:
+        raise ValueError(f"q, k and the layout tensors must share a device, got {q.device}, {k.device}, {lt.device}")
+    if n_q == 0 or spec.is_dense:
+        return None
+    dev = q.device
+    block = spec.block or 64
+    prefix = n_k - n_q
+    kmod = layout.token_modalities().to(dev)
+    qmod = kmod[prefix:]
+
+    # sub-problems first: a Grid estimate for video rows fixes the video order every group is rounded onto
+    groups: list[tuple[torch.Tensor, torch.Tensor, SlotKeep]] = []  # (rows_ok [n_q], key_mask [n_k], sub keep)
+    q_base, k_base = torch.arange(n_q, device=dev), torch.arange(n_k, device=dev)
+    for m, (end, rows) in modality_last_rows(layout, n_q).items():
+        if spec.boundary == "q":
+            targets = {spec.for_query(m): torch.ones(n_k, dtype=torch.bool, device=dev)}
+        else:
+            targets = {}
+            for n in layout.modalities():
+                p = spec.for_pair(m, n)
+                targets[p] = targets.get(p, torch.zeros(n_k, dtype=torch.bool, device=dev)) | (kmod == int(n))
+        rows_ok = (qmod == int(m)) & (torch.arange(n_q, device=dev) < end - prefix)
+        video_cfg = spec.for_query(m) if spec.boundary == "q" else spec.for_pair(m, Modality.VIDEO)
+        for cfg, key_mask in targets.items():
+            sub = _sub_keep(q, k, layout, cfg, end, rows, block, scale)
+            if m == Modality.VIDEO and isinstance(cfg, Grid) and cfg == video_cfg:
+                q_base = torch.cat([sub.q_order.to(dev, torch.int64), torch.arange(end - prefix, n_q, device=dev)])
+                k_base = torch.cat([sub.k_order.to(dev, torch.int64), torch.arange(end, n_k, device=dev)])
+            groups.append((rows_ok, key_mask, sub))
+
+    # final orders: text, image, video, each in its base order (stable sort by modality)
+    qo = q_base[torch.sort(qmod[q_base], stable=True).indices]
+    ko = k_base[torch.sort(kmod[k_base], stable=True).indices]
+    qinv, kinv = _inverse(qo), _inverse(ko)
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
+    columns: list[torch.Tensor] = []
+    for rows_ok, key_mask, sub in groups:
+        tiles, cols = _round_group(sub, rows_ok, key_mask, qo, ko, kinv, prefix, block)
+        blocks |= tiles
+        if cols is not None:
+            columns.append(cols)
+    rows = torch.arange(n_q, device=dev)
+    blocks[qinv // block, kinv[rows + prefix] // block] = True  # every row keeps its own position
+    return SlotKeep(qo, ko, blocks, torch.cat(columns, dim=1) if columns else None)
