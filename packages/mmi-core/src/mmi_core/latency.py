@@ -23,7 +23,8 @@ group-packed GQA execution are priced alike (only packed execution was measured)
 the absolute numbers, and the search compares candidates relative to each other and to dense, so the choice depends
 on rate *ratios* only.
 
-A `LatencySource` may instead time real kernels (mmi-models does so on CUDA); the search records ``describe()``.
+A search may instead time the real kernels (``mmi_models.search_cli.KernelTimer``, a `mmi_core.search.LayerEvaluator`,
+which splits a measured layer time over heads by `CostModel.priced_ms` shares); the search records ``describe()``.
 """
 
 from __future__ import annotations
@@ -113,19 +114,28 @@ class CostModel(BaseModel):
 
     def head_latency_ms(self, pattern: PatternConfig, selection: Selection | None, n_q: int, n_k: int, d: int) -> float:
         """Cost of one query head (ms). Raises TypeError for an unknown pattern."""
-        if selection is None:  # dense causal: n_q·n_k - n_q²/2 pairs, 4·D flops each
+        if selection is None:
+            return self.priced_ms(pattern, None, 0, 0, n_q, n_k, d)
+        tiles = int(selection.blocks.sum())
+        cols = int(selection.columns.sum()) if selection.columns is not None else 0
+        return self.priced_ms(pattern, selection.block, tiles, cols, n_q, n_k, d)
+
+    def priced_ms(
+        self, pattern: PatternConfig, block: int | None, tiles: int, columns: int, n_q: int, n_k: int, d: int
+    ) -> float:
+        """The formula of the module docstring from counts: ``tiles`` computed ``block × block`` tiles and ``columns``
+        kept (query block, key) columns of one head; ``block`` None = dense causal (``n_q·n_k - n_q²/2`` pairs).
+        Raises TypeError for an unknown pattern."""
+        if block is None:  # dense causal: n_q·n_k - n_q²/2 pairs, 4·D flops each
             pairs = n_q * n_k - n_q * (n_q - 1) / 2
             return 4.0 * d * pairs / (self.rates["dense"] * 1e12) * 1e3
         family = pattern_family(pattern)
         if family == "dense":  # a dense pattern that still got a selection (cannot happen through the layer API)
             family = "blocks"
-        b = selection.block
-        tiles = int(selection.blocks.sum())
-        cols = int(selection.columns.sum()) if selection.columns is not None else 0
-        flops = 4.0 * d * (tiles * b * b + cols * b)
+        flops = 4.0 * d * (tiles * block * block + columns * block)
         est_key = "a_shape" if isinstance(pattern, AShape) else family
         est = self.estimation_ms_at_128k.get(est_key, 0.0) * n_k / 131072
-        return flops / (self.rate(family, b) * 1e12) * 1e3 + est
+        return flops / (self.rate(family, block) * 1e12) * 1e3 + est
 
     def layer_latency_ms(
         self,

@@ -34,7 +34,8 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -45,12 +46,16 @@ from mmi_core.layer import estimate_layer_selections
 from mmi_core.layout import Modality, ModalityLayout
 from mmi_core.metrics import attention_recall, output_error, sample_rows
 from mmi_core.patterns import AShape, BlockSparse, Coverage, Dense, Grid, PatternConfig, VerticalSlash
-from mmi_core.reference import check_qkv, dense_attention_reference, sparse_attention_reference
+from mmi_core.reference import check_qkv, sparse_attention_reference
+from mmi_core.selection import keep_mask
 
 __all__ = [
     "PAPER_VS_PAIRS",
     "HeadChoice",
+    "LayerEvaluation",
+    "LayerEvaluator",
     "LayerSearchResult",
+    "ReferenceEvaluator",
     "SearchSpace",
     "assemble_head_configs",
     "boundary_executed",
@@ -96,6 +101,101 @@ def boundary_executed(kind: Literal["q", "2d"]) -> bool:
         return estimate_layer_selections(q, q, layout, hc, 0)[0] is not None
     except (ValueError, NotImplementedError):
         return False
+
+
+@dataclass(frozen=True)
+class LayerEvaluation:
+    """One layer configuration measured by a `LayerEvaluator`, on the sampled query rows.
+
+    out:        [rows, Hq, D] the configuration's attention output on the rows (any float dtype and device)
+    recall:     fp32 [Hq] mean over the rows of the dense causal softmax mass inside each head's keep set
+    latency_ms: one latency per query head
+    """
+
+    out: torch.Tensor
+    recall: torch.Tensor
+    latency_ms: list[float]
+
+
+class LayerEvaluator(Protocol):
+    """Runs one layer configuration (a one-layer `HeadConfigs`) on captured ``q [n_q, Hq, D]``, ``k, v [n_k, Hkv,
+    D]`` and reports output, recall and latency on the sampled ``rows`` (int64 query-row ids). `ReferenceEvaluator`
+    is mmi-core's (reference attention, a `LatencySource`); mmi-models' ``KernelTimer`` runs the real kernels.
+    ``row_keep_masks`` gives bool ``[rows, n_k]`` per query head (original order) for the report's pictures."""
+
+    name: str
+
+    def evaluate(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layout: ModalityLayout,
+        head_configs: HeadConfigs,
+        rows: torch.Tensor,
+        *,
+        scale: float | None = None,
+    ) -> LayerEvaluation: ...
+
+    def row_keep_masks(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        layout: ModalityLayout,
+        head_configs: HeadConfigs,
+        rows: torch.Tensor,
+        *,
+        layer: int = 0,
+        scale: float | None = None,
+    ) -> list[torch.Tensor]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class ReferenceEvaluator:
+    """mmi-core's evaluation: `estimate_layer_selections` (the same online estimation as at run time; its Grid
+    builder holds an ``n_q × n_k`` mask, so this is for short inputs), `sparse_attention_reference` and
+    `attention_recall` on the rows (fp32), latency from ``latency`` (default `CostModel()`)."""
+
+    def __init__(self, latency: LatencySource | None = None) -> None:
+        self.latency: LatencySource = latency if latency is not None else CostModel()
+        self.name = self.latency.name
+
+    def evaluate(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layout: ModalityLayout,
+        head_configs: HeadConfigs,
+        rows: torch.Tensor,
+        *,
+        scale: float | None = None,
+    ) -> LayerEvaluation:
+        sels = estimate_layer_selections(q, k, layout, head_configs, 0, scale=scale)
+        out = sparse_attention_reference(q, k, v, sels, scale=scale, rows=rows)
+        rec = attention_recall(q, k, sels, scale=scale, rows=rows)
+        patterns = [spec.pattern for spec in head_configs.layers[0].heads]
+        return LayerEvaluation(out, rec, self.latency.layer_latency_ms(q, k, v, layout, patterns, sels))
+
+    def row_keep_masks(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        layout: ModalityLayout,
+        head_configs: HeadConfigs,
+        rows: torch.Tensor,
+        *,
+        layer: int = 0,
+        scale: float | None = None,
+    ) -> list[torch.Tensor]:
+        n_q, n_k = q.shape[0], k.shape[0]
+        causal = torch.arange(n_k)[None, :] <= (rows.cpu() + n_k - n_q)[:, None]
+        sels = estimate_layer_selections(q, k, layout, head_configs, layer, scale=scale)
+        return [causal if s is None else keep_mask(s, rows) for s in sels]
+
+    def describe(self) -> dict[str, Any]:
+        return self.latency.describe()
 
 
 class SearchSpace(BaseModel):
@@ -256,6 +356,7 @@ def search_layer(
     *,
     layer: int = 0,
     latency: LatencySource | None = None,
+    evaluator: LayerEvaluator | None = None,
     target_fraction: float = 0.2,
     band: float = 0.1,
     num_rows: int = 256,
@@ -267,10 +368,13 @@ def search_layer(
     """Choose a pattern per query head of one layer (module docstring for the rules).
 
     ``q [n_q, Hq, D]`` (the last ``n_q`` tokens), ``k, v [n_k, Hkv, D]`` token-major, any float dtype and device;
-    ``layout`` covers the ``n_k`` tokens. ``latency`` defaults to `CostModel()`. ``num_rows`` query rows are sampled
-    (`sample_rows`, ``seed``) for the errors. ``on_candidate(done, total)`` is called after each candidate (progress).
-    Raises ValueError for bad shapes (`check_qkv`), a layout of another length, ``target_fraction`` not in (0, 1],
-    ``band`` not in [0, 1), or when no candidate can run on this layout (reasons in the message).
+    ``layout`` covers the ``n_k`` tokens. Candidates run through ``evaluator`` (a `LayerEvaluator`; default
+    `ReferenceEvaluator(latency)`, ``latency`` defaulting to `CostModel()`; give one of the two). ``num_rows`` query
+    rows are sampled (`sample_rows`, ``seed``) for the errors; the dense output on them (the all-`Dense`
+    configuration through the same evaluator) is the reference. ``on_candidate(done, total)`` is called after each
+    candidate (progress). Raises ValueError for bad shapes (`check_qkv`), a layout of another length, both
+    ``latency`` and ``evaluator``, ``target_fraction`` not in (0, 1], ``band`` not in [0, 1), or when no candidate
+    can run on this layout (reasons in the message).
     """
     n_q, n_k, hq, hkv, _d = check_qkv(q, k, v)
     if layout.num_tokens != n_k:
@@ -279,20 +383,21 @@ def search_layer(
         raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
     if not 0 <= band < 1:
         raise ValueError(f"band must be in [0, 1), got {band}")
-    latency = latency or CostModel()
+    if latency is not None and evaluator is not None:
+        raise ValueError("give a latency source or an evaluator, not both")
+    ev: LayerEvaluator = evaluator if evaluator is not None else ReferenceEvaluator(latency)
     t0 = time.perf_counter()
     rows = sample_rows(n_q, num_rows, seed)
     by_mod = _modality_rows(layout, n_q, rows)
-    o_ref = dense_attention_reference(q, k, v, scale=scale, rows=rows)
-    dense_ms = latency.layer_latency_ms(q, k, v, layout, [Dense()] * hq, [None] * hq)
+    dense = ev.evaluate(q, k, v, layout, HeadConfigs.uniform(1, hq, hkv, Dense(), gqa="head"), rows, scale=scale)
+    o_ref, dense_ms = dense.out, dense.latency_ms
+    by_mod = {m: i.to(o_ref.device) for m, i in by_mod.items()}
 
-    def evaluate(hc: HeadConfigs, patterns: list[PatternConfig]) -> tuple[torch.Tensor, torch.Tensor, list[float], Any]:
-        sels = estimate_layer_selections(q, k, layout, hc, 0, scale=scale)
-        o = sparse_attention_reference(q, k, v, sels, scale=scale, rows=rows)
-        err = output_error(o, o_ref, per_head=True)
-        rec = attention_recall(q, k, sels, scale=scale, rows=rows)
-        per_mod = {m: output_error(o[i], o_ref[i], per_head=True) for m, i in by_mod.items() if i.numel()}
-        return err, rec, latency.layer_latency_ms(q, k, v, layout, patterns, sels), per_mod
+    def evaluate(hc: HeadConfigs) -> tuple[torch.Tensor, torch.Tensor, list[float], Any]:
+        e = ev.evaluate(q, k, v, layout, hc, rows, scale=scale)
+        err = output_error(e.out, o_ref, per_head=True)
+        per_mod = {m: output_error(e.out[i], o_ref[i], per_head=True) for m, i in by_mod.items() if i.numel()}
+        return err, e.recall.float().cpu(), e.latency_ms, per_mod
 
     cands = list(space.candidates)
     results: dict[int, tuple[torch.Tensor, torch.Tensor, list[float], dict[str, torch.Tensor]]] = {}
@@ -300,7 +405,7 @@ def search_layer(
     for i, cand in enumerate(cands):
         hc = HeadConfigs.uniform(1, hq, hkv, cand, gqa="head")
         try:
-            results[i] = evaluate(hc, [cand] * hq)
+            results[i] = evaluate(hc)
         except ValueError as e:  # e.g. Grid stride 'frame' on a layout without video
             skipped[pattern_label(cand)] = str(e)
         if on_candidate is not None:
@@ -354,7 +459,7 @@ def search_layer(
             hc_q = HeadConfigs(
                 num_layers=1, num_q_heads=hq, num_kv_heads=hkv, layers=[LayerConfig(heads=q_specs, gqa=["head"] * hkv)]
             )
-            q_err, q_rec, q_lat, q_mod = evaluate(hc_q, [sp.pattern for sp in q_specs])
+            q_err, q_rec, q_lat, q_mod = evaluate(hc_q)
             for h in changed:
                 if (
                     float(q_err[h]) < choices[h]["output_error"]
@@ -380,8 +485,7 @@ def search_layer(
                     num_q_heads=hq,
                     num_kv_heads=hkv,
                     layers=[LayerConfig(heads=specs, gqa=["group"] * hkv)],
-                ),
-                patterns,
+                )
             )
         except ValueError:
             g_err = None
@@ -429,7 +533,7 @@ def assemble_head_configs(
     num_kv_heads: int,
     *,
     space: SearchSpace,
-    latency: LatencySource,
+    latency: LatencySource | LayerEvaluator,
     metadata: dict[str, Any] | None = None,
 ) -> HeadConfigs:
     """`HeadConfigs` from one result per layer (in layer order 0..L-1), with metadata: the caller's (model, date,

@@ -6,7 +6,9 @@ layer's ``q [N, Hq, D]``, ``k, v [N, Hkv, D]`` (token-major, batch row 0, the mo
 ``<dir>/layer_XXX.pt`` as soon as the layer runs, then calls the original function. Host memory therefore holds one
 layer at a time; disk holds ``L × N × (Hq + 2·Hkv) × D`` elements. The search then loads one layer at a time.
 
-Calibration inputs: a video file (decoded by PyAV through the model's processor), a text prompt, or both.
+Calibration inputs: a video file (decoded by PyAV through the model's processor), a text prompt, or both; or
+`synthetic_video_inputs` (Qwen2-VL family): random pixel patches of a given frame grid wrapped in random text ids,
+built from the config alone (no processor, no video decoding).
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import torch
 from mmi_core import ModalityLayout
 from mmi_models.adapter import AdapterError, AttentionGeometry, adapter_for
 
-__all__ = ["CaptureError", "CapturedLayer", "LoadedModel", "capture_layers", "load_captured", "load_model"]
+__all__ = [
+    "CaptureError",
+    "CapturedLayer",
+    "LoadedModel",
+    "capture_layers",
+    "load_captured",
+    "load_model",
+    "synthetic_video_inputs",
+]
 
 _PREFIX = "mmi_capture_"
 _ACTIVE: dict[int, Path] = {}  # id(text config) -> capture dir of the forward in flight
@@ -96,6 +106,59 @@ def calibration_inputs(loaded: LoadedModel, video: Path | None, prompt: str) -> 
         frames, meta = _video(Path(video))
         kwargs.update(videos=[frames], video_metadata=[meta])
     return dict(loaded.processor(**kwargs))
+
+
+def synthetic_video_inputs(
+    config: Any,
+    frames: int,
+    rows: int,
+    cols: int,
+    *,
+    text_before: int = 100,
+    text_after: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
+    """Model inputs (batch 1) of a synthetic video for a Qwen2-VL-family config (``video_token_id``,
+    ``vision_start_token_id``, ``vision_end_token_id``, ``vision_config.patch_size`` / ``temporal_patch_size`` /
+    ``spatial_merge_size``): ``text_before`` random text ids, ``<vision_start>``, ``frames × rows × cols`` video
+    placeholders (``frames`` merged frames of ``rows × cols`` merged patches), ``<vision_end>``, ``text_after`` random
+    text ids; ``pixel_values_videos`` random normal ``[frames·(rows·m)·(cols·m), C·tp·p·p]`` in ``dtype`` and
+    ``video_grid_thw [[frames, rows·m, cols·m]]`` (``m`` the spatial merge). Text ids are drawn below the smallest
+    special id. Raises CaptureError for a config without those fields or a non-positive grid."""
+    vc = getattr(config, "vision_config", None)
+    names = ("video_token_id", "vision_start_token_id", "vision_end_token_id")
+    ids = [getattr(config, n, None) for n in names]
+    if vc is None or any(i is None for i in ids):
+        raise CaptureError(
+            f"synthetic video inputs need a Qwen2-VL-family config ({', '.join(names)}, vision_config); "
+            f"{type(config).__name__} lacks them"
+        )
+    if min(frames, rows, cols) < 1:
+        raise CaptureError(f"synthetic video grid must be positive, got {frames}x{rows}x{cols}")
+    video, start, end = (int(i) for i in ids)  # type: ignore[arg-type]
+    m, tp, p = int(vc.spatial_merge_size), int(vc.temporal_patch_size), int(vc.patch_size)
+    chans = int(getattr(vc, "in_channels", getattr(vc, "in_chans", 3)))
+    g = torch.Generator().manual_seed(seed)
+    specials = [video, start, end, getattr(config, "image_token_id", None) or video]
+    top = max(2, min(*specials, getattr(config.get_text_config(), "vocab_size", video)))
+
+    def text(n: int) -> torch.Tensor:
+        return torch.randint(1, top, (n,), generator=g)
+
+    input_ids = torch.cat(
+        [text(text_before), torch.tensor([start]), torch.full((frames * rows * cols,), video), torch.tensor([end]),
+         text(text_after)]
+    )[None]  # fmt: skip
+    h, w = rows * m, cols * m
+    pixels = torch.randn(frames * h * w, chans * tp * p * p, generator=g)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "pixel_values_videos": pixels.to(device, dtype),
+        "video_grid_thw": torch.tensor([[frames, h, w]], device=device),
+    }
 
 
 def _capture_forward(

@@ -8,8 +8,14 @@ geometry instead); then per layer `mmi_core.search_layer` (one JSON checkpoint p
 run resumes where it stopped); then ``OUT/head_configs.json`` (`HeadConfigs`, loadable by every consumer) and the
 report: ``OUT/patterns.png`` (chosen pattern per layer × head), ``OUT/search.csv``, ``OUT/attention_maps.png``.
 
-Latency: ``--latency auto`` times the real kernels (mmi-kernels, CUDA events) when CUDA is available, else the
-documented CPU cost model (`mmi_core.latency.CostModel`); the output metadata says which.
+Calibration without a video decoder: ``--synthetic-video FxRxC`` feeds random pixel patches of an F-frame R×C-token
+video through the model (Qwen2-VL family configs; `mmi_models.capture.synthetic_video_inputs`).
+
+Latency: ``--latency auto`` runs every candidate through the real kernels (`KernelTimer`: mmi-kernels'
+`SparsePrefillWrapper`, timed with CUDA events; errors from the keep sets the kernel executes) when CUDA is available,
+else the documented CPU cost model (`mmi_core.latency.CostModel`) with mmi-core's reference evaluation;
+``--latency kernels --device cpu`` runs the kernel path on the CPU under ``TRITON_INTERPRET=1`` (tiny inputs only).
+The output metadata says which.
 """
 
 from __future__ import annotations
@@ -17,8 +23,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
+import os
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,9 @@ from mmi_core import (
     HeadConfigs,
     HeadSpec,
     LayerConfig,
+    LayerEvaluation,
     LayerSearchResult,
+    ReferenceEvaluator,
     SearchSpace,
     assemble_head_configs,
     paper_search_space,
@@ -41,10 +53,12 @@ from mmi_models.adapter import AdapterError
 from mmi_models.capture import (
     CapturedLayer,
     CaptureError,
+    LoadedModel,
     calibration_inputs,
     capture_layers,
     load_captured,
     load_model,
+    synthetic_video_inputs,
 )
 
 __all__ = ["KernelTimer", "main", "run_search"]
@@ -53,58 +67,208 @@ __all__ = ["KernelTimer", "main", "run_search"]
 PAPER_CALIBRATION_TOKENS = 25_000
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 class KernelTimer:
-    """Latency from the real kernels: the layer runs through mmi-kernels (``SparsePrefill`` backend ``kernels``)
-    with the candidate's patterns, timed with CUDA events (median of ``reps`` after one warm-up); the layer's time is
-    split over its heads in proportion to the cost model's per-head estimate (the kernels time a layer, not a
-    head). Needs CUDA and mmi-kernels. **Not run in this repository's CI** (CPU only)."""
+    """Real-kernel evaluation of search candidates (a `mmi_core.LayerEvaluator`).
 
-    name = "kernels_cuda_events"
+    Latency: the candidate layer runs through mmi-kernels' `SparsePrefillWrapper` as at inference (planned once;
+    each timed run = GPU estimation + index build + the Triton sparse kernel; an all-dense layer = PyTorch SDPA):
+    ``warmup`` untimed runs, then the median of ``reps`` — CUDA events on a GPU; wall clock on the CPU, where the
+    kernel runs under ``TRITON_INTERPRET=1`` (a correctness path, its times mean nothing). The layer time is split
+    over heads in proportion to `CostModel.priced_ms` of each head's computed tiles and columns in the same index
+    (the kernels time a layer, not a head).
 
-    def __init__(self, reps: int = 5) -> None:
-        if not torch.cuda.is_available():
-            raise RuntimeError("KernelTimer needs CUDA")
-        self.reps = reps
-        self.model = CostModel()
+    Output and recall: from the keep sets the kernel executes (`estimate_layer_keeps` -> `index_from_keeps`,
+    public mmi-kernels API), expanded to bool ``[rows, n_k]`` on the sampled rows and applied in fp32 with the
+    reference semantics, so the errors are comparable with a CPU search's (and equal on CPU, where estimation runs
+    in fp32). Memory beyond the inputs: the index and ``rows × n_k`` masks/scores per head.
 
-    def layer_latency_ms(self, q, k, v, layout, patterns, selections) -> list[float]:
-        from mmi_models.sparse_compute import SparsePrefill
+    ``device``: default CUDA when available, else CPU; ``warmup``: default 1 on CUDA, 0 on CPU. Raises RuntimeError
+    without mmi-kernels, for CUDA without a GPU, or for the CPU without ``TRITON_INTERPRET=1`` (it must be set
+    before Triton is imported).
+    """
 
-        hq, hkv = q.shape[1], k.shape[1]
-        g = hq // hkv
-        gqa = [
-            "group" if all(selections[h] is selections[j * g] for h in range(j * g, (j + 1) * g)) else "head"
-            for j in range(hkv)
-        ]
-        hc = HeadConfigs(
-            num_layers=1,
-            num_q_heads=hq,
-            num_kv_heads=hkv,
-            layers=[LayerConfig(heads=[HeadSpec(pattern=p) for p in patterns], gqa=gqa)],
+    name = "kernels_timed"
+
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        *,
+        reps: int = 5,
+        warmup: int | None = None,
+        dtype: torch.dtype | None = None,
+        cost_model: CostModel | None = None,
+    ) -> None:
+        try:
+            import mmi_kernels  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(f"KernelTimer needs mmi-kernels: {e}") from e
+        dev = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
-        dev = torch.device("cuda")
-        qd, kd, vd = (t.to(dev, torch.bfloat16) for t in (q, k, v))
-        plan = SparsePrefill(hc, [layout], dev, backend="kernels")
-        plan.run([qd], [kd], [vd], 0)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("KernelTimer on CUDA: no GPU is available")
+        if dev.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                "KernelTimer on the CPU runs the Triton kernel under the interpreter: set TRITON_INTERPRET=1 before "
+                "Python starts (or use the cost model)"
+            )
+        warmup = (1 if dev.type == "cuda" else 0) if warmup is None else warmup
+        if reps < 1 or warmup < 0:
+            raise ValueError(f"reps must be >= 1 and warmup >= 0, got {reps}, {warmup}")
+        self.device, self.reps, self.warmup = dev, reps, warmup
+        self.dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        self.cost = cost_model or CostModel()
+        self._src: tuple[torch.Tensor, ...] = ()
+        self._cast: tuple[torch.Tensor, ...] = ()
+
+    def _inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(q, k, v in the kernel dtype, q, k, v in fp32) on the device; cached for the layer in flight."""
+        if len(self._src) != 3 or any(a is not b for a, b in zip(self._src, (q, k, v), strict=True)):
+            f32 = tuple(t.to(self.device, torch.float32) for t in (q, k, v))
+            self._src = (q, k, v)
+            self._cast = (*(t.to(self.dtype) for t in f32), *f32)
+        return self._cast
+
+    def _time_ms(self, fn: Any) -> float:
+        for _ in range(self.warmup):
+            fn()
         times = []
         for _ in range(self.reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            plan.run([qd], [kd], [vd], 0)
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        total = sorted(times)[len(times) // 2]
-        share = self.model.layer_latency_ms(q, k, v, layout, patterns, selections)
-        return [total * s / max(sum(share), 1e-30) for s in share]
+            if self.device.type == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                torch.cuda.synchronize()
+                times.append(a.elapsed_time(b))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    def _index(self, qd: torch.Tensor, kd: torch.Tensor, layout: Any, hc: HeadConfigs, layer: int, scale: Any) -> Any:
+        """The layer's `SparseIndex` (one request), or None when every head is dense."""
+        from mmi_kernels import LayoutTensors, estimate_layer_keeps, index_from_keeps, layer_slots
+
+        blocks = {h.block for h in hc.layers[layer].heads} - {None}
+        if not blocks:
+            return None
+        keeps = estimate_layer_keeps(qd, kd, LayoutTensors(layout, self.device), hc, layer, scale=scale)
+        return index_from_keeps(
+            [keeps],
+            block=blocks.pop(),
+            num_q_heads=hc.num_q_heads,
+            num_kv_heads=hc.num_kv_heads,
+            slot_heads=layer_slots(hc, layer),
+            device=self.device,
+        )
+
+    @staticmethod
+    def _slot_masks(index: Any, slot: int, rows: torch.Tensor) -> torch.Tensor:
+        """bool [len(rows), n_k] (original order, causal) kept by slot ``slot`` of request 0 of ``index``: the
+        leading run of key blocks in position order, the listed blocks and the listed columns (the index format of
+        `mmi_kernels.SparseIndex`; equals `mmi_kernels.index_keep_mask`, vectorised)."""
+        b, dev = index.block, index.device
+        n_q, n_k = index.seqlens_q[0], index.seqlens_k[0]
+        nkb = _cdiv(n_k, b)
+        r = rows.to(dev, torch.int64)
+        q_inv = torch.empty(n_q, dtype=torch.int64, device=dev)
+        q_inv[index.q_order[slot, :n_q].long()] = torch.arange(n_q, device=dev)
+        k_inv = torch.empty(n_k, dtype=torch.int64, device=dev)
+        k_inv[index.k_order[slot, :n_k].long()] = torch.arange(n_k, device=dev)
+        qb = q_inv[r] // b
+        rank = torch.empty(nkb, dtype=torch.int64, device=dev)
+        rank[index.k_blocks_by_pos[slot, :nkb].long()] = torch.arange(nkb, device=dev)
+        blocks = rank[None, :] < index.block_prefix[slot, qb].long()[:, None]  # [R, nkb] the leading run
+        listed = torch.arange(index.block_capacity, device=dev)[None, :] < index.block_count[slot, qb].long()[:, None]
+        ids = torch.where(listed, index.block_ids[slot, qb].long(), nkb)  # nkb: a spare column for padding
+        blocks = torch.cat([blocks, torch.zeros_like(blocks[:, :1])], 1).scatter_(1, ids, True)[:, :nkb]
+        mask = blocks[:, k_inv // b]
+        listed = torch.arange(index.column_capacity, device=dev)[None, :] < index.column_count[slot, qb].long()[:, None]
+        cids = torch.where(listed, index.column_ids[slot, qb].long(), n_k)
+        cols = torch.zeros(r.numel(), n_k + 1, dtype=torch.bool, device=dev).scatter_(1, cids, True)[:, :n_k]
+        mask |= cols[:, k_inv]
+        return mask & (torch.arange(n_k, device=dev)[None, :] <= (r + n_k - n_q)[:, None])
+
+    def _head_masks(self, index: Any, hq: int, n_q: int, n_k: int, rows: torch.Tensor) -> list[torch.Tensor]:
+        if index is None:
+            r = rows.to(self.device, torch.int64)
+            causal = torch.arange(n_k, device=self.device)[None, :] <= (r + n_k - n_q)[:, None]
+            return [causal] * hq
+        masks: list[torch.Tensor] = [torch.empty(0)] * hq
+        for s in range(index.num_slots):
+            m = self._slot_masks(index, s, rows)
+            first, count = int(index.slot_q_head[s]), int(index.slot_num_heads[s])
+            for h in range(first, first + count):
+                masks[h] = m
+        return masks
+
+    def row_keep_masks(self, q, k, layout, head_configs, rows, *, layer=0, scale=None) -> list[torch.Tensor]:
+        qd, kd = (t.to(self.device, self.dtype) for t in (q, k))
+        index = self._index(qd, kd, layout, head_configs, layer, scale)
+        return self._head_masks(index, q.shape[1], q.shape[0], k.shape[0], rows)
+
+    def evaluate(self, q, k, v, layout, head_configs, rows, *, scale=None) -> LayerEvaluation:
+        from mmi_kernels import SparsePrefillWrapper
+
+        qd, kd, vd, q32, k32, v32 = self._inputs(q, k, v)
+        n_q, hq, d = q.shape
+        n_k, hkv = k.shape[0], k.shape[1]
+        g = hq // hkv
+        w = SparsePrefillWrapper(head_configs, min_tokens=0, sparse_text_only=True)
+        w.plan([layout], q_lens=[n_q], device=self.device)  # once per batch at inference: not timed
+        total = self._time_ms(lambda: w.run(qd, kd, vd, 0, scale=scale))
+        index = self._index(qd, kd, layout, head_configs, 0, scale)
+        masks = self._head_masks(index, hq, n_q, n_k, rows)
+        sc = 1.0 / math.sqrt(d) if scale is None else scale
+        r = rows.to(self.device, torch.int64)
+        causal = torch.arange(n_k, device=self.device)[None, :] <= (r + n_k - n_q)[:, None]
+        out = torch.empty(r.numel(), hq, d, device=self.device)
+        recall = torch.empty(hq)
+        for h in range(hq):
+            s = (q32[r, h] @ k32[:, h // g].T) * sc
+            p = torch.softmax(s.masked_fill(~causal, float("-inf")), -1)
+            recall[h] = (p * masks[h]).sum(-1).mean().cpu()
+            out[:, h] = torch.softmax(s.masked_fill(~masks[h], float("-inf")), -1) @ v32[:, h // g]
+        heads = head_configs.layers[0].heads
+        if index is None:
+            share = [1.0] * hq
+        else:
+            share = [0.0] * hq
+            tiles = (index.block_prefix + index.block_count).sum(1).tolist()
+            cols = index.column_count.sum(1).tolist()
+            for s_ in range(index.num_slots):
+                first, count = int(index.slot_q_head[s_]), int(index.slot_num_heads[s_])
+                for h in range(first, first + count):  # every head of a slot computes all of the slot's tiles
+                    share[h] = self.cost.priced_ms(heads[h].pattern, index.block, tiles[s_], cols[s_], n_q, n_k, d)
+        return LayerEvaluation(out, recall, [total * x / max(sum(share), 1e-30) for x in share])
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "device": torch.cuda.get_device_name(),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu (interpreter)",
+            "kernel_dtype": str(self.dtype).removeprefix("torch."),
             "reps": self.reps,
-            "per_head_split": "layer time split by the cost model's per-head shares",
+            "warmup": self.warmup,
+            "timed": "SparsePrefillWrapper.run (estimation + index + sparse kernel; dense: SDPA), median",
+            "per_head_split": "layer time split by CostModel.priced_ms shares of each head's tiles and columns",
+            "torch": torch.__version__,
+            "triton": _version("triton"),
         }
+
+
+def _version(pkg: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(pkg)
+    except Exception:  # not installed / no metadata
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,7 +293,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--band", type=float, default=0.1, help="candidates within +-band of the target compete")
     p.add_argument("--rows", type=int, default=256, help="sampled query rows for the output error")
     p.add_argument("--layers", type=int, help="search only the first N layers (others: dense), for quick runs")
-    p.add_argument("--latency", choices=["auto", "cost_model", "kernels"], default="auto")
+    p.add_argument(
+        "--synthetic-video",
+        metavar="FxRxC",
+        help="calibrate on a synthetic video through the model (Qwen2-VL family): F merged frames of R x C tokens, "
+        "random pixels, built from the config (no processor, no video decoding)",
+    )
+    p.add_argument(
+        "--latency",
+        choices=["auto", "cost_model", "kernels"],
+        default="auto",
+        help="kernels: real kernels timed (KernelTimer; on CPU needs TRITON_INTERPRET=1); auto: kernels on CUDA",
+    )
+    p.add_argument("--device", help="device of the kernel evaluation (default: cuda when available, else cpu)")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per candidate (median) with --latency kernels")
     p.add_argument(
         "--kernel-only",
         action="store_true",
@@ -148,18 +325,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _latency(kind: str, kernel_only: bool = False) -> Any:
+def _latency(args: argparse.Namespace) -> CostModel | KernelTimer:
+    """The latency source: `CostModel` (optionally without estimation) or `KernelTimer`."""
+    kind = args.latency
     if kind == "cost_model" or (kind == "auto" and not torch.cuda.is_available()):
-        if kernel_only:
+        if args.kernel_only:
             return CostModel(name="cost_model_kernel_only", estimation_ms_at_128k={})
         return CostModel()
     try:
-        import mmi_kernels  # noqa: F401
-    except ImportError as e:
+        return KernelTimer(args.device, reps=args.reps)
+    except RuntimeError as e:
         if kind == "kernels":
-            raise CaptureError(f"--latency kernels needs mmi-kernels: {e}") from e
+            raise CaptureError(f"--latency kernels: {e}") from e
         return CostModel()
-    return KernelTimer()
 
 
 def _space(args: argparse.Namespace, n_tokens: int) -> SearchSpace:
@@ -176,15 +354,21 @@ def _space(args: argparse.Namespace, n_tokens: int) -> SearchSpace:
     return SearchSpace(candidates=paper.candidates, boundaries=boundaries, gqa=gqa)
 
 
-def run_search(args: argparse.Namespace) -> HeadConfigs:
-    """Everything `main` does, raising CaptureError / AdapterError / ConfigError / ValueError on bad input."""
+def run_search(args: argparse.Namespace, *, loaded: LoadedModel | None = None) -> HeadConfigs:
+    """Everything `main` does, raising CaptureError / AdapterError / ConfigError / ValueError on bad input.
+    ``loaded``: an already built model (e.g. a random-init one, `tools/search_gpu.py`) instead of ``args.model``."""
     out: Path = args.out
-    if not args.model.is_dir() or not (args.model / "config.json").is_file():
+    if loaded is None and (not args.model.is_dir() or not (args.model / "config.json").is_file()):
         raise CaptureError(f"model path {args.model} is not a checkpoint directory (no config.json)")
-    if args.synthetic is None and args.video is None and not args.prompt.strip():
-        raise CaptureError("give a calibration input: --video FILE, --prompt TEXT, or --synthetic TOKENS")
+    synthetic_video = _grid(args.synthetic_video) if args.synthetic_video else None
+    if args.synthetic is None and synthetic_video is None and args.video is None and not args.prompt.strip():
+        raise CaptureError(
+            "give a calibration input: --video FILE, --prompt TEXT, --synthetic-video FxRxC or --synthetic TOKENS"
+        )
     if args.video is not None and not args.video.is_file():
         raise CaptureError(f"video file {args.video} does not exist")
+    latency = _latency(args)
+    device = latency.device if isinstance(latency, KernelTimer) else torch.device("cpu")
     out.mkdir(parents=True, exist_ok=True)
     (out / "layers").mkdir(exist_ok=True)
     cap = out / "capture"
@@ -194,9 +378,9 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
 
         from mmi_models.adapter import adapter_for
 
-        geometry = adapter_for(AutoConfig.from_pretrained(args.model)).geometry()
+        geometry = loaded.geometry if loaded else adapter_for(AutoConfig.from_pretrained(args.model)).geometry()
         model_name, calibration = (
-            args.model.name,
+            (loaded.path.name if loaded else args.model.name),
             f"synthetic video workload, ~{args.synthetic} tokens, seed {args.seed}",
         )
 
@@ -213,25 +397,40 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
             planted[i] = list(w.head_kinds)
             return CapturedLayer(i, w.q, w.k, w.v, w.layout, None)
     else:
-        loaded = load_model(args.model)
-        geometry, model_name = loaded.geometry, f"{loaded.architecture} ({args.model.name})"
-        calibration = f"video {args.video.name if args.video else None}, prompt {args.prompt!r}"
+        if loaded is None:
+            loaded = load_model(args.model)
+        geometry, model_name = loaded.geometry, f"{loaded.architecture} ({loaded.path.name})"
+        if synthetic_video is not None:
+            f, r, c = synthetic_video
+            calibration = f"synthetic video {f}x{r}x{c} (random pixels, seed {args.seed}) in random text"
+        else:
+            calibration = f"video {args.video.name if args.video else None}, prompt {args.prompt!r}"
         if not (cap / "layout.json").is_file():
-            capture_layers(loaded, calibration_inputs(loaded, args.video, args.prompt), cap)
-        del loaded
+            if synthetic_video is not None:
+                dtype = next(loaded.model.parameters()).dtype
+                inputs = synthetic_video_inputs(loaded.model.config, *synthetic_video, seed=args.seed, dtype=dtype)
+            else:
+                inputs = calibration_inputs(loaded, args.video, args.prompt)
+            t0 = time.perf_counter()
+            capture_layers(loaded, inputs, cap)
+            (cap / "capture_seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+            del inputs
+        loaded = None
 
         planted = {}
 
         def layer_inputs(i: int) -> CapturedLayer:
             return load_captured(cap, i)
 
+    def on_device(li: CapturedLayer) -> CapturedLayer:
+        return CapturedLayer(li.layer, li.q.to(device), li.k.to(device), li.v.to(device), li.layout, li.scale)
+
     n_layers = geometry.num_layers if args.layers is None else min(args.layers, geometry.num_layers)
-    first = layer_inputs(0)
+    first = on_device(layer_inputs(0))
     calibration += (
         f"; {first.layout.num_tokens} tokens ({', '.join(m.name.lower() for m in first.layout.modalities())})"
     )
     space = _space(args, first.layout.num_tokens)
-    latency = _latency(args.latency, args.kernel_only)
     run_info = {
         "space": space.describe(),
         "latency": latency.describe(),
@@ -241,13 +440,16 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
         "calibration": calibration,
     }
     info_path = out / "layers" / "run.json"
-    if info_path.is_file() and json.loads(info_path.read_text()) != json.loads(json.dumps(run_info)):
+    if info_path.is_file() and _settings(json.loads(info_path.read_text())) != _settings(
+        json.loads(json.dumps(run_info))
+    ):
         raise ConfigError(f"{out}/layers holds checkpoints of a run with other settings; use another --out")
     info_path.write_text(json.dumps(run_info, indent=1))
 
     from tqdm import tqdm
 
     hq = geometry.num_q_heads
+    evaluator = latency if isinstance(latency, KernelTimer) else ReferenceEvaluator(latency)
     results: list[LayerSearchResult] = []
     bar = tqdm(
         total=n_layers * hq,
@@ -263,7 +465,7 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
             bar.n = (i + 1) * hq
             bar.refresh()
             continue
-        li = first if i == 0 else layer_inputs(i)
+        li = first if i == 0 else on_device(layer_inputs(i))
         done = [0.0]
 
         def progress(c: int, total: int, done: list[float] = done) -> None:
@@ -279,7 +481,7 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
             li.layout,
             space,
             layer=i,
-            latency=latency,
+            evaluator=evaluator,
             target_fraction=args.target,
             band=args.band,
             num_rows=args.rows,
@@ -291,6 +493,7 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
         bar.refresh()
         ckpt.write_text(r.model_dump_json())
         results.append(r)
+        del li
     bar.close()
 
     meta = {
@@ -321,8 +524,28 @@ def run_search(args: argparse.Namespace) -> HeadConfigs:
 
     write_csv(results, out / "search.csv", geometry.num_q_heads // geometry.num_kv_heads)
     write_heatmap(results, out / "patterns.png", title=f"{model_name}: chosen pattern per head")
-    write_attention_maps(first.q, first.k, first.layout, hc, 0, out / "attention_maps.png", scale=first.scale)
+    write_attention_maps(
+        first.q, first.k, first.layout, hc, 0, out / "attention_maps.png", scale=first.scale, evaluator=evaluator
+    )
     return hc
+
+
+def _settings(info: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a resume: the run info without measured facts of the latency source (its device name,
+    versions)."""
+    lat = info.get("latency", {})
+    return {**info, "latency": {k: lat.get(k) for k in ("name", "reps", "kernel_dtype", "rates_tflops")}}
+
+
+def _grid(text: str) -> tuple[int, int, int]:
+    """``"FxRxC"`` -> (frames, rows, cols). Raises CaptureError for anything else."""
+    try:
+        f, r, c = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise CaptureError(f"--synthetic-video wants FRAMESxROWSxCOLS (e.g. 64x16x32), got {text!r}") from None
+    if min(f, r, c) < 1:
+        raise CaptureError(f"--synthetic-video grid must be positive, got {text!r}")
+    return f, r, c
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mmi_core import HeadConfigs, LayerSearchResult, ModalityLayout, estimate_layer_selections, keep_mask
+from mmi_core import HeadConfigs, LayerEvaluator, LayerSearchResult, ModalityLayout, ReferenceEvaluator
 
 __all__ = ["FAMILY_COLORS", "write_attention_maps", "write_csv", "write_heatmap"]
 
@@ -118,10 +118,13 @@ def write_attention_maps(
     heads: list[int] | None = None,
     window: int = 256,
     scale: float | None = None,
+    evaluator: LayerEvaluator | None = None,
 ) -> Path:
     """PNG: for a few heads of ``layer``, the dense causal attention of the last ``window`` query rows over the last
     ``window`` keys (log scale) with the chosen keep set outlined in red and the dropped causal pairs greyed.
-    ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]``. Raises ValueError like `estimate_layer_selections`."""
+    ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]`` (any device). The keep sets come from ``evaluator.row_keep_masks``
+    (default `ReferenceEvaluator`: mmi-core's estimation, short inputs; the search's `KernelTimer` for long ones).
+    Raises ValueError like `estimate_layer_selections`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,18 +133,19 @@ def write_attention_maps(
     n_q, hq, d = q.shape
     n_k, hkv = k.shape[0], k.shape[1]
     heads = heads if heads is not None else list(range(min(hq, 4)))
-    sels = estimate_layer_selections(q, k, layout, head_configs, layer, scale=scale)
     w = min(window, n_q)
     rows = torch.arange(n_q - w, n_q)
+    masks = (evaluator or ReferenceEvaluator()).row_keep_masks(
+        q, k, layout, head_configs, rows, layer=layer, scale=scale
+    )
     k0 = n_k - w
     s = 1.0 / d**0.5 if scale is None else scale
     causal = torch.arange(n_k)[None, :] <= (rows + n_k - n_q)[:, None]
     fig, axes = plt.subplots(1, len(heads), figsize=(3.2 * len(heads), 3.4), squeeze=False)
     for ax, h in zip(axes[0], heads, strict=True):
-        logits = (q[rows, h].float() @ k[:, h // (hq // hkv)].float().T) * s
+        logits = (q[rows.to(q.device), h].float() @ k[:, h // (hq // hkv)].float().T).cpu() * s
         p = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1)[:, k0:]
-        sel = sels[h]
-        mask = causal[:, k0:] if sel is None else keep_mask(sel, rows)[:, k0:]
+        mask = masks[h].cpu()[:, k0:]
         ax.imshow(torch.log10(p.clamp_min(1e-6)).numpy(), cmap="viridis", vmin=-6, vmax=0, interpolation="nearest")
         dropped = (causal[:, k0:] & ~mask).float()
         ax.imshow(dropped.numpy(), cmap="Greys", vmin=0, vmax=1, alpha=0.45 * dropped.numpy(), interpolation="nearest")
