@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -84,3 +85,100 @@ def test_bad_inputs():
         synthetic_workload(0, num_tokens=500, n_q=10_000)
     with pytest.raises(ValueError, match="num_tokens"):
         synthetic_workload(0, num_tokens=0)
+
+
+# -- "mixed" workloads (spec version 2) --------------------------------------------------------------------------------
+def _mixed(seed: int, **kw) -> SyntheticWorkload:
+    kw = {"num_tokens": 3000, "num_q_heads": 3, "num_kv_heads": 3, **kw}
+    return synthetic_workload(seed, workload="mixed", **kw)
+
+
+def test_mixed_spec_section_and_existing_kinds_untouched():
+    spec = default_spec()
+    assert spec.version >= 2 and spec.mixed["visual_segments"] == [2, 5]
+    lo, hi = spec.mixed["text_share"]
+    assert lo <= 0.25 <= hi
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_mixed_layout_follows_the_spec(seed):
+    w = _mixed(seed)
+    spec = default_spec().mixed
+    segs = w.layout.segments
+    visual = [s for s in segs if s.modality != Modality.TEXT]
+    assert 2 <= len(visual) <= 5
+    assert w.layout.segments_of(Modality.VIDEO)  # always at least one video (the needle lives in a frame)
+    for s in w.layout.segments_of(Modality.IMAGE):
+        assert s.grid.frames == 1
+    share = w.layout.num_tokens_of(Modality.TEXT) / w.layout.num_tokens
+    assert spec["text_share"][0] - 0.01 <= share <= spec["text_share"][1] + 0.01
+    assert segs[-1].modality == Modality.TEXT  # the question is at the very end
+    assert tuple(w.params["mixed"]["question"]) == (segs[-1].start, segs[-1].end)
+    # visual segments are separated by text (subtitles), and the first one follows the (possibly empty) prefix
+    for a, b in itertools.pairwise(segs):
+        assert not (a.modality != Modality.TEXT and b.modality != Modality.TEXT)
+    assert 0.9 * 3000 <= w.layout.num_tokens <= 1.1 * 3000
+    needle = torch.tensor(w.params["mixed"]["needle_positions"])
+    assert needle.numel() >= 1
+    assert (w.layout.token_modalities()[needle] == int(Modality.VIDEO)).all()
+
+
+def test_mixed_images_present_in_some_seeds_and_segment_counts_vary():
+    counts, with_images = set(), 0
+    for seed in range(20):
+        w = _mixed(seed, num_q_heads=1, num_kv_heads=1, n_q=1)
+        counts.add(sum(s.modality != Modality.TEXT for s in w.layout.segments))
+        with_images += bool(w.layout.segments_of(Modality.IMAGE))
+    assert 0 < with_images < 20
+    assert counts >= {2, 5}
+
+
+def test_mixed_reproducible_and_n_q_suffix():
+    a, b = _mixed(7), _mixed(7, n_q=200)
+    assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v) and a.layout == b.layout
+    torch.testing.assert_close(a.q[-200:], b.q)
+    assert a.params["mixed"] == b.params["mixed"]
+    c = _mixed(8)
+    assert not torch.equal(a.k[: min(a.k.shape[0], c.k.shape[0])], c.k[: min(a.k.shape[0], c.k.shape[0])])
+    assert torch.isfinite(a.q).all() and torch.isfinite(a.k).all()
+
+
+def test_mixed_question_rows_attend_the_needle():
+    """The planted needle is visible: averaged over heads and dev seeds, the question's rows put far more mass on
+    the needle tokens than their share of the keys."""
+    ratios = []
+    for seed in range(4):
+        w = _mixed(seed)
+        qa, qb = w.params["mixed"]["question"]
+        needle = torch.tensor(w.params["mixed"]["needle_positions"])
+        for h in range(3):
+            s = w.q[qa:qb, h] @ w.k[:qb, h].T / 8.0
+            s = s.masked_fill(torch.arange(qb)[None] > torch.arange(qa, qb)[:, None], float("-inf"))
+            ratios.append(float(torch.softmax(s, -1)[:, needle].sum(-1).mean()) * qb / needle.numel())
+    assert sum(ratios) / len(ratios) > 50
+
+
+def test_mixed_video_rows_attend_their_subtitle():
+    """In heads drawn with a subtitle strength, a video's rows put mass on the subtitle right before it."""
+    masses = []
+    for seed in range(6):
+        w = _mixed(seed, n_q=None)
+        mi = w.params["mixed"]
+        for h in range(3):
+            if mi["video_subtitle"][h] == 0:
+                continue
+            for a, b in mi["subtitle_segments"]:
+                nxt = [s for s in w.layout.segments if s.start == b]
+                if nxt and nxt[0].modality == Modality.VIDEO:
+                    rows = torch.arange(b, nxt[0].end)[::11]
+                    s = (w.q[rows, h] @ w.k[:, h].T / 8.0).masked_fill(
+                        torch.arange(w.layout.num_tokens)[None] > rows[:, None], float("-inf")
+                    )
+                    masses.append(float(torch.softmax(s, -1)[:, a:b].sum(-1).mean()))
+    assert masses and sum(masses) / len(masses) > 0.2
+
+
+def test_mixed_needs_a_spec_with_the_section():
+    spec = default_spec().model_copy(update={"mixed": {}})
+    with pytest.raises(ValueError, match="mixed"):
+        synthetic_workload(0, workload="mixed", spec=spec)

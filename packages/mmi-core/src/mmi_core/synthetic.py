@@ -18,6 +18,12 @@ exactly as a sum of interpretable terms (then hidden by a random orthogonal rota
   get planted diagonal offsets (slash lines) through the rotary-like positions.
 - Planted head kinds: ``"grid"`` (strong content matching + salient patches), ``"vertical_slash"`` (heavy hitters,
   slashes, local) and ``"a_shape"`` (sinks + strong local). Ground truth per head is in `SyntheticWorkload`.
+- ``"mixed"`` workloads (spec version 2, ``spec.mixed``): a text prefix, 2-5 visual segments (videos sharing one grid,
+  images as one-frame grids of their own size) with subtitle text between them and a question at the very end
+  (~25% text). Cross-modal structure: the question's rows of every head match a *needle* (a few patches of one
+  frame of one video); in heads drawn with ``video_subtitle_probability`` the rows of a video match the subtitle
+  segment right before it. Both are extra terms on the queries' content part (strengths per planted kind, logit
+  units); positions and strengths are in ``params["mixed"]``. Video content differs per video segment.
 
 The stride of a grid head is the frame size (tokens per frame after merging, newline tokens included); its phase is
 the residue ``pos mod stride`` of the primary salient patch in the first video segment (a text prefix shifts it).
@@ -37,7 +43,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmi_core.layout import Modality, ModalityLayout, VisualGrid
 
@@ -54,7 +60,7 @@ __all__ = [
 ]
 
 HeadKind = Literal["grid", "vertical_slash", "a_shape"]
-WorkloadKind = Literal["video", "interleaved", "text"]
+WorkloadKind = Literal["video", "interleaved", "text", "mixed"]
 
 _CHUNK = 65536
 _POS_FREQS = 8
@@ -74,6 +80,7 @@ class SyntheticSpec(BaseModel):
     layout: dict[str, Any]
     content: dict[str, Any]
     heads: dict[str, Any]
+    mixed: dict[str, Any] = Field(default_factory=dict)  # version >= 2: ranges of the "mixed" workload
 
 
 @cache
@@ -173,12 +180,143 @@ def _layout(d: _Draw, spec: SyntheticSpec, workload: WorkloadKind, target: int) 
     if workload == "video":
         frames = max(int(ls["min_frames"]), (target - prefix - suffix) // tpf)
         parts = [("text", prefix), ("video", VisualGrid(frames=frames, **grid_kw)), ("text", suffix)]
+    elif workload == "mixed":
+        parts = _mixed_parts(d, spec, grid_kw, tpf, target)
     else:
         gap = d.integer(ls["interleave_gap"])
         frames = max(int(ls["min_frames"]), (target - prefix - suffix - gap) // (2 * tpf))
         vg = VisualGrid(frames=frames, **grid_kw)
         parts = [("text", prefix), ("video", vg), ("text", gap), ("video", vg), ("text", suffix)]
     return ModalityLayout.from_parts(parts), merge
+
+
+def _split(d: _Draw, total: int, parts: int, minimum: int) -> list[int]:
+    """``total`` split into ``parts`` integers >= ``minimum`` with random (uniform-weight) proportions."""
+    if parts == 0:
+        return []
+    free = max(total - parts * minimum, 0)
+    w = torch.rand(parts, generator=d.g) + 1e-3
+    sizes = [int(x) for x in torch.floor(free * w / w.sum()).tolist()]
+    sizes[int(torch.argmax(w))] += free - sum(sizes)
+    return [minimum + x for x in sizes]
+
+
+def _mixed_parts(d: _Draw, spec: SyntheticSpec, grid_kw: dict[str, Any], tpf: int, target: int) -> list[Any]:
+    """Layout parts of a ``"mixed"`` workload (ranges in ``spec.mixed``): a text prefix, then 2-5 visual segments
+    (videos sharing one grid; images are one-frame grids of their own size) with a subtitle text segment between
+    consecutive ones, and the question at the very end. Text share ~ ``text_share`` of the final token count."""
+    ms = spec.mixed
+    if not ms:
+        raise ValueError("this spec has no 'mixed' section (spec version >= 2 needed)")
+    k = d.integer(ms["visual_segments"])
+    is_image = [float(torch.rand((), generator=d.g)) < float(ms["image_probability"]) for _ in range(k)]
+    if all(is_image):
+        is_image[d.integer([0, k - 1])] = False  # at least one video: the question's needle lives in a frame
+    images = [
+        VisualGrid(frames=1, rows=d.integer(ms["image_rows"]), cols=d.integer(ms["image_cols"])) if im else None
+        for im in is_image
+    ]
+    share = d.uniform(ms["text_share"])
+    image_tokens = sum(g.num_tokens for g in images if g is not None)
+    n_video = k - sum(is_image)
+    min_frames = int(ms["min_frames_per_video"])
+    video_frames = max(int(target * (1.0 - share)) - image_tokens, 0) // tpf
+    frames = _split(d, max(video_frames, n_video * min_frames), n_video, min_frames)
+    visual_tokens = image_tokens + sum(frames) * tpf
+    text = max(round(share * visual_tokens / (1.0 - share)), k + 1)
+    question = min(d.integer(ms["question"]), max(text // (k + 1), 1))
+    prefix = min(round(d.uniform(ms["text_prefix_share"]) * text), text - question - (k - 1))
+    gaps = _split(d, text - question - prefix, k - 1, 1)  # subtitles / interleaved text between visual items
+    parts: list[Any] = [("text", prefix)]
+    fi = iter(frames)
+    for i, g in enumerate(images):
+        if i:
+            parts.append(("text", gaps[i - 1]))
+        parts.append(("image", g) if g is not None else ("video", VisualGrid(frames=next(fi), **grid_kw)))
+    parts.append(("text", question))
+    return parts
+
+
+@dataclass(frozen=True)
+class _Cross:
+    """Planted cross-modal terms of a ``"mixed"`` workload, added to the content part of the queries.
+    ``needle [dc]``, ``question`` = (start, end) of the question segment, ``needle_w [Hq]`` (logit units);
+    ``subtitles [S, dc]``, ``sub_of [N]`` int64 (the subtitle a video token's rows attend, -1 none), ``sub_w [Hq]``."""
+
+    needle: torch.Tensor
+    question: tuple[int, int]
+    needle_w: torch.Tensor
+    subtitles: torch.Tensor
+    sub_of: torch.Tensor
+    sub_w: torch.Tensor
+    info: dict[str, Any]
+
+    def extra(self, lo: int, b: int, h: int) -> torch.Tensor | None:
+        """[b - lo, dc] added to query rows ``[lo, b)`` of head ``h`` (before the head's sharpness), or None."""
+        out = torch.zeros(b - lo, self.needle.shape[0])
+        qa, qb = max(self.question[0], lo), min(self.question[1], b)
+        if qa < qb:
+            out[qa - lo : qb - lo] += float(self.needle_w[h]) * self.needle
+        sid = self.sub_of[lo:b]
+        on = sid >= 0
+        if bool(on.any()) and float(self.sub_w[h]) > 0:
+            out[on] += float(self.sub_w[h]) * self.subtitles[sid[on]]
+        return out
+
+
+def _plant_mixed(
+    d: _Draw, spec: SyntheticSpec, layout: ModalityLayout, content: torch.Tensor, kinds: Sequence[HeadKind]
+) -> _Cross:
+    """Plant the needle (a run of patches in one frame of one video, matched by the question's rows) and the
+    subtitles (each text segment between visual items gets a vector; the rows of the video right after it match it,
+    in heads drawn with probability ``video_subtitle_probability``). Modifies ``content`` (not yet unit) in place."""
+    ms = spec.mixed
+    n, dc = content.shape
+    segs = layout.segments
+    videos = layout.segments_of(Modality.VIDEO)
+    vseg = videos[d.integer([0, len(videos) - 1])]
+    grid = vseg.grid
+    assert grid is not None
+    n_patch = grid.rows * grid.cols
+    width = min(d.integer(ms["needle_patches"]), n_patch)
+    frame, p0 = d.integer([0, grid.frames - 1]), d.integer([0, n_patch - width])
+    on = torch.nonzero(grid.on_grid_mask()).flatten()
+    needle_pos = vseg.start + on[frame * n_patch + p0 : frame * n_patch + p0 + width]
+    needle = _unit(d.randn(dc))
+    content[needle_pos] += d.uniform(ms["needle_content"]) * needle
+    question = (segs[-1].start, segs[-1].end)
+    needle_w = torch.tensor([d.uniform(ms["question_needle"][kind]) for kind in kinds])
+    sub_of = torch.full((n,), -1, dtype=torch.int64)
+    subs: list[torch.Tensor] = []
+    sub_segments: list[tuple[int, int]] = []
+    for i in range(1, len(segs) - 1):
+        if segs[i].modality != Modality.TEXT:
+            continue
+        vec = _unit(d.randn(dc))
+        content[segs[i].start : segs[i].end] += d.uniform(ms["subtitle_content"]) * vec
+        if segs[i + 1].modality == Modality.VIDEO:
+            sub_of[segs[i + 1].start : segs[i + 1].end] = len(subs)
+        subs.append(vec)
+        sub_segments.append((segs[i].start, segs[i].end))
+    sub_w = torch.tensor(
+        [
+            d.uniform(ms["video_subtitle"][kind])
+            if float(torch.rand((), generator=d.g)) < float(ms["video_subtitle_probability"])
+            else 0.0
+            for kind in kinds
+        ]
+    )
+    info = {
+        "needle_positions": needle_pos.tolist(),
+        "needle_frame": frame,
+        "needle_video_start": vseg.start,
+        "question": question,
+        "question_needle": needle_w.tolist(),
+        "subtitle_segments": sub_segments,
+        "video_subtitle": sub_w.tolist(),
+        "text_share": layout.num_tokens_of(Modality.TEXT) / max(layout.num_tokens, 1),
+    }
+    return _Cross(needle, question, needle_w, torch.stack(subs) if subs else torch.zeros(0, dc), sub_of, sub_w, info)
 
 
 def synthetic_workload(
@@ -245,13 +383,14 @@ def synthetic_workload(
         coords = torch.stack([rr.flatten(), cc.flatten()], 1).float()
         kernel = torch.exp(-torch.cdist(coords, coords).pow(2) / (2 * blur**2))
         base = _unit(kernel @ d.randn(grid.rows * grid.cols, dc))  # [P, dc], neighbours similar
-        raw_frames = grid.frames * merge
+        seg_merge = merge if seg.modality == Modality.VIDEO else 1  # images are one unmerged frame
+        raw_frames = grid.frames * seg_merge
         steps = d.randn(raw_frames, grid.rows * grid.cols, dc) / math.sqrt(dc)
         walk = torch.empty_like(steps)
         walk[0] = steps[0]
         for f in range(1, raw_frames):  # mean-reverting drift, stationary std `drift`
             walk[f] = _DRIFT_RHO * walk[f - 1] + math.sqrt(1 - _DRIFT_RHO**2) * steps[f]
-        walk = walk.reshape(grid.frames, merge, -1, dc).mean(1) * drift
+        walk = walk.reshape(grid.frames, seg_merge, -1, dc).mean(1) * drift
         on_grid = grid.on_grid_mask()
         idx = torch.arange(a, b)
         patch_of = torch.cumsum(on_grid.long(), 0) - 1  # running index of on-grid tokens
@@ -261,7 +400,9 @@ def synthetic_workload(
         content[g_idx] = base[patch[on_grid]] + walk[frame_of[on_grid], patch[on_grid]] + token_noise * noise[g_idx]
         content[o_idx] = newline_vec + nl_noise * noise[o_idx]
         is_newline[o_idx] = True
-        sal_patch[g_idx] = patch[on_grid]
+        if seg.modality == Modality.VIDEO:  # salient patches are video patches (images have their own grid)
+            sal_patch[g_idx] = patch[on_grid]
+    cross = _plant_mixed(d, spec, layout, content, kinds) if workload == "mixed" else None
     content = _unit(content)
 
     # -- per KV head key features ---------------------------------------------------------------------------------
@@ -349,7 +490,10 @@ def synthetic_workload(
                 ang = (qpos - off)[:, None] * freqs[None, :]
                 pos_q += amp / _POS_FREQS * torch.cat([torch.cos(ang), torch.sin(ang)], 1)
             aux = torch.tensor([sink, salient, heavy_w, newline]).expand(b - lo, _AUX)
-            raw = sharp * sqrt_d * torch.cat([w_c * cq, pos_q.float(), aux], 1)
+            cpart = w_c * cq
+            if cross is not None:  # mixed: question rows match the needle, video rows their subtitle
+                cpart = cpart + cross.extra(lo, b, h)
+            raw = sharp * sqrt_d * torch.cat([cpart, pos_q.float(), aux], 1)
             q_out[lo - (n - n_q) : b - (n - n_q), h] = (raw.to(dev) @ rot[h // g]).to(dtype)
     tpf = layout.tokens_per_frame
     strides = tuple(tpf if kinds[h] == "grid" and tpf else None for h in range(num_q_heads))
@@ -362,6 +506,7 @@ def synthetic_workload(
         "token_noise": token_noise,
         "tokens_per_frame": tpf,
         "salient_patches": salient_kv,
+        **({"mixed": cross.info} if cross is not None else {}),
         "heads": [
             {
                 "kind": kinds[h],
