@@ -13,6 +13,7 @@ built from the config alone (no processor, no video decoding).
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +223,10 @@ def capture_layers(loaded: LoadedModel, inputs: dict[str, Any], out_dir: str | P
     try:
         with torch.no_grad():
             device = next(loaded.model.parameters()).device
-            loaded.model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
+            kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            if "logits_to_keep" in inspect.signature(loaded.model.forward).parameters:
+                kwargs.setdefault("logits_to_keep", 1)  # the logits are not needed: no N x vocab tensor
+            loaded.model(**kwargs)
     finally:
         text._attn_implementation_internal = base
         _ACTIVE.pop(id(text), None)

@@ -29,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -354,9 +355,15 @@ def _space(args: argparse.Namespace, n_tokens: int) -> SearchSpace:
     return SearchSpace(candidates=paper.candidates, boundaries=boundaries, gqa=gqa)
 
 
-def run_search(args: argparse.Namespace, *, loaded: LoadedModel | None = None) -> HeadConfigs:
+def run_search(
+    args: argparse.Namespace,
+    *,
+    loaded: LoadedModel | None = None,
+    on_layer: Callable[[LayerSearchResult], None] | None = None,
+) -> HeadConfigs:
     """Everything `main` does, raising CaptureError / AdapterError / ConfigError / ValueError on bad input.
-    ``loaded``: an already built model (e.g. a random-init one, `tools/search_gpu.py`) instead of ``args.model``."""
+    ``loaded``: an already built model (e.g. a random-init one, `tools/search_gpu.py`) instead of ``args.model``;
+    ``on_layer(result)`` is called after each layer (checkpointed ones included)."""
     out: Path = args.out
     if loaded is None and (not args.model.is_dir() or not (args.model / "config.json").is_file()):
         raise CaptureError(f"model path {args.model} is not a checkpoint directory (no config.json)")
@@ -464,6 +471,8 @@ def run_search(args: argparse.Namespace, *, loaded: LoadedModel | None = None) -
             results.append(LayerSearchResult.model_validate_json(ckpt.read_text()))
             bar.n = (i + 1) * hq
             bar.refresh()
+            if on_layer is not None:
+                on_layer(results[-1])
             continue
         li = first if i == 0 else on_device(layer_inputs(i))
         done = [0.0]
@@ -494,6 +503,8 @@ def run_search(args: argparse.Namespace, *, loaded: LoadedModel | None = None) -
         ckpt.write_text(r.model_dump_json())
         results.append(r)
         del li
+        if on_layer is not None:
+            on_layer(r)
     bar.close()
 
     meta = {
