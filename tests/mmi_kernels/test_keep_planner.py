@@ -226,3 +226,18 @@ def test_bf16_estimation_keeps_the_fp32_selection() -> None:
             p = torch.softmax(sc.masked_fill(~causal, float("-inf")), -1)
             diff = ((p * a).sum(-1) - (p * b).sum(-1)).abs().mean().item()
             assert diff <= 1e-3, (h, diff)
+
+
+@pytest.mark.parametrize("nqb,nkb", [(1, 1), (5, 1030), (17, 9)])
+def test_grid_blocks_kernel_equals_torch(nqb, nkb, monkeypatch) -> None:
+    """The fused Triton block pass (interpreter) equals its PyTorch expression, chunk carries included."""
+    from mmi_kernels.keep_planner import grid_blocks
+
+    g = torch.Generator().manual_seed(nqb * nkb)
+    diff = torch.randint(-1, 2, (nqb, nkb + 1), generator=g, dtype=torch.int32)
+    col_min, k_min = torch.randint(0, 5000, (nkb,), generator=g), torch.randint(0, 5000, (nkb,), generator=g)
+    q_max, h_max = torch.randint(0, 5000, (nqb,), generator=g), torch.randint(-1, 5000, (nqb,), generator=g)
+    got = grid_blocks(diff, col_min, q_max, k_min, h_max)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ref = grid_blocks(diff, col_min, q_max, k_min, h_max)
+    assert got.dtype == torch.bool and torch.equal(got, ref)

@@ -239,16 +239,18 @@ def _compact(key: torch.Tensor, keep: torch.Tensor, big: int) -> tuple[torch.Ten
     return count, k
 
 
-def _mask_to_lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bool [rows, n] -> (count int64 [rows], ascending column ids int64 [rows, max(count)]): O(nnz) beyond the mask
-    (a sort of the whole [rows, n] id matrix would need 16 bytes per entry: gigabytes at 1M tokens)."""
+def _mask_to_lists(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [rows, n] -> (count int64 [rows], ascending column ids int64 [rows, width]; entries past a row's count
+    are 0). ``width`` >= every count (None: the maximum, one host read). Each kept entry is scattered to its rank in
+    its row (a running count), so nothing is sorted and, with ``width`` given, nothing is read on the host."""
     count = mask.sum(1)
-    width = int(count.max()) if count.numel() else 0
-    r, c = mask.nonzero(as_tuple=True)  # row-major: ascending columns within a row
-    start = torch.cumsum(count, 0) - count
-    ids = torch.zeros(mask.shape[0], width, dtype=torch.int64, device=mask.device)
-    ids[r, torch.arange(r.numel(), device=mask.device) - start[r]] = c
-    return count, ids
+    if width is None:
+        width = int(count.max()) if count.numel() else 0
+    rank = torch.cumsum(mask, 1, dtype=torch.int32) - 1
+    slot = torch.where(mask, rank, width).to(torch.int64)  # column `width` swallows the entries not kept
+    ids = torch.zeros(mask.shape[0], width + 1, dtype=torch.int64, device=mask.device)
+    ids.scatter_(1, slot, torch.arange(mask.shape[1], device=mask.device).expand_as(slot))
+    return count, ids[:, :width]
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,7 @@ class _SlotLists:
     k_by_pos: torch.Tensor
     prefix: torch.Tensor
     b_count: torch.Tensor
-    b_ids: torch.Tensor
+    b_mask: torch.Tensor  # [nqb, nkb] kept blocks outside the leading run: the block lists, before compaction
     c_count: torch.Tensor
     c_ids: torch.Tensor
 
@@ -296,7 +298,7 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
     miss = ~torch.gather(kept, 1, k_by_pos.expand(nqb, nkb))  # [nqb, nkb] in order of first position
     lead = torch.where(miss.any(1), miss.to(torch.uint8).argmax(1), nkb)  # length of the kept leading run
     in_lead = rank[None, :] < lead[:, None]
-    b_count, b_ids = _mask_to_lists(kept & ~in_lead)
+    b_mask = kept & ~in_lead
     if keep.column_ids is not None and keep.column_ids.numel():
         cid = keep.column_ids.to(device, torch.int64)
         if cid.dim() != 2 or cid.shape[0] != nqb:
@@ -308,7 +310,7 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
         c_count, c_ids = _compact(safe, ok, n_k)
     else:
         c_count, c_ids = torch.zeros(nqb, dtype=torch.int64, device=device), torch.zeros(nqb, 0, dtype=torch.int64)
-    return _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, b_ids, c_count, c_ids)
+    return _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_mask.sum(1), b_mask, c_count, c_ids)
 
 
 def _pad_ids(ids: torch.Tensor, cap: int, device: torch.device) -> torch.Tensor:
@@ -355,21 +357,39 @@ def index_from_keeps(
         if any(sl.q_order.numel() != seq_q[r] or sl.k_order.numel() != seq_k[r] for sl in req):
             raise ValueError(f"request {r}: slots disagree on n_q / n_k")
 
-    def need(attr: str) -> tuple[int, str]:
-        best, where = 0, ""
-        for r, req in enumerate(lists):
-            for s, sl in enumerate(req):
-                c = getattr(sl, attr)
-                if c.numel() and int(c.max()) > best:
-                    best, where = int(c.max()), f"request {r}, slot {s}, query block {int(c.argmax())}"
-        return best, where
+    # every host fact of the batch in ONE read: per (request, slot) the largest block / column count, whether the
+    # key order is the identity
+    flat = [sl for req in lists for sl in req]
+    facts = torch.stack(
+        [
+            torch.stack(
+                [
+                    sl.b_count.max() if sl.b_count.numel() else sl.b_count.new_zeros(()),
+                    sl.c_count.max() if sl.c_count.numel() else sl.c_count.new_zeros(()),
+                    (sl.k_order == torch.arange(sl.k_order.numel(), device=dev)).all().to(torch.int64),
+                ]
+            )
+            for sl in flat
+        ]
+    ).tolist()
 
-    nb, where_b = need("b_count")
-    nc, where_c = need("c_count")
+    def need(col: int) -> tuple[int, int]:  # the largest count and the list it is in
+        i = max(range(len(flat)), key=lambda j: facts[j][col])
+        return facts[i][col], i
+
+    def where(i: int, attr: str) -> str:  # for the error message only (one more host read)
+        c = getattr(flat[i], attr)
+        return f"request {i // n_slots}, slot {i % n_slots}, query block {int(c.argmax())}"
+
+    (nb, ib), (nc, ic) = need(0), need(1)
     if block_capacity is not None and nb > block_capacity:
-        raise IndexCapacityError(f"{where_b} keeps {nb} key blocks, over the block capacity {block_capacity}")
+        raise IndexCapacityError(
+            f"{where(ib, 'b_count')} keeps {nb} key blocks, over the block capacity {block_capacity}"
+        )
     if column_capacity is not None and nc > column_capacity:
-        raise IndexCapacityError(f"{where_c} keeps {nc} key columns, over the column capacity {column_capacity}")
+        raise IndexCapacityError(
+            f"{where(ic, 'c_count')} keeps {nc} key columns, over the column capacity {column_capacity}"
+        )
     cap_b = max(block_capacity if block_capacity is not None else nb, 1)
     cap_c = max(column_capacity if column_capacity is not None else nc, 1)
 
@@ -409,12 +429,12 @@ def index_from_keeps(
         k_blocks_by_pos=cat("k_by_pos"),
         block_prefix=cat("prefix"),
         block_count=cat("b_count"),
-        block_ids=cat("b_ids", cap_b),
+        block_ids=torch.stack(
+            [torch.cat([_mask_to_lists(req[s].b_mask, cap_b)[1] for req in lists]) for s in range(n_slots)]
+        ).to(torch.int32),
         column_count=cat("c_count"),
         column_ids=cat("c_ids", cap_c),
-        keys_identity=all(
-            torch.equal(sl.k_order, torch.arange(sl.k_order.numel(), device=dev)) for req in lists for sl in req
-        ),
+        keys_identity=all(f[2] == 1 for f in facts),
     )
 
 

@@ -13,9 +13,12 @@ key-permuted index up to the row's own key — one interval per row, turned into
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
+import triton
+import triton.language as tl
 
 from mmi_core import AShape, BlockSparse, Grid, Modality, ModalityLayout, VerticalSlash
 from mmi_core.estimation import grid_key_mask
@@ -26,6 +29,7 @@ __all__ = [
     "ashape_keep",
     "block_sparse_keep",
     "dense_keep",
+    "grid_blocks",
     "grid_keep",
     "grid_order",
     "union_keeps",
@@ -200,37 +204,70 @@ def grid_keep(lt: LayoutTensors, n_q: int, cfg: Grid, stride: int | torch.Tensor
     q_pos = qo + prefix  # original position of each query-permuted row
     q_block = torch.arange(n_q, device=dev) // b
     q_max = torch.full((nqb,), -1, dtype=torch.int64, device=dev).scatter_reduce(0, q_block, q_pos, "amax")
-    blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
+    # key blocks kept whole: those holding a sink or vline key causal for some row of the query block
+    col_min = torch.full((nkb,), big, dtype=torch.int64, device=dev)
     if cfg.sink:
-        blocks |= min_where(pos < cfg.sink)[None, :] <= q_max[:, None]
+        col_min = torch.minimum(col_min, min_where(pos < cfg.sink))
     if cfg.vline:
-        blocks |= min_where(on_line)[None, :] <= q_max[:, None]
+        col_min = torch.minimum(col_min, min_where(on_line))
+    h_max = torch.full((nqb,), -1, dtype=torch.int64, device=dev)  # hline: the last line row of each query block
     if cfg.hline:
-        line_rows = on_line[q_pos]
-        h_max = torch.full((nqb,), -1, dtype=torch.int64, device=dev).scatter_reduce(
-            0, q_block, torch.where(line_rows, q_pos, -1), "amax"
-        )
-        blocks |= kmin[None, :] <= h_max[:, None]
+        h_max = h_max.scatter_reduce(0, q_block, torch.where(on_line[q_pos], q_pos, -1), "amax")
     own = kinv[q_pos] // b  # key block of each row's own key
-    # rows' intervals in key-permuted order, as [lo, hi] key blocks: own key always; own class up to itself (slash)
+    # rows' intervals in key-permuted order, as [lo, own] key blocks: own key always; own class up to itself
+    # (slash); the `local` key blocks before the own one
     lo = own.clone()
     if cfg.slash:
         # first key-permuted index of each row's (segment, residue) class: its key index minus its rank in the class
         s0 = lt.segment_start[q_pos]
         rank = torch.div(q_pos - s0, stride, rounding_mode="floor")  # the class's keys before the row's own
         lo = torch.where(lt.is_video[q_pos], (kinv[q_pos] - rank) // b, own)
+    if cfg.local:
+        lo = torch.minimum(lo, torch.clamp(own - cfg.local, min=0))
     # interval starts and ends per (query block, key block); integer sums, so the atomics are exact
     diff = torch.zeros(nqb * (nkb + 1), dtype=torch.int32, device=dev)
     ones = torch.ones_like(lo, dtype=torch.int32)
     diff.scatter_add_(0, q_block * (nkb + 1) + lo, ones)
     diff.scatter_add_(0, q_block * (nkb + 1) + own + 1, -ones)
-    blocks |= diff.view(nqb, nkb + 1).cumsum(1)[:, :nkb] > 0
-    if cfg.local:
-        owned = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
-        owned[q_block, own] = True
-        for shift in range(1, min(cfg.local, nkb) + 1):  # `local` key blocks before each own block
-            blocks[:, : nkb - shift] |= owned[:, shift:]
+    blocks = grid_blocks(diff.view(nqb, nkb + 1), col_min, q_max, kmin, h_max)
     return SlotKeep(qo, ko, blocks)
+
+
+@triton.jit
+def _grid_blocks_kernel(DIFF, COL_MIN, Q_MAX, K_MIN, H_MAX, OUT, nkb, BK: tl.constexpr):
+    qb = tl.program_id(0).to(tl.int64)
+    q_max = tl.load(Q_MAX + qb)
+    h_max = tl.load(H_MAX + qb)
+    carry = tl.zeros([], tl.int32)
+    for c0 in range(0, nkb, BK):
+        kb = c0 + tl.arange(0, BK)
+        m = kb < nkb
+        d = tl.load(DIFF + qb * (nkb + 1) + kb, mask=m, other=0)
+        cover = tl.cumsum(d, 0) + carry
+        carry += tl.sum(d, 0)
+        keep = (cover > 0) | (tl.load(COL_MIN + kb, mask=m, other=0) <= q_max)
+        keep = keep | (tl.load(K_MIN + kb, mask=m, other=0) <= h_max)
+        tl.store(OUT + qb * nkb + kb, keep.to(tl.uint8), mask=m)
+
+
+def grid_blocks(
+    diff: torch.Tensor, col_min: torch.Tensor, q_max: torch.Tensor, k_min: torch.Tensor, h_max: torch.Tensor
+) -> torch.Tensor:
+    """Grid key blocks bool ``[nqb, nkb]`` from per-block facts: ``diff`` int32 ``[nqb, nkb + 1]`` (+1 where a row's
+    interval starts, -1 after it ends: covered where the running sum is positive), ``col_min`` / ``k_min`` int64
+    ``[nkb]`` (smallest sink-or-vline / any key position of each key block), ``q_max`` / ``h_max`` int64 ``[nqb]``
+    (largest row / line-row position of each query block). Kept: covered, or ``col_min <= q_max``, or
+    ``k_min <= h_max``.
+
+    One Triton program per query block on CUDA or under the interpreter (a row's scan, three comparisons and the
+    store in one pass over ``nqb · nkb``); the PyTorch expression otherwise (the reference of the tests)."""
+    nqb, nkb = q_max.numel(), k_min.numel()
+    if not (diff.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return (diff.cumsum(1)[:, :nkb] > 0) | (col_min[None, :] <= q_max[:, None]) | (k_min[None, :] <= h_max[:, None])
+    out = torch.empty(nqb, nkb, dtype=torch.uint8, device=diff.device)
+    if nqb and nkb:
+        _grid_blocks_kernel[(nqb,)](diff.contiguous(), col_min, q_max, k_min, h_max, out, nkb, BK=1024)
+    return out.view(torch.bool)
 
 
 def union_keeps(keeps: Sequence[SlotKeep]) -> SlotKeep:

@@ -185,9 +185,10 @@ class SparsePrefillWrapper:
         self.counts["dense_heads_in_sparse_requests"] += dense_heads * len(sparse)
         all_sparse = len(sparse) == len(plan.sparse)
         q_s = q if all_sparse else torch.cat([q[self._cu_q[r] : self._cu_q[r + 1]] for r in sparse])
+        o_s = out if all_sparse else None  # the kernel writes every row: no copy of a whole-batch output
         if paged:
             pt = self._page_table if all_sparse else self._page_table[sparse]  # type: ignore[index]
-            o_s = self._attend(q_s, None, None, index, scale, k_cache=k_cache, v_cache=v_cache, page_table=pt)
+            o_s = self._attend(q_s, None, None, index, scale, o_s, k_cache=k_cache, v_cache=v_cache, page_table=pt)
         else:
             assert k is not None and v is not None
             if all_sparse:
@@ -195,10 +196,8 @@ class SparsePrefillWrapper:
             else:
                 k_s = torch.cat([k[self._cu_k[r] : self._cu_k[r + 1]] for r in sparse])
                 v_s = torch.cat([v[self._cu_k[r] : self._cu_k[r + 1]] for r in sparse])
-            o_s = self._attend(q_s, k_s, v_s, index, scale)
-        if all_sparse:
-            out.copy_(o_s)
-        else:
+            o_s = self._attend(q_s, k_s, v_s, index, scale, o_s)
+        if not all_sparse:
             at = 0
             for r in sparse:
                 n = plan.n_q[r]
@@ -225,10 +224,11 @@ class SparsePrefillWrapper:
         vr = self._keys(v, v_cache, r)
         out[self._cu_q[r] : self._cu_q[r + 1]] = dense_causal_attention(qr, kr, vr, scale)
 
-    def _attend(self, q, k, v, index: SparseIndex, scale: float, **paged) -> torch.Tensor:
+    def _attend(self, q, k, v, index: SparseIndex, scale: float, out: torch.Tensor | None, **paged) -> torch.Tensor:
         if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
-            return sparse_attention(q, k, v, index, scale=scale, config=self.kernel_config, **paged)
-        return index_attention_reference(q, k, v, index, scale, **paged)
+            return sparse_attention(q, k, v, index, scale=scale, out=out, config=self.kernel_config, **paged)
+        o = index_attention_reference(q, k, v, index, scale, **paged)
+        return o if out is None else out.copy_(o)
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
