@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
+import torch
 
-from mmi_core import HeadConfigs
+if not torch.cuda.is_available():  # KernelTimer tests: the Triton kernel in the interpreter (set before Triton loads)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from mmi_core import (
+    BlockSparse,
+    Grid,
+    HeadConfigs,
+    ReferenceEvaluator,
+    VerticalSlash,
+    sample_rows,
+    synthetic_workload,
+)
 from mmi_models import apply_mminference, load_head_configs, write_moving_shapes_mp4
 from mmi_models.adapter import adapter_for
-from mmi_models.search_cli import main
+from mmi_models.search_cli import KernelTimer, main
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +155,66 @@ def test_cli_synthetic_paper_space_recovers_planted_heads(tiny_qwen, tmp_path):
     assert hc.metadata["search"]["latency_source"]["name"] == "cost_model_kernel_only"
     # unsearched layers stay dense and the file says so
     assert all(s.is_dense for s in hc.layers[1].heads) and hc.metadata["unsearched_layers_dense"] == [1]
+
+
+# -- the real-kernel latency source (KernelTimer) on the CPU: the Triton kernel under TRITON_INTERPRET=1 ------------
+needs_interpreter = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="KernelTimer on the CPU needs TRITON_INTERPRET=1 before Triton is imported",
+)
+KT_KINDS = ("grid", "vertical_slash")
+
+
+@needs_interpreter
+@pytest.mark.slow
+def test_kernel_timer_evaluates_exactly_like_the_reference():
+    """Outputs, recall and keep masks from the index the kernel executes equal mmi-core's reference evaluation of
+    the same configuration (GPU estimation = mmi-core estimation in fp32); latencies are measured, one per head."""
+    w = synthetic_workload(5, num_tokens=192, num_q_heads=2, num_kv_heads=1, head_kinds=KT_KINDS)
+    rows = sample_rows(w.layout.num_tokens, 24, 0)
+    kt, ref = KernelTimer("cpu", reps=1), ReferenceEvaluator()
+    cands = [
+        (Grid(stride="frame", block=16, last_q=16, sink=4), "group"),
+        (VerticalSlash(vertical=8, slash=4, sink=4, local=8, last_q=16, block=16), "head"),
+        (BlockSparse(top_k=2, block=16), "group"),
+    ]
+    for cand, gqa in cands:
+        hc = HeadConfigs.uniform(1, 2, 1, cand, gqa=gqa)
+        a = kt.evaluate(w.q, w.k, w.v, w.layout, hc, rows)
+        b = ref.evaluate(w.q, w.k, w.v, w.layout, hc, rows)
+        torch.testing.assert_close(a.out.cpu(), b.out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.recall, b.recall, atol=1e-6, rtol=1e-6)
+        assert len(a.latency_ms) == 2 and all(x > 0 for x in a.latency_ms)
+        for x, y in zip(
+            kt.row_keep_masks(w.q, w.k, w.layout, hc, rows),
+            ref.row_keep_masks(w.q, w.k, w.layout, hc, rows),
+            strict=True,
+        ):
+            assert torch.equal(x.cpu(), y), type(cand).__name__
+    assert kt.describe()["name"] == "kernels_timed"
+
+
+def test_kernel_timer_refuses_the_cpu_without_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        KernelTimer("cpu")
+
+
+@needs_interpreter
+@pytest.mark.slow
+def test_cli_with_the_real_kernel_latency_source(tiny_qwen, video, candidates, tmp_path):
+    """``--latency kernels --device cpu``: every candidate runs through mmi-kernels' wrapper (the Triton kernel in the
+    interpreter), the configs load, the metadata names the kernel source, the report is written."""
+    out = tmp_path / "kern"
+    main(
+        _args(
+            tiny_qwen, out, video, candidates, "--latency", "kernels", "--device", "cpu", "--reps", "1", "--layers", "1"
+        )
+    )
+    hc = HeadConfigs.load(out / "head_configs.json")
+    src = hc.metadata["search"]["latency_source"]
+    assert src["name"] == "kernels_timed" and src["reps"] == 1
+    assert all(h["latency_ms"] > 0 for h in hc.metadata["per_head"][0])
+    assert all(s.is_dense for s in hc.layers[1].heads)
+    for name in ("patterns.png", "attention_maps.png", "search.csv"):
+        assert (out / name).stat().st_size > 0, name
