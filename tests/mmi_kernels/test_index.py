@@ -149,3 +149,25 @@ def test_bad_inputs_name_the_problem() -> None:
         index_from_selections([[sel, other]], num_q_heads=2, num_kv_heads=2)
     with pytest.raises(ValueError, match="same number"):
         index_from_selections([[sel, sel], [sel]], num_q_heads=2, num_kv_heads=2)
+
+
+@pytest.mark.parametrize("nqb,nkb,width", [(1, 1, 1), (6, 1500, 1400), (13, 40, 9)])
+def test_block_lists_kernels_equal_torch(nqb, nkb, width, monkeypatch) -> None:
+    """The index builder's Triton row scans (interpreter) equal their PyTorch expressions: leading run, counts and
+    ascending id lists, chunk boundaries included."""
+    from mmi_kernels.block_lists import block_ids, lead_and_count
+
+    g = torch.Generator().manual_seed(nqb * nkb)
+    blocks = torch.rand(nqb, nkb, generator=g) < 0.7
+    k_min = torch.randint(0, 9000, (nkb,), generator=g)
+    q_max = torch.randint(0, 9000, (nqb,), generator=g)
+    rank = torch.empty(nkb, dtype=torch.int64)
+    rank[torch.sort(k_min, stable=True).indices] = torch.arange(nkb)
+    lead, count = lead_and_count(blocks, k_min, q_max, rank)
+    ids = block_ids(blocks, k_min, q_max, rank, lead, max(width, int(count.max())))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ref_lead, ref_count = lead_and_count(blocks, k_min, q_max, rank)
+    assert torch.equal(lead, ref_lead) and torch.equal(count, ref_count)
+    ref_ids = block_ids(blocks, k_min, q_max, rank, ref_lead, ids.shape[1])
+    valid = torch.arange(ids.shape[1])[None, :] < count[:, None]
+    assert torch.equal(torch.where(valid, ids, -1), torch.where(valid, ref_ids, -1))

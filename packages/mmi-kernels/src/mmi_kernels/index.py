@@ -32,6 +32,7 @@ from itertools import accumulate
 import torch
 
 from mmi_core import AShape, BlockSparse, Dense, Grid, PatternConfig, Selection, VerticalSlash
+from mmi_kernels.block_lists import block_ids, lead_and_count
 
 __all__ = [
     "BlockSparseRows",
@@ -264,7 +265,8 @@ class _SlotLists:
     k_by_pos: torch.Tensor
     prefix: torch.Tensor
     b_count: torch.Tensor
-    b_mask: torch.Tensor  # [nqb, nkb] kept blocks outside the leading run: the block lists, before compaction
+    blocks: torch.Tensor  # the keep set's [nqb, nkb] blocks and the key blocks' first-position ranks: the lists'
+    rank: torch.Tensor  # input, compacted once the batch's list width is known
     c_count: torch.Tensor
     c_ids: torch.Tensor
 
@@ -290,27 +292,24 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
         raise ValueError(f"blocks must be bool [{nqb}, {nkb}], got {keep.blocks.dtype} {tuple(keep.blocks.shape)}")
     q_min, q_max = _block_minmax(qo + (n_k - n_q), block, n_k)
     k_min, k_max = _block_minmax(ko, block, n_k)
-    causal = k_min[None, :] <= q_max[:, None]  # [nqb, nkb]: the tile holds at least one causal pair
-    kept = keep.blocks.to(device) & causal
+    blocks = keep.blocks.to(device)
     k_by_pos = torch.sort(k_min, stable=True).indices
     rank = torch.empty_like(k_by_pos)
     rank[k_by_pos] = torch.arange(nkb, device=device)
-    miss = ~torch.gather(kept, 1, k_by_pos.expand(nqb, nkb))  # [nqb, nkb] in order of first position
-    lead = torch.where(miss.any(1), miss.to(torch.uint8).argmax(1), nkb)  # length of the kept leading run
-    in_lead = rank[None, :] < lead[:, None]
-    b_mask = kept & ~in_lead
+    lead, b_count = lead_and_count(blocks, k_min, q_max, rank)  # kept = in `blocks` and holding a causal pair
     if keep.column_ids is not None and keep.column_ids.numel():
         cid = keep.column_ids.to(device, torch.int64)
         if cid.dim() != 2 or cid.shape[0] != nqb:
             raise ValueError(f"column_ids must be [{nqb}, C], got {tuple(cid.shape)}")
         ok = (cid >= 0) & (cid < n_k)
         safe = torch.where(ok, cid, 0)
-        ok &= ~torch.gather(kept, 1, safe // block)  # inside a kept block: already counted
+        kb = safe // block
+        ok &= ~(torch.gather(blocks, 1, kb) & (k_min[kb] <= q_max[:, None]))  # inside a kept block: already counted
         ok &= ko[safe] <= q_max[:, None]  # no causal pair for any row of the block
         c_count, c_ids = _compact(safe, ok, n_k)
     else:
         c_count, c_ids = torch.zeros(nqb, dtype=torch.int64, device=device), torch.zeros(nqb, 0, dtype=torch.int64)
-    return _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_mask.sum(1), b_mask, c_count, c_ids)
+    return _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, blocks, rank, c_count, c_ids)
 
 
 def _pad_ids(ids: torch.Tensor, cap: int, device: torch.device) -> torch.Tensor:
@@ -430,7 +429,15 @@ def index_from_keeps(
         block_prefix=cat("prefix"),
         block_count=cat("b_count"),
         block_ids=torch.stack(
-            [torch.cat([_mask_to_lists(req[s].b_mask, cap_b)[1] for req in lists]) for s in range(n_slots)]
+            [
+                torch.cat(
+                    [
+                        block_ids(sl.blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, cap_b)
+                        for sl in (req[s] for req in lists)
+                    ]
+                )
+                for s in range(n_slots)
+            ]
         ).to(torch.int32),
         column_count=cat("c_count"),
         column_ids=cat("c_ids", cap_c),

@@ -1,0 +1,107 @@
+"""Key-block lists of one head slot from its keep set: the index builder's only pass over ``[nqb, nkb]``.
+
+Per query block ``qb`` a key block ``kb`` is *kept* when the keep set has it and it holds a causal pair
+(``k_min[kb] <= q_max[qb]``). The kept blocks that lead the slot's key blocks sorted by first position become one
+integer, ``lead`` (the smallest position-order ``rank`` of a block NOT kept); the other kept blocks, ascending, are
+the list. Both functions run one Triton program per query block on CUDA or under ``TRITON_INTERPRET=1`` (a few
+chunked scans of one row: nothing of size ``nqb · nkb`` is written but the lists), and the PyTorch expressions below
+otherwise; those are the reference of the tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["block_ids", "lead_and_count"]
+
+_CHUNK = 1024
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kept(blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor) -> torch.Tensor:
+    return blocks & (k_min[None, :] <= q_max[:, None])
+
+
+@triton.jit
+def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nkb, CHUNK: tl.constexpr):
+    qb = tl.program_id(0).to(tl.int64)
+    q_max = tl.load(Q_MAX + qb)
+    lead = tl.zeros([], tl.int64) + nkb
+    for c0 in range(0, nkb, CHUNK):
+        kb = c0 + tl.arange(0, CHUNK)
+        m = kb < nkb
+        kept = (tl.load(BLOCKS + qb * nkb + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max)
+        rank = tl.load(RANK + kb, mask=m, other=nkb)
+        lead = tl.minimum(lead, tl.min(tl.where(kept | ~m, nkb, rank), 0))
+    count = tl.zeros([], tl.int32)
+    for c0 in range(0, nkb, CHUNK):
+        kb = c0 + tl.arange(0, CHUNK)
+        m = kb < nkb
+        kept = (tl.load(BLOCKS + qb * nkb + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max)
+        rank = tl.load(RANK + kb, mask=m, other=0)
+        count += tl.sum((kept & m & (rank >= lead)).to(tl.int32), 0)
+    tl.store(LEAD + qb, lead)
+    tl.store(COUNT + qb, count)
+
+
+@triton.jit
+def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, IDS, nkb, width, CHUNK: tl.constexpr):
+    qb = tl.program_id(0).to(tl.int64)
+    q_max = tl.load(Q_MAX + qb)
+    lead = tl.load(LEAD + qb)
+    base = tl.zeros([], tl.int32)
+    for c0 in range(0, nkb, CHUNK):
+        kb = c0 + tl.arange(0, CHUNK)
+        m = kb < nkb
+        kept = (tl.load(BLOCKS + qb * nkb + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max)
+        listed = kept & m & (tl.load(RANK + kb, mask=m, other=0) >= lead)
+        at = base + tl.cumsum(listed.to(tl.int32), 0) - 1
+        tl.store(IDS + qb * width + at, kb.to(tl.int64), mask=listed & (at < width))
+        base += tl.sum(listed.to(tl.int32), 0)
+
+
+def lead_and_count(
+    blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor, rank: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``blocks`` bool ``[nqb, nkb]``, ``k_min`` int64 ``[nkb]`` (first original position of each key block),
+    ``q_max`` int64 ``[nqb]`` (last position of each query block), ``rank`` int64 ``[nkb]`` (each key block's place
+    in first-position order). Returns int64 ``(lead [nqb], count [nqb])``: the kept leading run's length and the
+    number of other kept blocks."""
+    nqb, nkb = blocks.shape
+    if not _use_triton(blocks):
+        kept = _kept(blocks, k_min, q_max)
+        lead = torch.where(kept, nkb, rank[None, :]).amin(1) if nkb else torch.zeros(nqb, dtype=torch.int64)
+        return lead, (kept & (rank[None, :] >= lead[:, None])).sum(1)
+    lead = torch.empty(nqb, dtype=torch.int64, device=blocks.device)
+    count = torch.empty(nqb, dtype=torch.int64, device=blocks.device)
+    if nqb:
+        _lead_count_kernel[(nqb,)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, count, nkb,
+                                   CHUNK=_CHUNK)  # fmt: skip
+    return lead, count
+
+
+def block_ids(
+    blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor, rank: torch.Tensor, lead: torch.Tensor, width: int
+) -> torch.Tensor:
+    """The listed key blocks of each query block, ascending: int64 ``[nqb, width]`` (``width`` >= every count of
+    `lead_and_count`; entries past a row's count are 0). Arguments as `lead_and_count`, ``lead`` its first output."""
+    nqb, nkb = blocks.shape
+    if not _use_triton(blocks):
+        listed = _kept(blocks, k_min, q_max) & (rank[None, :] >= lead[:, None])
+        rank_in_row = torch.cumsum(listed, 1) - 1
+        slot = torch.where(listed, rank_in_row, width)  # column `width` swallows the entries not listed
+        ids = torch.zeros(nqb, width + 1, dtype=torch.int64, device=blocks.device)
+        ids.scatter_(1, slot, torch.arange(nkb, device=blocks.device).expand_as(slot))
+        return ids[:, :width]
+    ids = torch.zeros(nqb, width, dtype=torch.int64, device=blocks.device)
+    if nqb and width:
+        _ids_kernel[(nqb,)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, ids, nkb, width,
+                            CHUNK=_CHUNK)  # fmt: skip
+    return ids
