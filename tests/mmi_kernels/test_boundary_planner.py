@@ -166,9 +166,9 @@ def _vg(frames: int, rows: int, cols: int, row_extra: int = 0) -> VisualGrid:
 
 
 # (layout, block, prefixes): 2-5 segments, all modalities, modalities shorter than a block, text at the very end,
-# cached prefixes that cut a video segment or hide a whole modality
+# cached prefixes that cut a video segment or hide a whole modality, or shift query blocks against key blocks
 PLANNER_LAYOUTS = {
-    "v_t": (ModalityLayout.from_parts([("video", _vg(3, 4, 8)), ("text", 40)]), 16, (0, 50)),
+    "v_t": (ModalityLayout.from_parts([("video", _vg(3, 4, 8)), ("text", 40)]), 16, (0, 17, 50)),
     "t_i_v": (
         ModalityLayout.from_parts([("text", 20), ("image", _vg(1, 4, 6)), ("video", _vg(5, 4, 8, 1))]),
         16,
@@ -184,7 +184,7 @@ PLANNER_LAYOUTS = {
             [("text", 30), ("video", _vg(6, 4, 8)), ("text", 12), ("image", _vg(1, 6, 6)), ("video", _vg(8, 4, 8))]
         ),
         32,
-        (0, 101),
+        (0, 33, 101),  # 33 = 1 mod block: a query block's last row opens a key block (tile = its own pair only)
     ),
     "long_6seg": (
         ModalityLayout.from_parts(

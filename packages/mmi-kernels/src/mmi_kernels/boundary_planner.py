@@ -94,6 +94,85 @@ def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) 
     return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad)
 
 
+SLOT_LOOP_MAX = 8
+"""Up to this many key-side slots the tiles come from one gather per slot; beyond (a sub order that scatters the
+final blocks, typically identity-ordered keys against grid-ordered video keys) from `_tiles`' full/partial split."""
+
+
+def _tiles(
+    s_ext: torch.Tensor,
+    r_slot: torch.Tensor,
+    r_val: torch.Tensor,
+    c_slot: torch.Tensor,
+    c_val: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """bool [R, C]: ``T[X, Y] = OR over slots w, v of S[r_slot[X, w], c_slot[Y, v]] and c_val[Y, v] <= r_val[X, w]``.
+
+    ``s_ext`` bool [nr + 1, nc + 1] (sub blocks; last row / column: the padding id, all False); ``r_slot``,
+    ``r_val`` int64 [R, Wr]; ``c_slot``, ``c_val`` int64 [C, Wc]; every sub block id occurs in at most ``block``
+    slots of ``c_slot``. Call it with the side of few slots as rows: the reach ``A[X, c] = max r_val`` over X's
+    slots that keep ``c`` costs one [R, nc] pass per row slot.
+
+    Many column slots: per sub block c, its column incidences sorted by value; ``h[c, X]`` = how many of them X
+    reaches (a prefix). Blocks reached in full (h = all) give ``full @ incidence`` (one matmul of 0/1 values:
+    all terms >= 0, so ``> 0`` is exact in any float type); partly reached ones (h strictly between) are few when
+    the sub order agrees with the final one on the row side (at most Wr per X: the values lie inside one
+    block's range each), and are scattered one incidence at a time. Too many partial blocks (sub orders that
+    overlap, e.g. a grid-ordered sub against another order): the per-slot loop instead. One host read (count).
+    """
+    dev = s_ext.device
+    nr, nc = s_ext.shape[0] - 1, s_ext.shape[1] - 1
+    n_rows, n_cols = r_slot.shape[0], c_slot.shape[0]
+    low = torch.iinfo(torch.int64).min
+    reach = torch.full((n_rows, nc + 1), low, dtype=torch.int64, device=dev)  # A[X, c]; column nc stays `low`
+    for w in range(r_slot.shape[1]):  # slots, not tokens
+        reach = torch.maximum(reach, torch.where(s_ext[r_slot[:, w]], r_val[:, w : w + 1], low))
+    del nr
+
+    def slot_loop() -> torch.Tensor:
+        out = torch.zeros(n_rows, n_cols, dtype=torch.bool, device=dev)
+        for v in range(c_slot.shape[1]):  # slots, not tokens
+            out |= reach.index_select(1, c_slot[:, v]) >= c_val[:, v][None, :]
+        return out
+
+    if c_slot.shape[1] <= SLOT_LOOP_MAX:
+        return slot_loop()
+    # column incidences grouped by sub block, ascending value inside each (padding id nc sorts last)
+    inc_c, inc_y, inc_v = (
+        c_slot.flatten(),
+        torch.arange(n_cols, device=dev).repeat_interleave(c_slot.shape[1]),
+        c_val.flatten(),
+    )
+    order = torch.sort(inc_v, stable=True).indices
+    order = order[torch.sort(inc_c[order], stable=True).indices]
+    inc_c, inc_y, inc_v = inc_c[order], inc_y[order], inc_v[order]
+    count = torch.zeros(nc + 1, dtype=torch.int64, device=dev).scatter_add_(0, inc_c, torch.ones_like(inc_c))
+    rank = torch.arange(inc_c.numel(), device=dev) - (torch.cumsum(count, 0) - count)[inc_c]
+    real = inc_c < nc
+    big = torch.iinfo(torch.int64).max
+    tab_v = torch.full((nc + 1, block + 1), big, dtype=torch.int64, device=dev)  # [c, rank]; column block: trash
+    tab_y = torch.full((nc + 1, block + 1), n_cols, dtype=torch.int64, device=dev)
+    slot = torch.where(real, rank.clamp(max=block), block)
+    tab_v[inc_c, slot] = torch.where(real, inc_v, big)
+    tab_y[inc_c, slot] = torch.where(real, inc_y, n_cols)
+    tab_v, tab_y, count = tab_v[:nc, :block].contiguous(), tab_y[:nc, :block], count[:nc]
+    h = torch.searchsorted(tab_v, reach[:, :nc].t().contiguous(), right=True)  # [nc, R] incidences reached
+    full = (h == count[:, None]) & (count[:, None] > 0)
+    partial = (h > 0) & (h < count[:, None])
+    pc, px = partial.nonzero(as_tuple=True)  # host sync: the number of partly reached blocks
+    if pc.numel() * block > max(n_rows * n_cols, 1):
+        return slot_loop()
+    incidence = torch.zeros(nc + 1, n_cols + 1, dtype=torch.bool, device=dev)
+    incidence[inc_c, torch.where(real, inc_y, n_cols)] = True
+    mm = torch.float16 if dev.type == "cuda" else torch.float32
+    out = torch.zeros(n_rows, n_cols + 1, dtype=torch.bool, device=dev)
+    out[:, :n_cols] = (full.t().to(mm) @ incidence[:nc, :n_cols].to(mm)) > 0
+    ys = torch.where(torch.arange(block, device=dev)[None, :] < h[pc, px][:, None], tab_y[pc], n_cols)
+    out[px[:, None].expand_as(ys), ys] = True  # column n_cols: not reached
+    return out[:, :n_cols]
+
+
 def _pad_view(x: torch.Tensor, block: int, value: int) -> torch.Tensor:
     """int64 [n] -> [ceil(n / block), block], padded with ``value``."""
     nb = _cdiv(x.numel(), block)
@@ -136,32 +215,31 @@ def _round_group(
     big = torch.iinfo(torch.int64).max
     k_slot, k_min = _slots(k_ids, torch.where(ok, c, big), nkb_s, largest=False)
 
-    s_ext = torch.zeros(nqb_s + 1, nkb_s, dtype=torch.bool, device=dev)  # row nqb_s: padding slots keep nothing
-    s_ext[:nqb_s] = sub.blocks.to(dev)
-    reach = torch.full((q_slot.shape[0], nkb_s), -1, dtype=torch.int64, device=dev)  # A[X, KB]
-    for w in range(q_slot.shape[1]):  # slots, not tokens: W <= block
-        reach = torch.maximum(reach, torch.where(s_ext[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
-    reach = torch.nn.functional.pad(reach, (0, 1), value=-1)  # column nkb_s: padding slots reach nothing
-    tiles = torch.zeros(q_slot.shape[0], k_slot.shape[0], dtype=torch.bool, device=dev)
-    for w in range(k_slot.shape[1]):
-        tiles |= reach.index_select(1, k_slot[:, w]) >= k_min[:, w][None, :]
+    s_ext = torch.zeros(nqb_s + 1, nkb_s + 1, dtype=torch.bool, device=dev)  # row / column nqb_s, nkb_s: padding
+    s_ext[:nqb_s, :nkb_s] = sub.blocks.to(dev)
+    if q_slot.shape[1] <= k_slot.shape[1]:
+        tiles = _tiles(s_ext, q_slot, q_pmax, k_slot, k_min, b)
+    else:  # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem
+        tiles = _tiles(s_ext.t(), k_slot, -k_min, q_slot, -q_pmax, b).t()
 
     if sub.column_ids is None or sub.column_ids.numel() == 0:
         return tiles, None
     cid = sub.column_ids.to(dev, torch.int64)
     if torch.equal(cid, cid[:1].expand_as(cid)):  # one list for every query block (vertical-slash): no union needed
-        universe = cid[0]
-        member = torch.ones(nqb_s + 1, universe.numel(), dtype=torch.bool, device=dev)
+        universe, member = cid[0], None
     else:
         universe = torch.unique(cid[cid >= 0])  # host sync: output size
         member = torch.zeros(nqb_s + 1, universe.numel(), dtype=torch.bool, device=dev)
         rows = torch.arange(nqb_s, device=dev)[:, None].expand_as(cid)
         valid = cid >= 0
         member[rows[valid], torch.searchsorted(universe, cid[valid])] = True
-    member[nqb_s] = False
-    col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=torch.int64, device=dev)
-    for w in range(q_slot.shape[1]):
-        col_reach = torch.maximum(col_reach, torch.where(member[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
+        member[nqb_s] = False
+    if member is None:
+        col_reach = q_pmax.amax(1, keepdim=True)  # [nqb, 1]: the group's last row of each final block
+    else:
+        col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=torch.int64, device=dev)
+        for w in range(q_slot.shape[1]):  # slots, W <= block
+            col_reach = torch.maximum(col_reach, torch.where(member[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
     pos = sub.k_order.to(dev, torch.int64)[universe.clamp(min=0)]  # original position of each column
     keep = (universe >= 0)[None, :] & key_mask[pos][None, :] & (pos[None, :] <= col_reach)
     return tiles, torch.where(keep, kinv[pos][None, :].expand_as(keep), -1)
