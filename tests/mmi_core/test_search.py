@@ -22,6 +22,7 @@ from mmi_core import (
     synthetic_workload,
 )
 from mmi_core.search import PAPER_VS_PAIRS, boundary_executed
+from mmi_core.synthetic import held_out_seeds
 
 BLOCK = 32
 KINDS = ("grid", "grid", "vertical_slash", "vertical_slash")
@@ -38,61 +39,81 @@ def _space(gqa: tuple[str, ...] = ("head",)) -> SearchSpace:
 
 @pytest.fixture(scope="module")
 def workload():
-    # dev seed 5 (not a held-out seed); at ~1.5K tokens the choice is seed-dependent (see docs/search/README.md)
+    # dev seed 5 (not a held-out seed): the band, GQA and boundary tests below
     return synthetic_workload(5, num_tokens=1536, num_q_heads=4, num_kv_heads=2, head_kinds=KINDS)
 
 
-@pytest.fixture(scope="module")
-def result(workload) -> LayerSearchResult:
-    w = workload
-    kernel_only = CostModel(estimation_ms_at_128k={})  # at 1.5K tokens the 128K estimation overhead would dominate
-    return search_layer(
-        w.q, w.k, w.v, w.layout, _space(), latency=kernel_only, num_rows=64, target_fraction=0.45, band=0.3
-    )
+#: held-out seeds never looked at while the rule and this space were chosen (1000000-1000009 were: see
+#: docs/search/README.md "Planted heads"); thresholds fixed before the first run on them
+PLANTED_SEEDS = held_out_seeds(16)[10:]
 
 
-def test_planted_grid_heads_get_grid_and_vs_heads_get_vertical_slash(result):
-    kinds = [type(c.spec.pattern).__name__ for c in result.heads]
-    assert kinds[:2] == ["Grid", "Grid"], [c.label for c in result.heads]
-    assert kinds[2:] == ["VerticalSlash", "VerticalSlash"], [c.label for c in result.heads]
-    for c in result.heads:
-        assert c.in_band
-        assert 0.45 * 0.7 <= c.latency_ms / c.dense_latency_ms <= 0.45 * 1.3
-        # the chosen one has the lowest error among the in-band candidates of the table
-        errs = [
-            row[0]
-            for lab, rows in result.table.items()
-            for row in [rows[result.heads.index(c)]]
-            if 0.7 * 0.45 <= row[2] / c.dense_latency_ms <= 1.3 * 0.45
-        ]
-        assert c.output_error == pytest.approx(min(errs))
+def _ladder_space() -> SearchSpace:
+    """Grid plus a vertical-slash and an A-shape ladder that both reach the latency budget at 4K tokens (so each
+    family competes at its best density, not only the one whose budgets happen to be largest)."""
+    pairs = ((16, 8), (32, 16), (64, 32), (64, 64), (128, 32), (128, 128), (256, 128), (256, 256))
+    vs = [VerticalSlash(vertical=v, slash=s, block=BLOCK, last_q=32, sink=16, local=32) for v, s in pairs]
+    ashape = [AShape(sink=32, local=local, block=BLOCK) for local in (64, 128, 256, 512)]
+    grid = Grid(stride="frame", block=BLOCK, last_q=32, sink=16)
+    return SearchSpace(candidates=(grid, *vs, *ashape), gqa=("head",))
+
+
+@pytest.mark.slow
+def test_planted_heads_recovered_on_held_out_seeds():
+    """Six held-out seeds at ~4K tokens, 2 planted grid + 2 planted vertical-slash heads each, budget 0.45 x dense
+    (+30%): grid heads choose Grid and VS heads choose vertical-slash on most seeds, never each other's kind (a few
+    VS heads are local-dominated and go to A-shape). Measured on dev seeds 1-10: Grid 19/20, VS 19/20; with the old
+    band rule (lower edge 0.315): Grid 6/20 on held-out seeds 1000000-1000009."""
+    kernel_only = CostModel(estimation_ms_at_128k={})  # at 4K tokens the 128K estimation overhead would dominate
+    chosen: dict[int, list[str]] = {}
+    for seed in PLANTED_SEEDS:
+        w = synthetic_workload(seed, num_tokens=4096, num_q_heads=4, num_kv_heads=2, head_kinds=KINDS)
+        r = search_layer(
+            w.q, w.k, w.v, w.layout, _ladder_space(), latency=kernel_only, num_rows=64, target_fraction=0.45, band=0.3
+        )
+        chosen[seed] = [c.spec.pattern.kind for c in r.heads]
+        for h, c in enumerate(r.heads):  # the rule: the lowest error among the candidates within the budget
+            budget = 1.3 * 0.45 * c.dense_latency_ms
+            within = [rows[h][0] for rows in r.table.values() if rows[h][2] <= budget]
+            assert c.latency_ms <= budget and c.output_error == pytest.approx(min(within))
+            assert c.in_band == (0.7 * 0.45 <= c.latency_ms / c.dense_latency_ms <= 1.3 * 0.45)
+    grid = [k for kinds in chosen.values() for k in kinds[:2]]
+    vs = [k for kinds in chosen.values() for k in kinds[2:]]
+    assert grid.count("grid") >= 10 and "vertical_slash" not in grid, chosen  # of 12
+    assert vs.count("vertical_slash") >= 9 and "grid" not in vs, chosen  # of 12
 
 
 class _Fake:
-    """Latency by pattern type: VS cheap, Grid at the target, A-shape above the band."""
+    """Latency by pattern type (default: VS cheap, Grid at the target 0.2 x dense, A-shape above the band)."""
 
     name = "fake"
 
+    def __init__(self, grid: float = 2.0, vs: float = 1.0) -> None:
+        self.cost = {Dense: 10.0, VerticalSlash: vs, Grid: grid, AShape: 5.0}
+
     def layer_latency_ms(self, q, k, v, layout, patterns, selections) -> list[float]:
-        cost = {Dense: 10.0, VerticalSlash: 1.0, Grid: 2.0, AShape: 5.0}
-        return [cost[type(p)] for p in patterns]
+        return [self.cost[type(p)] for p in patterns]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 
 
-def test_band_excludes_better_but_slower_and_faster_candidates(workload):
+def test_budget_excludes_slower_candidates_and_keeps_cheaper_better_ones(workload):
     w = workload
     r = search_layer(w.q, w.k, w.v, w.layout, _space(), latency=_Fake(), num_rows=32, target_fraction=0.2, band=0.1)
-    assert all(isinstance(c.spec.pattern, Grid) and c.in_band for c in r.heads)  # only Grid costs 2.0 = 0.2 x 10
+    for h, c in enumerate(r.heads):  # budget 2.2: Grid (2.0, in band) and VS (1.0, below it) compete; A-shape out
+        assert isinstance(c.spec.pattern, Grid | VerticalSlash) and c.in_band == isinstance(c.spec.pattern, Grid)
+        within = [rows[h][0] for lab, rows in r.table.items() if not lab.startswith("a_shape")]
+        assert c.output_error == pytest.approx(min(within))
+    assert any(not c.in_band for c in r.heads)  # a cheaper and better VS beats the in-band Grid (dev seed 5)
     r = search_layer(w.q, w.k, w.v, w.layout, _space(), latency=_Fake(), num_rows=32, target_fraction=0.05, band=0.1)
-    # nothing within [0.45, 0.55]: the cheapest candidate, flagged out of band
+    # nothing within the budget 0.55: the cheapest candidate, flagged out of band
     assert all(isinstance(c.spec.pattern, VerticalSlash) and not c.in_band for c in r.heads)
 
 
 def test_gqa_group_choice_and_configs_round_trip(workload, tmp_path):
     w = workload
-    lat = _Fake()
+    lat = _Fake(grid=2.0, vs=3.0)  # only Grid within the budget 2.2: every head Grid
     r = search_layer(
         w.q, w.k, w.v, w.layout, _space(("head", "group")), latency=lat, num_rows=32, target_fraction=0.2, band=0.1
     )
