@@ -235,6 +235,12 @@ def flex_row(row: dict[str, Any], q, k, v, idx, keeps, out, rows, args) -> None:
 
             export = index_to_block_mask(idx, 0, None)
             qf, kf, vf = flex_permute(export, q, k, v)
+            # one compiled graph per (shape, mask structure): without room for them all, dynamo falls back to eager
+            # flex_attention, which materialises the dense [Hq, n, n] scores (1.8 TB at 131K)
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
+            torch._dynamo.config.accumulated_cache_size_limit = max(
+                torch._dynamo.config.accumulated_cache_size_limit, 4096
+            )
             fa = _FLEX_FN.setdefault("fn", torch.compile(flex_attention, dynamic=False))
             opts = {"BLOCK_M": kb.B, "BLOCK_N": kb.B} if kb.B < 128 else None
 
@@ -281,7 +287,10 @@ _FLEX_FN: dict[str, Any] = {}
 def layer_row(store: Store, n: int, pattern: str, args, out: Path) -> None:
     """layer_bench.bench_length on its own record (its JSON next to ours), copied into our rows."""
     rec = {"rows": []}
-    largs = SimpleNamespace(device=args.device, tpf=256, pattern=pattern, block=kb.B, reps=args.reps, rows=args.rows)
+    largs = SimpleNamespace(
+        device=args.device, tpf=256, pattern=pattern, block=kb.B, reps=args.reps, rows=args.rows, profile=False,
+        no_dense=False, workload="video",
+    )  # fmt: skip
     lb.bench_length(n, largs, rec, out / f"layer_{pattern}_{n}.json")
     for r in rec["rows"]:
         store.add({"key": f"layer|{pattern}|{n}", "section": "layer", "requested_n": n, **r,
