@@ -263,7 +263,7 @@ def boundary_keep(
     n_q, n_k = q.shape[0], k.shape[0]
     if layout.num_tokens != n_k or n_q > n_k:
         raise ValueError(f"layout has {layout.num_tokens} tokens, k {n_k}, q {n_q}: need layout == k >= q")
-    if q.device != k.device or lt.device != q.device:
+    if q.device != k.device or lt.seg_id.device != q.device:  # tensors' devices: "cuda" and "cuda:0" are one
         raise ValueError(f"q, k and the layout tensors must share a device, got {q.device}, {k.device}, {lt.device}")
     if n_q == 0 or spec.is_dense:
         return None
