@@ -274,6 +274,19 @@ def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
     assert want.any() and not want.all()
 
 
+@pytest.mark.parametrize("loop_max", [64, 0])
+def test_tiles_core_ties_count(loop_max: int, monkeypatch) -> None:
+    """A key at exactly the row's position is causal (a row's own pair), on both paths of `_tiles`."""
+    from mmi_kernels import boundary_planner
+
+    monkeypatch.setattr(boundary_planner, "SLOT_LOOP_MAX", loop_max)
+    s_ext = torch.tensor([[True, False], [False, False]])
+    r_slot, c_slot = torch.tensor([[0], [0]]), torch.tensor([[0, 1], [0, 1]])
+    r_val, c_val = torch.tensor([[5], [4]]), torch.tensor([[5, 0], [6, 0]])
+    want = torch.tensor([[True, False], [False, False]])
+    assert torch.equal(boundary_planner._tiles(s_ext, r_slot, r_val, c_slot, c_val, 16), want)
+
+
 def test_boundary_keep_dense_and_errors() -> None:
     layout, block, _ = PLANNER_LAYOUTS["t_i_v"]
     n = layout.num_tokens
