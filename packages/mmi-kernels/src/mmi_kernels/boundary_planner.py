@@ -17,14 +17,24 @@ final key block) incidence (each token is in exactly one incidence, so there are
 
 Incidences are grouped per final block into ``W`` slots (``W`` = the most distinct sub blocks one final block
 meets: 1–3 when the sub's order inside the modality agrees with the final one, up to ``block`` when it does not,
-e.g. identity-ordered keys against grid-ordered video keys); each slot is one [nqb, nkb] gather and max / compare, so
-work is O(W · nqb · nkb) and memory O(nqb · nkb). Sub columns become columns of every final block whose incident m
-rows reach them (``pos(c) <= pmax``); columns that fall inside the sub's kept blocks are not removed first: their
-pairs are block pairs, so the final tile holding them is kept and the index drops such columns anyway.
+e.g. identity-ordered keys against grid-ordered video keys, or identity-ordered video rows of a 2D pair against
+grid-ordered final video rows). Rows and keys never scatter together (a sub whose video order differs from the
+final one never has both video rows and video keys), so `_tiles` takes the side with fewer slots as rows (the
+transposed problem when rows scatter): ``A`` costs one [nqb, nkb] pass per row slot; ``T`` one gather per column
+slot when there are few, else the full/partial split of `_tiles` (blocks reached in full: one 0/1 matmul against
+the incidence matrix; blocks reached in part, at most one per row slot and final block: scattered one incidence at
+a time). Only a sub order that overlaps the final one on the scattered side (text rows on a Grid of their own
+against another Grid's video keys) falls back to one gather per slot: O(block · nqb · nkb) time, still
+O(nqb · nkb) memory.
 
-Host reads per head: the two slot widths ``W`` per sub-problem (one ``.max()`` each), ``torch.unique`` of a sub's
-column lists when they differ between query blocks (one ``torch.equal`` decides; vertical-slash lists never do),
-plus what `estimate_layer_keeps` itself reads (Grid stride/phase, vertical-slash list lengths). None per token.
+Sub columns become columns of every final block whose incident m rows reach them (``pos(c) <= pmax``); columns that
+fall inside the sub's kept blocks are not removed first: their pairs are block pairs, so the final tile holding them
+is kept and the index drops such columns anyway. The head's own diagonal is added as in the reference.
+
+Host reads per head: the two slot widths per sub-problem (one ``.max()`` each), the number of partly reached blocks
+when the split runs (one ``nonzero``), one ``torch.equal`` on a sub's column lists (``torch.unique`` when they
+differ between query blocks; vertical-slash lists never do), plus what `estimate_layer_keeps` itself reads (Grid
+stride/phase, vertical-slash list lengths). None per token.
 """
 
 from __future__ import annotations
@@ -78,7 +88,7 @@ def _sub_keep(
 def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``ids`` / ``vals`` (int64 [R, B]): the distinct ids other than ``sentinel`` with their largest
     (``largest``) or smallest value, compacted to ``[R, W]`` (W = most distinct ids of one row, >= 1; padding: id
-    ``sentinel``, value -1 for largest / ``vals.max() + 1``-like big for smallest). One host read (W)."""
+    ``sentinel``, value -1 for largest, the int64 maximum for smallest). One host read (W)."""
     by_val = torch.sort(vals, dim=1, descending=largest, stable=True).indices
     ids, vals = ids.gather(1, by_val), vals.gather(1, by_val)
     by_id = torch.sort(ids, dim=1, stable=True).indices  # best value first inside each id
