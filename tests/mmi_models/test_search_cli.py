@@ -121,6 +121,8 @@ def test_cli_bad_inputs_fail_clearly(tiny_qwen, video, candidates, tmp_path):
         main(_args(tiny_qwen, tmp_path / "o6", video, candidates, "--boundaries", "none,2d"))
     with pytest.raises(SystemExit, match="calibration input"):
         main([str(tiny_qwen.path), "--out", str(tmp_path / "o5")])
+    with pytest.raises(SystemExit, match="FRAMESxROWSxCOLS"):
+        main([str(tiny_qwen.path), "--out", str(tmp_path / "o7"), "--synthetic-video", "4x8"])
 
 
 @pytest.mark.slow

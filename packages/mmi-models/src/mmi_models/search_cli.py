@@ -87,6 +87,9 @@ class KernelTimer:
     reference semantics, so the errors are comparable with a CPU search's (and equal on CPU, where estimation runs
     in fp32). Memory beyond the inputs: the index and ``rows × n_k`` masks/scores per head.
 
+    A RuntimeError of the kernel path (out of memory, a kernel that does not compile) is raised as ValueError, so
+    the search skips that candidate and lists it with the reason (``skipped`` in the layer result).
+
     ``device``: default CUDA when available, else CPU; ``warmup``: default 1 on CUDA, 0 on CPU. Raises RuntimeError
     without mmi-kernels, for CUDA without a GPU, or for the CPU without ``TRITON_INTERPRET=1`` (it must be set
     before Triton is imported).
@@ -223,8 +226,11 @@ class KernelTimer:
         g = hq // hkv
         w = SparsePrefillWrapper(head_configs, min_tokens=0, sparse_text_only=True)
         w.plan([layout], q_lens=[n_q], device=self.device)  # once per batch at inference: not timed
-        total = self._time_ms(lambda: w.run(qd, kd, vd, 0, scale=scale))
-        index = self._index(qd, kd, layout, head_configs, 0, scale)
+        try:
+            total = self._time_ms(lambda: w.run(qd, kd, vd, 0, scale=scale))
+            index = self._index(qd, kd, layout, head_configs, 0, scale)
+        except RuntimeError as e:  # e.g. out of memory, a kernel that does not compile: the search skips it
+            raise ValueError(f"kernel path failed: {type(e).__name__}: {str(e)[:300]}") from e
         masks = self._head_masks(index, hq, n_q, n_k, rows)
         sc = 1.0 / math.sqrt(d) if scale is None else scale
         r = rows.to(self.device, torch.int64)
