@@ -160,6 +160,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rec[f"extrapolated_{FULL_LAYERS}_layers_total_seconds"] = round(
                 FULL_LAYERS * per + (rec["capture_seconds"] or 0.0) * FULL_LAYERS / layers, 1
             )
+            if len(secs) > 1:  # the first layer pays Triton's compilation
+                rest = sum(secs[1:]) / (len(secs) - 1)
+                rec["seconds_per_layer_after_first"] = round(rest, 3)
+                rec[f"extrapolated_{FULL_LAYERS}_layers_search_seconds_from_later_layers"] = round(
+                    secs[0] + (FULL_LAYERS - 1) * rest, 1
+                )
             rec["extrapolation"] = (
                 f"{FULL_LAYERS} x mean search seconds per layer (+ the capture forward scaled by "
                 f"{FULL_LAYERS}/{layers}); the first layer includes Triton compilation"

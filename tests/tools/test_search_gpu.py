@@ -61,3 +61,13 @@ def test_tiny_dry_run_writes_evidence_configs_and_report(sg, tmp_path: Path) -> 
     again = sg.main([*argv, "--candidates", str(cands)])
     assert {p.name: p.read_text() for p in (out / "layers").glob("layer_*.json")} == before
     assert again["layers"] == rec["layers"]
+
+
+@pytest.mark.gpu
+def test_tiny_run_with_the_real_kernels_on_cuda(sg, tmp_path: Path) -> None:
+    """On a GPU machine (make test-gpu): the --tiny geometry through the CUDA kernel path, every candidate timed."""
+    rec = sg.main(["--out", str(tmp_path / "gpu"), "--tiny", "--latency", "kernels", "--reps", "2", "--no-progress"])
+    assert rec["complete"] and rec["latency_source"] == "kernels" and rec["device"] != "cpu (dry run)"
+    hc = HeadConfigs.load(tmp_path / "gpu" / "head_configs.json")
+    assert hc.metadata["search"]["latency_source"]["name"] == "kernels_timed"
+    assert all(not r["skipped_candidates"] for r in rec["layers"]), rec["layers"]
