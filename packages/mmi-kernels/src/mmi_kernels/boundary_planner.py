@@ -86,9 +86,10 @@ def _sub_keep(
 
 
 def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``ids`` / ``vals`` (int64 [R, B]): the distinct ids other than ``sentinel`` with their largest
-    (``largest``) or smallest value, compacted to ``[R, W]`` (W = most distinct ids of one row, >= 1; padding: id
-    ``sentinel``, value -1 for largest, the int64 maximum for smallest). One host read (W)."""
+    """Per row of ``ids`` (int64 [R, B]) / ``vals`` (int32 or int64 [R, B]): the distinct ids other than
+    ``sentinel`` with their largest (``largest``) or smallest value, compacted to ``[R, W]`` (W = most distinct ids
+    of one row, >= 1; padding: id ``sentinel``, value -1 for largest, the dtype's maximum for smallest). One host
+    read (W)."""
     by_val = torch.sort(vals, dim=1, descending=largest, stable=True).indices
     ids, vals = ids.gather(1, by_val), vals.gather(1, by_val)
     by_id = torch.sort(ids, dim=1, stable=True).indices  # best value first inside each id
@@ -100,7 +101,7 @@ def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) 
     ids, vals, keep = ids.gather(1, compact), vals.gather(1, compact), keep.gather(1, compact)
     width = max(int(keep.sum(1).max()), 1) if keep.numel() else 1
     ids, vals, keep = ids[:, :width], vals[:, :width], keep[:, :width]
-    pad = -1 if largest else torch.iinfo(torch.int64).max
+    pad = -1 if largest else torch.iinfo(vals.dtype).max
     return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad)
 
 
@@ -120,9 +121,9 @@ def _tiles(
     """bool [R, C]: ``T[X, Y] = OR over slots w, v of S[r_slot[X, w], c_slot[Y, v]] and c_val[Y, v] <= r_val[X, w]``.
 
     ``s_ext`` bool [nr + 1, nc + 1] (sub blocks; last row / column: the padding id, all False); ``r_slot``,
-    ``r_val`` int64 [R, Wr]; ``c_slot``, ``c_val`` int64 [C, Wc]; every sub block id occurs in at most ``block``
-    slots of ``c_slot``. Call it with the side of few slots as rows: the reach ``A[X, c] = max r_val`` over X's
-    slots that keep ``c`` costs one [R, nc] pass per row slot.
+    ``r_val`` [R, Wr]; ``c_slot``, ``c_val`` [C, Wc] (ids int64, values int32 or int64); every sub block id occurs
+    in at most ``block`` slots of ``c_slot``. Call it with the side of few slots as rows: the reach
+    ``A[X, c] = max r_val`` over X's slots that keep ``c`` costs one [R, nc] pass per row slot.
 
     Many column slots: per sub block c, its column incidences sorted by value; ``h[c, X]`` = how many of them X
     reaches (a prefix). Blocks reached in full (h = all) give ``full @ incidence`` (one matmul of 0/1 values:
@@ -134,8 +135,8 @@ def _tiles(
     dev = s_ext.device
     nr, nc = s_ext.shape[0] - 1, s_ext.shape[1] - 1
     n_rows, n_cols = r_slot.shape[0], c_slot.shape[0]
-    low = torch.iinfo(torch.int64).min
-    reach = torch.full((n_rows, nc + 1), low, dtype=torch.int64, device=dev)  # A[X, c]; column nc stays `low`
+    low = torch.iinfo(r_val.dtype).min
+    reach = torch.full((n_rows, nc + 1), low, dtype=r_val.dtype, device=dev)  # A[X, c]; column nc stays `low`
     for w in range(r_slot.shape[1]):  # slots, not tokens
         reach = torch.maximum(reach, torch.where(s_ext[r_slot[:, w]], r_val[:, w : w + 1], low))
     del nr
@@ -160,14 +161,14 @@ def _tiles(
     count = torch.zeros(nc + 1, dtype=torch.int64, device=dev).scatter_add_(0, inc_c, torch.ones_like(inc_c))
     rank = torch.arange(inc_c.numel(), device=dev) - (torch.cumsum(count, 0) - count)[inc_c]
     real = inc_c < nc
-    big = torch.iinfo(torch.int64).max
-    tab_v = torch.full((nc + 1, block + 1), big, dtype=torch.int64, device=dev)  # [c, rank]; column block: trash
+    big = torch.iinfo(c_val.dtype).max
+    tab_v = torch.full((nc + 1, block + 1), big, dtype=c_val.dtype, device=dev)  # [c, rank]; column block: trash
     tab_y = torch.full((nc + 1, block + 1), n_cols, dtype=torch.int64, device=dev)
     slot = torch.where(real, rank.clamp(max=block), block)
     tab_v[inc_c, slot] = torch.where(real, inc_v, big)
     tab_y[inc_c, slot] = torch.where(real, inc_y, n_cols)
     tab_v, tab_y, count = tab_v[:nc, :block].contiguous(), tab_y[:nc, :block], count[:nc]
-    h = torch.searchsorted(tab_v, reach[:, :nc].t().contiguous(), right=True)  # [nc, R] incidences reached
+    h = torch.searchsorted(tab_v, reach[:, :nc].t().contiguous(), right=True, out_int32=True)  # [nc, R] reached
     full = (h == count[:, None]) & (count[:, None] > 0)
     partial = (h > 0) & (h < count[:, None])
     pc, px = partial.nonzero(as_tuple=True)  # host sync: the number of partly reached blocks
@@ -216,14 +217,15 @@ def _round_group(
     ok = (r < n_q) & rows_ok[r.clamp(max=n_q - 1)]
     r_sub = r.clamp(max=n_q_sub - 1)
     q_ids = torch.where(ok, qs_inv[r_sub] // b, nqb_s)
-    q_slot, q_pmax = _slots(q_ids, torch.where(ok, r + prefix, -1), nqb_s, largest=True)
+    pos32 = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
+    q_slot, q_pmax = _slots(q_ids, torch.where(ok, r + prefix, -1).to(pos32), nqb_s, largest=True)
 
     # (sub key block, final key block) incidences: min position of the group's keys in both
     c = _pad_view(ko, b, n_k)  # [nkb, b] key position at each final key index
     ok = (c < end) & key_mask[c.clamp(max=n_k - 1)]
     k_ids = torch.where(ok, ks_inv[c.clamp(max=end - 1)] // b, nkb_s)
-    big = torch.iinfo(torch.int64).max
-    k_slot, k_min = _slots(k_ids, torch.where(ok, c, big), nkb_s, largest=False)
+    big = torch.iinfo(pos32).max
+    k_slot, k_min = _slots(k_ids, torch.where(ok, c, big).to(pos32), nkb_s, largest=False)
 
     s_ext = torch.zeros(nqb_s + 1, nkb_s + 1, dtype=torch.bool, device=dev)  # row / column nqb_s, nkb_s: padding
     s_ext[:nqb_s, :nkb_s] = sub.blocks.to(dev)
@@ -247,7 +249,7 @@ def _round_group(
     if member is None:
         col_reach = q_pmax.amax(1, keepdim=True)  # [nqb, 1]: the group's last row of each final block
     else:
-        col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=torch.int64, device=dev)
+        col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=q_pmax.dtype, device=dev)
         for w in range(q_slot.shape[1]):  # slots, W <= block
             col_reach = torch.maximum(col_reach, torch.where(member[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
     pos = sub.k_order.to(dev, torch.int64)[universe.clamp(min=0)]  # original position of each column
