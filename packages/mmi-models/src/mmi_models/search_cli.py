@@ -106,10 +106,6 @@ class KernelTimer:
         dtype: torch.dtype | None = None,
         cost_model: CostModel | None = None,
     ) -> None:
-        try:
-            import mmi_kernels  # noqa: F401
-        except ImportError as e:
-            raise RuntimeError(f"KernelTimer needs mmi-kernels: {e}") from e
         dev = (
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
@@ -120,6 +116,10 @@ class KernelTimer:
                 "KernelTimer on the CPU runs the Triton kernel under the interpreter: set TRITON_INTERPRET=1 before "
                 "Python starts (or use the cost model)"
             )
+        try:  # after the checks: importing Triton's kernels without the interpreter would fix them as JIT for good
+            import mmi_kernels  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(f"KernelTimer needs mmi-kernels: {e}") from e
         warmup = (1 if dev.type == "cuda" else 0) if warmup is None else warmup
         if reps < 1 or warmup < 0:
             raise ValueError(f"reps must be >= 1 and warmup >= 0, got {reps}, {warmup}")
