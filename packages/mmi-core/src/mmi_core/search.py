@@ -2,12 +2,13 @@
 
 Per layer (`search_layer`):
 
-1. **Candidates.** Every pattern of the `SearchSpace` runs on every head through the layer API
-   (`estimate_layer_selections` with ``gqa="head"``, the same online estimation as at run time) and the reference
-   sparse attention on sampled query rows. Per (candidate, head): the relative **output error** against dense
-   attention on those rows (`output_error`), the attention recall (`attention_recall`), the same error on the rows of
-   each query modality, and the latency from a `LatencySource` (``mmi_core.latency.CostModel`` on the CPU).
-   A candidate that cannot run on the layout (e.g. Grid on a layout without video) is skipped with its reason.
+1. **Candidates.** Every pattern of the `SearchSpace` runs on every head (``gqa="head"``) through a `LayerEvaluator`:
+   `ReferenceEvaluator` (the layer API `estimate_layer_selections`, the same online estimation as at run time, and
+   the reference sparse attention on sampled query rows; latency from a `LatencySource`, ``CostModel`` by default),
+   or mmi-models' ``KernelTimer`` (the real kernels, timed). Per (candidate, head): the relative **output error**
+   against the all-dense configuration on those rows (`output_error`), the attention recall, the same error on the
+   rows of each query modality, and the latency. A candidate that cannot run on the layout (e.g. Grid on a layout
+   without video; an evaluator's ValueError) is skipped with its reason.
 2. **Choice per head.** The latency target is ``target_fraction`` × the head's dense latency; the budget is the
    band's upper edge ``(1 + band)`` × target (``band`` default 10%). Among the candidates within the budget the one
    with the lowest output error wins (ties: the earlier candidate); when none is, the cheapest. ``in_band`` says
@@ -17,9 +18,9 @@ Per layer (`search_layer`):
 3. **Per modality, per pair, boundary.** The per-query-modality errors of every candidate are recorded and the best
    in-pool candidate per query modality is reported. With ``"q"`` in ``space.boundaries`` each head whose modalities
    prefer different candidates is re-run as ``HeadSpec(boundary="q", by_modality=...)`` and keeps it where the
-   output error drops within the latency band. ``"q"`` is accepted only when `boundary_executed` finds that
-   ``mmi_core.layer`` executes it (until issue #7 lands the layer runs the head pattern over the whole sequence, and
-   a search over it would measure nothing); ``"2d"`` (the per-pair stage) is not searched yet. ``"none"`` and
+   output error drops within the latency budget. ``"q"`` is accepted only when `boundary_executed` finds that
+   ``mmi_core.layer`` executes it (a search over a kind the layer does not execute would measure nothing); ``"2d"``
+   (the per-pair stage) is not searched yet. ``"none"`` and
    ``"k"`` execute identically; a head that keeps one pattern gets ``boundaries[0]``.
 4. **GQA.** With ``"group"`` in ``space.gqa`` the chosen patterns are re-run with each KV head's group executing
    together (union of selections, pooled Grid stride/phase). A group executes together when its mean output error
