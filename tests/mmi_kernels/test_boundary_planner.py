@@ -4,6 +4,7 @@ SparsePrefillWrapper vs mmi_attention_reference on mixed text/image/video layout
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -240,6 +241,28 @@ def test_boundary_keep_equals_reference(layout_name: str, spec_name: str, prefix
         monkeypatch.setenv("TRITON_INTERPRET", "0")
     spec = _planner_specs(block)[spec_name]
     _planner_vs_reference(layout, spec, block, prefix, seed=len(layout_name) * 1000 + prefix)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_boundary_keep_random_layouts(seed: int, monkeypatch) -> None:
+    """Seeded random layouts: 2-5 segments of 1-60 text tokens, 1x1..5x6 images, 1..6-frame videos (newline
+    tokens or not), any cached prefix, any planner spec."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rng = random.Random(seed)
+    block = rng.choice([16, 32])
+    parts: list[tuple[str, int | VisualGrid]] = []
+    for _ in range(rng.randint(2, 5)):
+        kind = rng.choice(["text", "image", "video"])
+        if kind == "text":
+            parts.append(("text", rng.randint(1, 60)))
+        elif kind == "image":
+            parts.append(("image", _vg(1, rng.randint(1, 5), rng.randint(1, 6))))
+        else:
+            parts.append(("video", _vg(rng.randint(1, 6), rng.randint(1, 5), rng.randint(2, 8), rng.choice([0, 1]))))
+    layout = ModalityLayout.from_parts(parts)
+    prefix = rng.choice([0, rng.randint(0, layout.num_tokens - 1)])
+    spec = rng.choice(list(_planner_specs(block).values()))
+    _planner_vs_reference(layout, spec, block, prefix, seed=seed)
 
 
 @pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping"])
