@@ -7,8 +7,18 @@ frame sizes set to a real model's — ``--tpf`` tokens per frame), Qwen2.5-VL-7B
 against fp32 dense attention, index bytes vs the whole model's KV cache; in the same run PyTorch SDPA flash
 (FA2-class) and cuDNN dense attention (one timed rep after a warm-up at >= 512K).
 
+``--workload mixed`` (issue 7): the frozen spec's ``"mixed"`` workload (text prefix, 2-5 videos/images with subtitle
+text between them, the question at the end, ~25% text; needle patches matched by the question's rows, video rows
+matching their subtitle) with the same real frame size, planted heads cycling grid / vertical_slash / a_shape. Three
+head configs run on the same tensors: ``q`` (Q-boundary: Grid on video rows, vertical-slash on text and image rows),
+``2d`` (2D-boundary: Grid video->video, block-sparse video->text/image, vertical-slash for text/image rows) and
+``none`` (the same patterns without boundaries: each head keeps the pattern of its planted kind's modality, Grid for
+grid heads, vertical-slash otherwise). Each boundary row carries ``boundary_cost = layer_ms / layer_ms(none)`` (target
+<= 1.10) beside both densities; SDPA flash / cuDNN run once per length and are copied into every row.
+
 Usage (GPU machine): python3 tools/layer_bench.py --out DIR [--lengths 131072,262144] [--pattern grid|vs]
-Writes DIR/layer_bench.json after every measurement, so a killed run keeps what it measured.
+[--workload video|mixed]. Writes DIR/layer_bench_<pattern or mixed>.json after every measurement, so a killed run
+keeps what it measured.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from mmi_core import Grid, HeadConfigs, VerticalSlash, output_error
+from mmi_core import BlockSparse, Grid, HeadConfigs, HeadSpec, LayerConfig, Modality, VerticalSlash, output_error
 from mmi_core.synthetic import default_spec, held_out_seeds, synthetic_workload
 from mmi_kernels import LayoutTensors, SparsePrefillWrapper, estimate_layer_keeps, index_from_keeps, layer_slots
 from mmi_kernels import sparse_attention as sparse_attention_fn
@@ -37,9 +47,8 @@ def log(*a: object) -> None:
 
 
 def cuda_ms(fn, reps: int, warmup: int = 1) -> float:
-    """Median milliseconds of ``fn`` (CUDA events; a host clock on a CPU-only dry run)."""
-    for _ in range(warmup):
-        fn()
+    """Median milliseconds of ``fn`` (CUDA events; a host clock and no warm-up on a CPU-only dry run, where the
+    Triton interpreter has nothing to compile and every call is slow)."""
     times = []
     if not torch.cuda.is_available():
         for _ in range(reps):
@@ -47,6 +56,8 @@ def cuda_ms(fn, reps: int, warmup: int = 1) -> float:
             fn()
             times.append((time.perf_counter() - t) * 1e3)
         return sorted(times)[len(times) // 2]
+    for _ in range(warmup):
+        fn()
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -120,9 +131,9 @@ def head_configs(pattern: str, block: int) -> HeadConfigs:
     return HeadConfigs.uniform(1, HQ, HKV, cfg, metadata={"bench": pattern})
 
 
-def bench_length(n: int, args, rec: dict, out: Path) -> None:
-    dev = args.device
-    rows_tpf = {256: (16, 16), 768: (24, 32), 196: (14, 14)}[args.tpf]
+def real_frame_spec(tpf: int):
+    """The frozen spec with its frame grid set to a real model's ``tpf`` tokens per frame (no off-grid tokens)."""
+    rows_tpf = {256: (16, 16), 768: (24, 32), 196: (14, 14), 16: (4, 4)}[tpf]  # 16: VideoChat-Flash, dry runs
     layout_spec = dict(default_spec().layout)
     layout_spec.update(
         rows=[rows_tpf[0]] * 2,
@@ -132,7 +143,12 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
         frame_suffix=[0],
         temporal_merge=[1],
     )
-    spec = default_spec().model_copy(update={"layout": layout_spec})
+    return default_spec().model_copy(update={"layout": layout_spec})
+
+
+def bench_length(n: int, args, rec: dict, out: Path) -> None:
+    dev = args.device
+    spec = real_frame_spec(args.tpf)
     t0 = time.time()
     w = synthetic_workload(
         held_out_seeds(1)[0],
@@ -159,6 +175,102 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
     }
     log(f"N={n}: workload in {row['gen_s']} s, tpf {layout.tokens_per_frame}")
     hc = head_configs(args.pattern, args.block)
+    time_layer(q, k, v, layout, hc, args, row, out)
+    rec["rows"].append(row)
+    out.write_text(json.dumps(rec, indent=1))
+    torch.cuda.empty_cache()
+    if not getattr(args, "no_dense", False):
+        dense_baselines(q, k, v, args, [row], rec, out)
+
+
+MIXED_CONFIGS = ("none", "q", "2d")
+MIXED_KINDS = ("grid", "vertical_slash", "a_shape")
+
+
+def mixed_head_configs(config: str, block: int, kinds: tuple[str, ...]) -> HeadConfigs:
+    """Head configs of the mixed rows (budgets fixed a priori, not tuned): per-modality patterns Grid (video rows,
+    ``stride="frame"``, one line), vertical-slash with MInference's default budget (text and image rows) and, for
+    2D heads, block-sparse (top 16 blocks) for video rows against text and image keys. ``"none"``: each head keeps
+    the pattern of its planted kind's modality without boundaries (Grid for grid heads, vertical-slash otherwise)."""
+    grid = Grid(stride="frame", block=block, lines=1)
+    vs = VerticalSlash(vertical=1000, slash=2048, block=block)
+    bs = BlockSparse(top_k=16, block=block)
+    if config == "q":
+        specs = [HeadSpec(boundary="q", pattern=vs, by_modality={"video": grid})] * HQ
+    elif config == "2d":
+        pairs = {"video->video": grid, "video->text": bs, "video->image": bs}
+        specs = [HeadSpec(boundary="2d", pattern=vs, by_pair=pairs)] * HQ
+    elif config == "none":
+        specs = [HeadSpec(pattern=grid if kind == "grid" else vs) for kind in kinds]
+    else:
+        raise ValueError(f"unknown mixed config {config!r} (one of {MIXED_CONFIGS})")
+    layer = LayerConfig(heads=specs, gqa=["head"] * HKV)
+    return HeadConfigs(
+        num_layers=1, num_q_heads=HQ, num_kv_heads=HKV, layers=[layer], metadata={"bench": f"mixed-{config}"}
+    )
+
+
+def bench_mixed_length(n: int, args, rec: dict, out: Path) -> None:
+    """The three mixed configs (`mixed_head_configs`) on one held-out mixed workload of ~``n`` tokens."""
+    dev = args.device
+    spec = real_frame_spec(args.tpf)
+    t0 = time.time()
+    kinds = tuple(MIXED_KINDS[h % 3] for h in range(HQ))
+    w = synthetic_workload(
+        held_out_seeds(1)[0],
+        workload="mixed",
+        num_tokens=n,
+        num_q_heads=HQ,
+        num_kv_heads=HKV,
+        head_dim=D,
+        head_kinds=kinds,  # type: ignore[arg-type]
+        spec=spec,
+        device=dev,
+        dtype=torch.bfloat16,
+    )
+    q, k, v, layout = w.q.contiguous(), w.k.contiguous(), w.v.contiguous(), w.layout
+    n = layout.num_tokens
+    base = {
+        "n_tokens": n,
+        "workload": "mixed",
+        "block": args.block,
+        "tokens_per_frame": layout.tokens_per_frame,
+        "text_share": round(layout.num_tokens_of(Modality.TEXT) / n, 4),
+        "segments": "".join(s.modality.name[0] for s in layout.segments),
+        "images": len(layout.segments_of(Modality.IMAGE)),
+        "videos": len(layout.segments_of(Modality.VIDEO)),
+        "gen_s": round(time.time() - t0, 1),
+    }
+    log(f"N={n}: mixed workload {base['segments']} (text {base['text_share']:.3f}) in {base['gen_s']} s")
+    rows = []
+    for config in args.mixed_configs.split(","):
+        row = {**base, "config": config, "pattern": f"mixed-{config}"}
+        log(f" config {config}")
+        time_layer(q, k, v, layout, mixed_head_configs(config, args.block, kinds), args, row, out)
+        rows.append(row)
+        rec["rows"].append(row)
+        out.write_text(json.dumps(rec, indent=1))
+        torch.cuda.empty_cache()
+    ref = next((r for r in rows if r["config"] == "none"), None)
+    for row in rows:
+        if ref is not None and row is not ref:
+            row["boundary_cost"] = row["layer_ms"] / ref["layer_ms"]  # target <= 1.10 at equal density
+            row["density_none"] = ref["density"]
+            row["recall_none"] = ref["recall_mean"]
+            log(
+                f" {row['config']}: boundary cost {row['boundary_cost']:.3f} (density {row['density']:.4f} vs none"
+                f" {ref['density']:.4f}; recall {row['recall_mean']:.4f} vs {ref['recall_mean']:.4f})"
+            )
+    out.write_text(json.dumps(rec, indent=1))
+    if not getattr(args, "no_dense", False):
+        dense_baselines(q, k, v, args, rows, rec, out)
+
+
+def time_layer(q, k, v, layout, hc: HeadConfigs, args, row: dict, out: Path) -> None:
+    """Time split (estimate / index / kernel / whole layer), index size, tiles, and accuracy of ``hc`` on one
+    workload, written into ``row``."""
+    dev = args.device
+    n = layout.num_tokens
     wrapper = SparsePrefillWrapper(hc, min_tokens=0)
     wrapper.plan([layout], device=dev)
     lt = LayoutTensors(layout, dev)
@@ -181,12 +293,13 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
         sparse_attention_fn(q, k, v, index_box[0], scale=scale)
 
     reps = args.reps
-    if args.profile:
-        profile_parts(out.parent / f"profile_{n}.txt", est, build)
+    if getattr(args, "profile", False):  # tools/bench_gpu.py passes a namespace without it
+        profile_parts(out.parent / f"profile_{n}{row.get('config', '')}.txt", est, build)
     row["estimate_ms"] = cuda_ms(est, reps)
     row["index_ms"] = cuda_ms(build, reps)
     row["kernel_ms"] = cuda_ms(kern, reps)
-    row["layer_ms"] = cuda_ms(lambda: wrapper.run(q, k, v, 0), reps)
+    out_box: list = []
+    row["layer_ms"] = cuda_ms(lambda: out_box.__setitem__(slice(None), [wrapper.run(q, k, v, 0)]), reps)
     index = index_box[0]
     row["index_bytes"] = index.nbytes()
     row["kv_cache_bytes_7b"] = 2 * n * HKV * D * 2 * LAYERS_7B
@@ -197,7 +310,7 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
         f"  sparse: est {row['estimate_ms']:.1f} ms, index {row['index_ms']:.1f} ms, kernel {row['kernel_ms']:.1f} ms,"
         f" layer {row['layer_ms']:.1f} ms"
     )
-    o = wrapper.run(q, k, v, 0)
+    o = out_box[0]  # the last timed run's output (deterministic; one more interpreted run saved on a CPU)
     rows = torch.sort(torch.randperm(n, device=dev)[: args.rows - 1]).values
     rows = torch.cat([rows, torch.tensor([n - 1], device=dev)])
     row.update(accuracy(q, k, v, o, index, slots, rows))
@@ -205,14 +318,16 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
         f"  recall {row['recall_mean']:.4f} (min {row['recall_min']:.4f}), density {row['density']:.4f},"
         f" out err {row['output_error_mean']:.4f}"
     )
-    rec["rows"].append(row)
-    out.write_text(json.dumps(rec, indent=1))
     del index_box[:], keeps_box[:]
-    torch.cuda.empty_cache()
+
+
+def dense_baselines(q, k, v, args, rows: list[dict], rec: dict, out: Path) -> None:
+    """SDPA flash and cuDNN (math on a CPU dry run) on the same tensors; times and speedups into every row."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if args.no_dense:
-        return
+    n = k.shape[0]
+    scale = 1.0 / math.sqrt(D)
+    reps = args.reps
     dense_reps = 1 if n >= 512 * 1024 else reps
     backends = (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))
     if not torch.cuda.is_available():
@@ -221,11 +336,13 @@ def bench_length(n: int, args, rec: dict, out: Path) -> None:
         try:
             with sdpa_kernel(backend):
                 ms = cuda_ms(lambda: dense_causal_attention(q, k, v, scale), dense_reps)
-            row[f"{name}_ms"] = ms
-            row[f"speedup_vs_{name}"] = ms / row["layer_ms"]
-            log(f"  {name}: {ms:.1f} ms -> speedup {ms / row['layer_ms']:.2f}x")
+            for row in rows:
+                row[f"{name}_ms"] = ms
+                row[f"speedup_vs_{name}"] = ms / row["layer_ms"]
+            log(f"  {name}: {ms:.1f} ms -> speedup {ms / rows[0]['layer_ms']:.2f}x")
         except RuntimeError as e:
-            row[f"{name}_error"] = str(e)[:300]
+            for row in rows:
+                row[f"{name}_error"] = str(e)[:300]
             log(f"  {name}: failed: {str(e)[:200]}")
         out.write_text(json.dumps(rec, indent=1))
         torch.cuda.empty_cache()
@@ -256,17 +373,24 @@ def main() -> None:
     ap.add_argument("--lengths", default="131072,262144")
     ap.add_argument("--pattern", default="grid", choices=["grid", "vs"])
     ap.add_argument("--block", type=int, default=128)
-    ap.add_argument("--tpf", type=int, default=256, choices=[196, 256, 768])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tpf", type=int, default=256, choices=[16, 196, 256, 768])
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3 on a GPU, 1 on a CPU)")
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--heads", default="28,4", help="query,kv heads")
     ap.add_argument("--profile", action="store_true", help="also write torch.profiler tables of estimate/index")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baselines")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--workload", default="video", choices=["video", "mixed"])
+    ap.add_argument(
+        "--mixed-configs", default=",".join(MIXED_CONFIGS), help=f"mixed workload: subset of {MIXED_CONFIGS}"
+    )
     args = ap.parse_args()
+    if args.reps is None:
+        args.reps = 3 if torch.cuda.is_available() else 1
     global HQ, HKV
     HQ, HKV = (int(x) for x in args.heads.split(","))
-    out = Path(args.out) / f"layer_bench_{args.pattern}.json"
+    name = args.pattern if args.workload == "video" else "mixed"
+    out = Path(args.out) / f"layer_bench_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     import triton
 
@@ -281,7 +405,7 @@ def main() -> None:
         "rows": [],
     }
     for n in [int(x) for x in args.lengths.split(",")]:
-        bench_length(n, args, rec, out)
+        (bench_length if args.workload == "video" else bench_mixed_length)(n, args, rec, out)
     log(json.dumps(rec["rows"], indent=1))
 
 
