@@ -20,7 +20,7 @@ from collections import defaultdict
 import torch
 
 from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, HeadSpec, PatternConfig, VerticalSlash
-from mmi_core.boundary import boundary_selection, uses_grid_order
+from mmi_core.boundary import uses_grid_order
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -29,6 +29,7 @@ from mmi_core.estimation import (
     stable_top,
     vertical_slash_scores,
 )
+from mmi_kernels.boundary_planner import boundary_keep
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import (
     LayoutTensors,
@@ -149,8 +150,8 @@ def estimate_layer_keeps(
 ) -> list[SlotKeep]:
     """One request's keep sets, one per slot of `layer_slots`. ``q [n_q, Hq, D]`` (the request's queries, the last
     n_q of its keys), ``k [n_k, Hkv, D]`` on the layout tensors' device. Boundary kinds 'q'/'2d' are built by
-    `mmi_core.boundary.boundary_selection` on host copies of the head's q/k (a host sync and O(n_q·n_k) host memory
-    per boundary head: not yet a GPU planner) and carried as a `SlotKeep` with modality orders."""
+    `mmi_kernels.boundary_planner.boundary_keep` (mmi_core.boundary's selection in O(n + nqb·nkb) memory on the
+    device) and carried as a `SlotKeep` with modality orders."""
     n_q, hq = q.shape[0], q.shape[1]
     n_k, hkv = k.shape[0], k.shape[1]
     if lt.layout.num_tokens != n_k:
@@ -176,17 +177,10 @@ def estimate_layer_keeps(
         if n_q == 0:
             keep[h] = dense_keep(n_q, n_k, block, dev)  # nothing to compute
             continue
-        sel = boundary_selection(
-            q[:, h : h + 1].cpu(), k[:, h // g : h // g + 1].cpu(), lt.layout, lc.heads[h], scale=scale
-        )
-        assert sel is not None
-        kp = SlotKeep.from_selection(sel)
-        keep[h] = SlotKeep(
-            kp.q_order.to(dev),
-            kp.k_order.to(dev),
-            kp.blocks.to(dev),
-            None if kp.column_ids is None else kp.column_ids.to(dev),
-        )
+        kp = boundary_keep(q[:, h : h + 1], k[:, h // g : h // g + 1], lt, lc.heads[h], scale=scale)
+        assert kp is not None  # None only for dense specs or no queries, both handled above
+        keep[h] = kp
+
     by_cfg: dict[PatternConfig, list[int]] = defaultdict(list)
     for h, p in enumerate(patterns):
         by_cfg[p].append(h)

@@ -533,34 +533,36 @@ def index_to_bsr(index: SparseIndex) -> BlockSparseRows:
 
 
 def index_keep_mask(index: SparseIndex, request: int, slot: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """bool [n_q or len(rows), n_k] in original order: the pairs the index keeps (causal on original positions).
+    """bool [n_q or len(rows), n_k] in original order, on the index's device: the pairs the index keeps for
+    ``rows`` (query indices of the request, default all), causal on original positions.
 
-    The index-side twin of `mmi_core.keep_mask`; O(rows x n_k), for tests.
+    The index-side twin of `mmi_core.keep_mask`, read straight from the index format (leading run in first-position
+    order, listed blocks, listed columns) with batched gathers and scatters; O(rows x n_k) memory.
     """
-    b = index.block
+    b, dev = index.block, index.q_order.device
     n_q, n_k = index.seqlens_q[request], index.seqlens_k[request]
     q0, k0 = int(index.cu_seqlens_q[request]), int(index.cu_seqlens_k[request])
     qb0, kb0 = int(index.cu_qblocks[request]), int(index.cu_kblocks[request])
-    nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
-    bsr = index_to_bsr(index)
-    tqb = index.total_qblocks
-    blocks = torch.zeros(nqb, nkb, dtype=torch.bool)
-    cols = torch.zeros(nqb, n_k, dtype=torch.bool)
-    bp, bi = bsr.indptr.cpu().long(), bsr.indices.cpu().long()
-    cp, ci = bsr.column_indptr.cpu().long(), bsr.column_indices.cpu().long()
-    for qb in range(nqb):
-        row = slot * tqb + qb0 + qb
-        blocks[qb, bi[bp[row] : bp[row + 1]]] = True
-        cols[qb, ci[cp[row] : cp[row + 1]]] = True
-    q_inv = torch.empty(n_q, dtype=torch.int64)
-    q_inv[index.q_order[slot, q0 : q0 + n_q].cpu().long()] = torch.arange(n_q)
-    k_inv = torch.empty(n_k, dtype=torch.int64)
-    k_inv[index.k_order[slot, k0 : k0 + n_k].cpu().long()] = torch.arange(n_k)
-    del kb0
-    qi = torch.arange(n_q) if rows is None else rows.to(torch.int64).cpu()
-    qb_of = q_inv[qi] // b
-    m = blocks[qb_of][:, k_inv // b] | cols[qb_of][:, k_inv]
-    return m & (torch.arange(n_k)[None, :] <= (qi + n_k - n_q)[:, None])
+    nkb = _cdiv(n_k, b)
+    r = torch.arange(n_q, device=dev) if rows is None else rows.to(dev, torch.int64)
+    q_inv = torch.empty(n_q, dtype=torch.int64, device=dev)
+    q_inv[index.q_order[slot, q0 : q0 + n_q].long()] = torch.arange(n_q, device=dev)
+    k_inv = torch.empty(n_k, dtype=torch.int64, device=dev)
+    k_inv[index.k_order[slot, k0 : k0 + n_k].long()] = torch.arange(n_k, device=dev)
+    qb = qb0 + q_inv[r] // b  # each row's global query block
+    rank = torch.empty(nkb, dtype=torch.int64, device=dev)
+    rank[index.k_blocks_by_pos[slot, kb0 : kb0 + nkb].long()] = torch.arange(nkb, device=dev)
+    blocks = rank[None, :] < index.block_prefix[slot, qb].long()[:, None]  # [R, nkb]: the leading run
+    listed = torch.arange(index.block_ids.shape[-1], device=dev)[None, :] < index.block_count[slot, qb].long()[:, None]
+    ids = torch.where(listed, index.block_ids[slot, qb].long(), nkb)  # column nkb swallows the padding
+    blocks = torch.cat([blocks, torch.zeros_like(blocks[:, :1])], 1).scatter_(1, ids, True)[:, :nkb]
+    listed = (
+        torch.arange(index.column_ids.shape[-1], device=dev)[None, :] < index.column_count[slot, qb].long()[:, None]
+    )
+    cids = torch.where(listed, index.column_ids[slot, qb].long(), n_k)
+    cols = torch.zeros(r.numel(), n_k + 1, dtype=torch.bool, device=dev).scatter_(1, cids, True)[:, :n_k]
+    mask = blocks[:, k_inv // b] | cols[:, k_inv]
+    return mask & (torch.arange(n_k, device=dev)[None, :] <= (r + n_k - n_q)[:, None])
 
 
 def pattern_capacity(cfg: PatternConfig, n_k: int, *, video_segments: int = 1) -> tuple[int, int]:

@@ -172,41 +172,16 @@ class KernelTimer:
             device=self.device,
         )
 
-    @staticmethod
-    def _slot_masks(index: Any, slot: int, rows: torch.Tensor) -> torch.Tensor:
-        """bool [len(rows), n_k] (original order, causal) kept by slot ``slot`` of request 0 of ``index``: the
-        leading run of key blocks in position order, the listed blocks and the listed columns (the index format of
-        `mmi_kernels.SparseIndex`; equals `mmi_kernels.index_keep_mask`, vectorised)."""
-        b, dev = index.block, index.device
-        n_q, n_k = index.seqlens_q[0], index.seqlens_k[0]
-        nkb = _cdiv(n_k, b)
-        r = rows.to(dev, torch.int64)
-        q_inv = torch.empty(n_q, dtype=torch.int64, device=dev)
-        q_inv[index.q_order[slot, :n_q].long()] = torch.arange(n_q, device=dev)
-        k_inv = torch.empty(n_k, dtype=torch.int64, device=dev)
-        k_inv[index.k_order[slot, :n_k].long()] = torch.arange(n_k, device=dev)
-        qb = q_inv[r] // b
-        rank = torch.empty(nkb, dtype=torch.int64, device=dev)
-        rank[index.k_blocks_by_pos[slot, :nkb].long()] = torch.arange(nkb, device=dev)
-        blocks = rank[None, :] < index.block_prefix[slot, qb].long()[:, None]  # [R, nkb] the leading run
-        listed = torch.arange(index.block_capacity, device=dev)[None, :] < index.block_count[slot, qb].long()[:, None]
-        ids = torch.where(listed, index.block_ids[slot, qb].long(), nkb)  # nkb: a spare column for padding
-        blocks = torch.cat([blocks, torch.zeros_like(blocks[:, :1])], 1).scatter_(1, ids, True)[:, :nkb]
-        mask = blocks[:, k_inv // b]
-        listed = torch.arange(index.column_capacity, device=dev)[None, :] < index.column_count[slot, qb].long()[:, None]
-        cids = torch.where(listed, index.column_ids[slot, qb].long(), n_k)
-        cols = torch.zeros(r.numel(), n_k + 1, dtype=torch.bool, device=dev).scatter_(1, cids, True)[:, :n_k]
-        mask |= cols[:, k_inv]
-        return mask & (torch.arange(n_k, device=dev)[None, :] <= (r + n_k - n_q)[:, None])
-
     def _head_masks(self, index: Any, hq: int, n_q: int, n_k: int, rows: torch.Tensor) -> list[torch.Tensor]:
         if index is None:
             r = rows.to(self.device, torch.int64)
             causal = torch.arange(n_k, device=self.device)[None, :] <= (r + n_k - n_q)[:, None]
             return [causal] * hq
+        import mmi_kernels  # imported lazily: see __init__
+
         masks: list[torch.Tensor] = [torch.empty(0)] * hq
         for s in range(index.num_slots):
-            m = self._slot_masks(index, s, rows)
+            m = mmi_kernels.index_keep_mask(index, 0, s, rows)
             first, count = int(index.slot_q_head[s]), int(index.slot_num_heads[s])
             for h in range(first, first + count):
                 masks[h] = m
