@@ -240,13 +240,11 @@ def _compact(key: torch.Tensor, keep: torch.Tensor, big: int) -> tuple[torch.Ten
     return count, k
 
 
-def _mask_to_lists(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """bool [rows, n] -> (count int64 [rows], ascending column ids int64 [rows, width]; entries past a row's count
-    are 0). ``width`` >= every count (None: the maximum, one host read). Each kept entry is scattered to its rank in
-    its row (a running count), so nothing is sorted and, with ``width`` given, nothing is read on the host."""
+def _mask_to_lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [rows, n] -> (count int64 [rows], ascending column ids int64 [rows, max(count)]; entries past a row's
+    count are 0). Each kept entry is scattered to its rank in its row (a running count): no sort, no nonzero."""
     count = mask.sum(1)
-    if width is None:
-        width = int(count.max()) if count.numel() else 0
+    width = int(count.max()) if count.numel() else 0
     rank = torch.cumsum(mask, 1, dtype=torch.int32) - 1
     slot = torch.where(mask, rank, width).to(torch.int64)  # column `width` swallows the entries not kept
     ids = torch.zeros(mask.shape[0], width + 1, dtype=torch.int64, device=mask.device)
@@ -310,6 +308,11 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
     else:
         c_count, c_ids = torch.zeros(nqb, dtype=torch.int64, device=device), torch.zeros(nqb, 0, dtype=torch.int64)
     return _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, blocks, rank, c_count, c_ids)
+
+
+def _block_ids(sl: _SlotLists, width: int) -> torch.Tensor:
+    """The slot's listed key blocks (outside the leading run), int64 [nqb, width]."""
+    return block_ids(sl.blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, width)
 
 
 def _pad_ids(ids: torch.Tensor, cap: int, device: torch.device) -> torch.Tensor:
@@ -428,17 +431,9 @@ def index_from_keeps(
         k_blocks_by_pos=cat("k_by_pos"),
         block_prefix=cat("prefix"),
         block_count=cat("b_count"),
-        block_ids=torch.stack(
-            [
-                torch.cat(
-                    [
-                        block_ids(sl.blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, cap_b)
-                        for sl in (req[s] for req in lists)
-                    ]
-                )
-                for s in range(n_slots)
-            ]
-        ).to(torch.int32),
+        block_ids=torch.stack([torch.cat([_block_ids(req[s], cap_b) for req in lists]) for s in range(n_slots)]).to(
+            torch.int32
+        ),
         column_count=cat("c_count"),
         column_ids=cat("c_ids", cap_c),
         keys_identity=all(f[2] == 1 for f in facts),
