@@ -35,7 +35,14 @@ import torch
 
 from mmi_core import BlockSparse, Grid, HeadConfigs, HeadSpec, LayerConfig, Modality, VerticalSlash, output_error
 from mmi_core.synthetic import default_spec, held_out_seeds, synthetic_workload
-from mmi_kernels import LayoutTensors, SparsePrefillWrapper, estimate_layer_keeps, index_from_keeps, layer_slots
+from mmi_kernels import (
+    LayoutTensors,
+    SparsePrefillWrapper,
+    estimate_layer_keeps,
+    index_from_keeps,
+    index_keep_mask,
+    layer_slots,
+)
 from mmi_kernels import sparse_attention as sparse_attention_fn
 from mmi_kernels.wrapper import dense_causal_attention
 
@@ -68,34 +75,6 @@ def cuda_ms(fn, reps: int, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def rows_mask(index, slot: int, rows: torch.Tensor) -> torch.Tensor:
-    """bool [len(rows), n_k]: the pairs the index keeps for sampled query rows of request 0 (O(rows x n_k))."""
-    b, n_q, n_k = index.block, index.seqlens_q[0], index.seqlens_k[0]
-    dev = index.device
-    qo, ko = index.q_order[slot, :n_q].long(), index.k_order[slot, :n_k].long()
-    qinv = torch.empty_like(qo)
-    qinv[qo] = torch.arange(n_q, device=dev)
-    kinv = torch.empty_like(ko)
-    kinv[ko] = torch.arange(n_k, device=dev)
-    nkb = -(-n_k // b)
-    qb = qinv[rows] // b
-    rank = torch.empty(nkb, dtype=torch.long, device=dev)
-    rank[index.k_blocks_by_pos[slot, :nkb].long()] = torch.arange(nkb, device=dev)
-    kept = rank[None, :] < index.block_prefix[slot, qb].long()[:, None]
-    cap = index.block_ids.shape[2]
-    ids = index.block_ids[slot, qb].long()
-    valid = torch.arange(cap, device=dev)[None, :] < index.block_count[slot, qb].long()[:, None]
-    kept.scatter_(1, torch.where(valid, ids, 0), valid | kept.gather(1, torch.where(valid, ids, 0)))
-    mask = kept[:, kinv // b]
-    ccap = index.column_ids.shape[2]
-    cids = index.column_ids[slot, qb].long()
-    cvalid = torch.arange(ccap, device=dev)[None, :] < index.column_count[slot, qb].long()[:, None]
-    cols = torch.zeros_like(mask)
-    cols.scatter_(1, ko[torch.where(cvalid, cids, 0)], cvalid)
-    mask |= cols & cvalid.any(1, keepdim=True)
-    return mask & (torch.arange(n_k, device=dev)[None, :] <= (rows + n_k - n_q)[:, None])
-
-
 def accuracy(q, k, v, o, index, slots, rows) -> dict:
     """Recall, density and output error on sampled rows, fp32, per head then averaged."""
     n_q, n_k = q.shape[0], k.shape[0]
@@ -103,7 +82,7 @@ def accuracy(q, k, v, o, index, slots, rows) -> dict:
     recalls, kept, causal, errs = [], 0, 0, []
     causal_rows = (rows + n_k - n_q + 1).sum().item()
     for s, (first, count) in enumerate(slots):
-        m = rows_mask(index, s, rows)
+        m = index_keep_mask(index, 0, s, rows)
         for h in range(first, first + count):
             sc = (q[rows, h].float() @ k[:, h // g].float().T) / math.sqrt(D)
             cm = torch.arange(n_k, device=q.device)[None, :] <= (rows + n_k - n_q)[:, None]
