@@ -78,6 +78,7 @@ class SparsePrefillWrapper:
         self.kernel_config = kernel_config
         self.counts: Counter[str] = Counter()
         self._plan: PrefillPlan | None = None
+        self._blocks: dict[int, int | None] = {}  # layer -> block size (None: every head dense), from the configs
 
     # -- per batch ----------------------------------------------------------------------------------------------
     def plan(
@@ -160,10 +161,19 @@ class SparsePrefillWrapper:
         if not paged and kk.shape[0] != self._cu_k[-1]:
             raise ValueError(f"k must hold {self._cu_k[-1]} keys (all requests, prefix included), got {kk.shape[0]}")
         scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
+        if layer not in self._blocks:
+            self._blocks[layer] = layer_block(hc, layer)
+        block = self._blocks[layer]
+        if out is None and len(plan.reasons) == 1 and (block is None or not plan.sparse[0]):
+            # one dense request (short, text-only, or an all-dense layer): the SDPA call's own output, no copy
+            reason = plan.reasons[0] if plan.sparse[0] is False else "all_heads_dense"
+            self.counts["dense:" + reason] += 1
+            if plan.n_q[0] == 0:
+                return torch.empty_like(q)
+            return dense_causal_attention(q, self._keys(k, k_cache, 0), self._keys(v, v_cache, 0), scale)
         out = torch.empty_like(q) if out is None else out
 
         sparse = [r for r, s in enumerate(plan.sparse) if s]
-        block = layer_block(hc, layer)
         for r, reason in enumerate(plan.reasons):
             if reason != "sparse" or block is None:
                 self.counts["dense:" + (reason if reason != "sparse" else "all_heads_dense")] += 1
