@@ -21,7 +21,7 @@ from mmi_core import (
     search_layer,
     synthetic_workload,
 )
-from mmi_core.search import PAPER_VS_PAIRS, boundary_executed
+from mmi_core.search import PAPER_VS_PAIRS
 from mmi_core.synthetic import held_out_seeds
 
 BLOCK = 32
@@ -150,7 +150,6 @@ def test_paper_space_lists_the_paper_candidates():
 def test_bad_spaces_and_arguments_raise_clearly(workload):
     with pytest.raises(ValueError, match="empty search space"):
         SearchSpace(candidates=())
-    assert boundary_executed("q")  # issue 7 landed: boundary 'q' is executed, so it can be searched
     SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
     with pytest.raises(ValueError, match="'2d' is not searched yet"):
         SearchSpace(candidates=(Dense(),), boundaries=("none", "2d"))

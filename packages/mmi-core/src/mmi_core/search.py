@@ -18,9 +18,7 @@ Per layer (`search_layer`):
 3. **Per modality, per pair, boundary.** The per-query-modality errors of every candidate are recorded and the best
    in-pool candidate per query modality is reported. With ``"q"`` in ``space.boundaries`` each head whose modalities
    prefer different candidates is re-run as ``HeadSpec(boundary="q", by_modality=...)`` and keeps it where the
-   output error drops within the latency budget. ``"q"`` is accepted only when `boundary_executed` finds that
-   ``mmi_core.layer`` executes it (a search over a kind the layer does not execute would measure nothing); ``"2d"``
-   (the per-pair stage) is not searched yet. ``"none"`` and
+   output error drops within the latency budget. ``"2d"`` (the per-pair stage) is not searched yet. ``"none"`` and
    ``"k"`` execute identically; a head that keeps one pattern gets ``boundaries[0]``.
 4. **GQA.** With ``"group"`` in ``space.gqa`` the chosen patterns are re-run with each KV head's group executing
    together (union of selections, pooled Grid stride/phase). A group executes together when its mean output error
@@ -33,7 +31,6 @@ them into a `HeadConfigs` with the metadata every consumer reads.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -61,7 +58,6 @@ __all__ = [
     "ReferenceEvaluator",
     "SearchSpace",
     "assemble_head_configs",
-    "boundary_executed",
     "paper_search_space",
     "pattern_label",
     "search_layer",
@@ -82,28 +78,6 @@ GRID_LINE_COMBOS: tuple[tuple[bool, bool, bool], ...] = (
     (False, True, False),
     (False, False, True),
 )
-
-
-@functools.cache
-def boundary_executed(kind: Literal["q", "2d"]) -> bool:
-    """Whether `estimate_layer_selections` executes boundary ``kind`` (a probe, cached): on a 128-token text + video
-    layout, a head whose ``pattern`` is `Dense` but whose video rows (``"q"``) or ``video->video`` pair (``"2d"``)
-    use an A-shape must get a selection (not None = dense)."""
-    from mmi_core.layout import VisualGrid
-
-    layout = ModalityLayout.from_parts([("text", 64), ("video", VisualGrid(frames=2, rows=4, cols=8))])
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(128, 1, 32, generator=g)
-    small = AShape(sink=16, local=16, block=16)
-    if kind == "q":
-        spec = HeadSpec(boundary="q", pattern=Dense(), by_modality={"video": small})
-    else:
-        spec = HeadSpec(boundary="2d", pattern=Dense(), by_pair={"video->video": small})
-    hc = HeadConfigs.uniform(1, 1, 1, spec, gqa="head")
-    try:
-        return estimate_layer_selections(q, q, layout, hc, 0)[0] is not None
-    except (ValueError, NotImplementedError):
-        return False
 
 
 @dataclass(frozen=True)
@@ -226,11 +200,6 @@ class SearchSpace(BaseModel):
         kinds = tuple(v) if v is not None else ()
         if "2d" in kinds:
             raise ValueError("boundary kind '2d' is not searched yet (the per-pair stage is not implemented)")
-        if "q" in kinds and not boundary_executed("q"):
-            raise ValueError(
-                "boundary kind 'q' is not executed by mmi_core.layer yet (it runs the head pattern over the "
-                "whole sequence, issue #7): a search over it would measure nothing; use 'none'/'k'"
-            )
         if not kinds:
             raise ValueError("empty search space: give at least one boundary kind ('none')")
         return kinds
@@ -247,9 +216,7 @@ class SearchSpace(BaseModel):
             "candidates": [pattern_label(p) for p in self.candidates],
             "boundaries": list(self.boundaries),
             "boundaries_not_searched": {
-                "q": "searched"
-                if "q" in self.boundaries
-                else ("not requested" if boundary_executed("q") else "not executed by mmi_core.layer yet (issue #7)"),
+                "q": "searched" if "q" in self.boundaries else "not requested",
                 "2d": "per-pair stage not implemented",
             },
             "gqa": list(self.gqa),
