@@ -51,7 +51,7 @@ from mmi_core.patterns import Dense, Grid, PatternConfig, VerticalSlash
 from mmi_core.permutation import Permutation
 from mmi_core.selection import Selection, dense_selection, keep_mask
 
-__all__ = ["boundary_selection", "modality_last_rows", "uses_grid_order"]
+__all__ = ["boundary_selection", "modality_last_rows", "sub_problem", "uses_grid_order"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -69,9 +69,15 @@ def modality_last_rows(layout: ModalityLayout, n_q: int) -> dict[Modality, tuple
     return out
 
 
-def _truncate(layout: ModalityLayout, end: int) -> ModalityLayout:
-    """The layout's first ``end`` tokens; ``end`` must be a segment end (so no segment is cut)."""
-    return ModalityLayout(end, tuple(s for s in layout.segments if s.end <= end))
+def sub_problem(
+    layout: ModalityLayout, cfg: PatternConfig, end: int, rows: int
+) -> tuple[ModalityLayout, PatternConfig]:
+    """What one query modality's sub-problem is estimated on (module docstring): the layout's first ``end`` tokens
+    (``end`` is a segment end, so no segment is cut) and ``cfg`` with ``last_q`` clamped to the modality's ``rows``.
+    Shared by this reference and `mmi_kernels.boundary_planner`, whose results must match exactly."""
+    if isinstance(cfg, VerticalSlash | Grid):
+        cfg = cfg.model_copy(update={"last_q": min(cfg.last_q, rows)})
+    return ModalityLayout(end, tuple(s for s in layout.segments if s.end <= end)), cfg
 
 
 def _sub_selection(
@@ -93,10 +99,9 @@ def _sub_selection(
     n_q_sub = end - prefix
     if isinstance(cfg, Dense):
         return dense_selection(n_q_sub, end, block)
-    if isinstance(cfg, VerticalSlash | Grid):
-        cfg = cfg.model_copy(update={"last_q": min(cfg.last_q, rows)})
+    sub_layout, cfg = sub_problem(layout, cfg, end, rows)
     hc = HeadConfigs.uniform(1, 1, 1, cfg)
-    sel = estimate_layer_selections(q[:n_q_sub], k[:end], _truncate(layout, end), hc, 0, scale=scale)[0]
+    sel = estimate_layer_selections(q[:n_q_sub], k[:end], sub_layout, hc, 0, scale=scale)[0]
     return sel if sel is not None else dense_selection(n_q_sub, end, block)
 
 

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import torch
 
-from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, ModalityLayout, PatternConfig, VerticalSlash
-from mmi_core.boundary import modality_last_rows
+from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, ModalityLayout, PatternConfig
+from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import LayoutTensors, dense_keep
 
@@ -77,9 +77,7 @@ def _sub_keep(
     n_q_sub = end - prefix
     if isinstance(cfg, Dense):
         return dense_keep(n_q_sub, end, block, q.device)
-    if isinstance(cfg, VerticalSlash | Grid):
-        cfg = cfg.model_copy(update={"last_q": min(cfg.last_q, rows)})
-    sub_layout = ModalityLayout(end, tuple(s for s in layout.segments if s.end <= end))
+    sub_layout, cfg = sub_problem(layout, cfg, end, rows)
     hc = HeadConfigs.uniform(1, 1, 1, cfg)
     lt = LayoutTensors(sub_layout, q.device)
     return estimate_layer_keeps(q[:n_q_sub], k[:end], lt, hc, 0, scale=scale)[0]
