@@ -125,23 +125,29 @@ def real_frame_spec(tpf: int):
     return default_spec().model_copy(update={"layout": layout_spec})
 
 
-def bench_length(n: int, args, rec: dict, out: Path) -> None:
-    dev = args.device
-    spec = real_frame_spec(args.tpf)
-    t0 = time.time()
+def workload(kind: str, n: int, head_kinds: tuple[str, ...], spec, dev: str):
+    """The first held-out synthetic workload of ``kind`` at ~``n`` tokens in the bench geometry, bf16, with its
+    contiguous q, k, v and layout."""
     w = synthetic_workload(
         held_out_seeds(1)[0],
-        workload="video",
+        workload=kind,  # type: ignore[arg-type]
         num_tokens=n,
         num_q_heads=HQ,
         num_kv_heads=HKV,
         head_dim=D,
-        head_kinds=("grid",) * HQ,
+        head_kinds=head_kinds,  # type: ignore[arg-type]
         spec=spec,
         device=dev,
         dtype=torch.bfloat16,
     )
-    q, k, v, layout = w.q.contiguous(), w.k.contiguous(), w.v.contiguous(), w.layout
+    return w, w.q.contiguous(), w.k.contiguous(), w.v.contiguous(), w.layout
+
+
+def bench_length(n: int, args, rec: dict, out: Path) -> None:
+    dev = args.device
+    spec = real_frame_spec(args.tpf)
+    t0 = time.time()
+    w, q, k, v, layout = workload("video", n, ("grid",) * HQ, spec, dev)
     n = layout.num_tokens
     row = {
         "n_tokens": n,
@@ -195,19 +201,7 @@ def bench_mixed_length(n: int, args, rec: dict, out: Path) -> None:
     spec = real_frame_spec(args.tpf)
     t0 = time.time()
     kinds = tuple(MIXED_KINDS[h % 3] for h in range(HQ))
-    w = synthetic_workload(
-        held_out_seeds(1)[0],
-        workload="mixed",
-        num_tokens=n,
-        num_q_heads=HQ,
-        num_kv_heads=HKV,
-        head_dim=D,
-        head_kinds=kinds,  # type: ignore[arg-type]
-        spec=spec,
-        device=dev,
-        dtype=torch.bfloat16,
-    )
-    q, k, v, layout = w.q.contiguous(), w.k.contiguous(), w.v.contiguous(), w.layout
+    _, q, k, v, layout = workload("mixed", n, kinds, spec, dev)
     n = layout.num_tokens
     base = {
         "n_tokens": n,
