@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, ModalityLayout, PatternConfig
+from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig
 from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import LayoutTensors, dense_keep
@@ -62,7 +62,7 @@ def _inverse(order: torch.Tensor) -> torch.Tensor:
 def _sub_keep(
     q: torch.Tensor,
     k: torch.Tensor,
-    layout: ModalityLayout,
+    lt: LayoutTensors,
     cfg: PatternConfig,
     end: int,
     rows: int,
@@ -73,14 +73,13 @@ def _sub_keep(
     keys ``[0, end)`` (sub coordinates = global ones: row i, key position c), ``last_q`` clamped to ``rows``."""
     from mmi_kernels.estimate import estimate_layer_keeps  # local: estimate may dispatch boundary heads to us
 
-    prefix = layout.num_tokens - q.shape[0]
+    prefix = lt.layout.num_tokens - q.shape[0]
     n_q_sub = end - prefix
     if isinstance(cfg, Dense):
         return dense_keep(n_q_sub, end, block, q.device)
-    sub_layout, cfg = sub_problem(layout, cfg, end, rows)
+    sub_layout, cfg = sub_problem(lt.layout, cfg, end, rows)
     hc = HeadConfigs.uniform(1, 1, 1, cfg)
-    lt = LayoutTensors(sub_layout, q.device)
-    return estimate_layer_keeps(q[:n_q_sub], k[:end], lt, hc, 0, scale=scale)[0]
+    return estimate_layer_keeps(q[:n_q_sub], k[:end], lt.truncated(sub_layout), hc, 0, scale=scale)[0]
 
 
 def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,7 +296,7 @@ def boundary_keep(
         rows_ok = (qmod == int(m)) & (torch.arange(n_q, device=dev) < end - prefix)
         video_cfg = spec.for_query(m) if spec.boundary == "q" else spec.for_pair(m, Modality.VIDEO)
         for cfg, key_mask in targets.items():
-            sub = _sub_keep(q, k, layout, cfg, end, rows, block, scale)
+            sub = _sub_keep(q, k, lt, cfg, end, rows, block, scale)
             if m == Modality.VIDEO and isinstance(cfg, Grid) and cfg == video_cfg:
                 q_base = torch.cat([sub.q_order.to(dev, torch.int64), torch.arange(end - prefix, n_q, device=dev)])
                 k_base = torch.cat([sub.k_order.to(dev, torch.int64), torch.arange(end, n_k, device=dev)])

@@ -64,6 +64,14 @@ class LayoutTensors:
         self.segment_start, self.segment_end = start.to(self.device), end.to(self.device)
         self.video_segments = [(s.start, s.end) for s in layout.segments_of(Modality.VIDEO)]
         self._fold_masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._truncated: dict[int, LayoutTensors] = {}
+
+    def truncated(self, layout: ModalityLayout) -> LayoutTensors:
+        """The layout tensors of ``layout``, a prefix of this one (a boundary head's sub-problem), built once per
+        batch: every layer asks again."""
+        if layout.num_tokens not in self._truncated:
+            self._truncated[layout.num_tokens] = LayoutTensors(layout, self.device)
+        return self._truncated[layout.num_tokens]
 
     def grid_fold_masks(self, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`mmi_core.grid_key_mask` of this layout for estimation rows starting at ``first_row``, on the device."""
