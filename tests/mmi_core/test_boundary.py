@@ -1,5 +1,5 @@
-"""Boundary heads (Q and 2D) in mmi-core: the one-Selection rounding rule vs a brute-force per-row construction,
-estimation from the last rows of each modality only, and the layer dispatch."""
+"""Boundary heads (Q and 2D) in mmi-core: the per-modality parts (`RowGroups`) and their rounding rule vs a
+brute-force per-row construction, estimation from the last rows of each modality only, and the layer dispatch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mmi_core.layer import estimate_layer_selections, mmi_attention_reference
 from mmi_core.layout import Modality, ModalityLayout, VisualGrid
 from mmi_core.patterns import AShape, BlockSparse, Dense, Grid, VerticalSlash
 from mmi_core.reference import sparse_attention_reference
-from mmi_core.selection import keep_mask
+from mmi_core.selection import Selection, keep_mask
 
 B = 16
 VS = VerticalSlash(vertical=6, slash=5, last_q=24, sink=3, local=4, block=B)
@@ -68,19 +68,24 @@ def _brute(q, k, layout, spec, sel):
                         pc[i, j] |= bool(full[i, j]) and not bool(blocks_only[i, j])
     for i in range(n_q):
         pb[i, prefix + i] = True
-    qblock = {int(r): t // B for t, r in enumerate(sel.q_perm.order)}  # query row -> block in modality order
-    kblock = {int(c): t // B for t, c in enumerate(sel.k_perm.order)}
-    tiles, cols = set(), set()
-    for i in range(n_q):
-        for j in range(n_k):
-            if pb[i, j]:
-                tiles.add((qblock[i], kblock[j]))
-            if pc[i, j]:
-                cols.add((qblock[i], j))
+    # each row is computed by the part of its modality, in that part's orders
+    qmods = mods[prefix:]
     want = torch.zeros(n_q, n_k, dtype=torch.bool)
-    for i in range(n_q):
-        for j in range(prefix + i + 1):
-            want[i, j] = (qblock[i], kblock[j]) in tiles or (qblock[i], j) in cols
+    for m, part in zip(Modality, sel.parts, strict=True):
+        qblock = {int(r): t // B for t, r in enumerate(part.q_perm.order[: part.num_rows])}
+        kblock = {int(c): t // B for t, c in enumerate(part.k_perm.order)}
+        tiles, cols = set(), set()
+        for i in qblock:
+            for j in range(n_k):
+                if pb[i, j]:
+                    tiles.add((qblock[i], kblock[j]))
+                if pc[i, j]:
+                    cols.add((qblock[i], j))
+        for i in range(n_q):
+            if int(qmods[i]) != int(m):
+                continue
+            for j in range(prefix + i + 1):
+                want[i, j] = (qblock[i], kblock[j]) in tiles or (qblock[i], j) in cols
     return want, pb | pc
 
 
@@ -99,9 +104,11 @@ def test_boundary_selection_matches_brute_force(lname: str, sname: str, prefix_f
     assert torch.equal(got, want)
     assert bool((got | ~pairs).all())  # every group's pairs are kept (superset)
     assert bool(got[torch.arange(n_q), n_k - n_q + torch.arange(n_q)].all())  # own position
-    # one softmax per query block: queries and keys grouped by modality, text first
-    qm = layout.token_modalities()[n_k - n_q :][sel.q_perm.order]
-    assert bool((qm[1:] >= qm[:-1]).all())
+    # one part per modality, computing exactly that modality's rows (each row: one softmax over all keys)
+    qmods = layout.token_modalities()[n_k - n_q :]
+    for m, part in zip(Modality, sel.parts, strict=True):
+        assert part.num_rows == int((qmods == int(m)).sum())
+        assert bool((qmods[part.q_perm.order[: part.num_rows]] == int(m)).all())
 
 
 def test_q_boundary_estimates_from_own_modality_rows_only() -> None:
@@ -160,6 +167,6 @@ def test_layer_dispatch_and_reference_attention() -> None:
     sels = estimate_layer_selections(q, k, layout, hc, 0)
     assert sels[0] == boundary_selection(q[:, :1], k[:, :1], layout, heads[0])
     assert sels[1] == boundary_selection(q[:, 1:2], k[:, :1], layout, heads[1])
-    assert sels[2] is not None and sels[2].q_perm.is_identity
+    assert isinstance(sels[2], Selection) and sels[2].q_perm.is_identity
     out = mmi_attention_reference(q, k, v, layout, hc, 0)
     assert torch.allclose(out, sparse_attention_reference(q, k, v, sels))

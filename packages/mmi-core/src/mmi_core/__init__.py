@@ -40,6 +40,7 @@ from mmi_core.search import (
     search_layer,
 )
 from mmi_core.selection import (
+    RowGroups,
     Selection,
     ashape_selection,
     block_sparse_selection,
@@ -81,6 +82,7 @@ __all__ = [
     "PatternConfig",
     "Permutation",
     "ReferenceEvaluator",
+    "RowGroups",
     "SearchSpace",
     "Segment",
     "Selection",

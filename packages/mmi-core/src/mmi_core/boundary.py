@@ -22,22 +22,22 @@ Semantics (the reference every kernel-side twin is tested against):
   Limitation: the per-pair estimate scores m's last rows against **all** keys and then restricts to n's keys; it
   does not renormalise inside n.
 - A modality with **no query rows** in the chunk has nothing to compute and no rule applies (its keys stay
-  available to the other modalities' rows, as keys). Dense patterns give all causal pairs of their rows (and keys).
-- **One head = one Selection.** The union of the groups' pairs is rounded onto ONE selection whose query and key
-  orders are `modality_permutation` of the chunk and of the keys (all text, then image, then video, each in
-  original order): a pair from a sub-selection's *blocks* keeps the tile of the new orders that holds it, a pair
-  from a sub-selection's *columns* stays a single column of its new query block. So every query block runs ONE
-  online softmax across all key modalities (no outputs merged afterwards), and the existing kernel, index
-  (`SlotKeep` takes any q/k order and block set) and wrapper execute boundary heads unchanged. The rounding only
-  adds pairs: ``keep_mask`` of the result is a superset of every group's pairs and every kept tile holds one.
-- **A modality whose rows are fewer than one block** is estimated from its rows like any other; in the modality
-  order its rows share a query block with the neighbouring modality's rows, and that block keeps the union of both
-  groups' tiles (a superset, never a loss).
-- **Grid inside video:** when video rows use a Grid pattern (Q: ``for_query(VIDEO)``; 2D: ``for_pair(VIDEO,
-  VIDEO)``), video rows and video keys keep that estimate's grid order inside the modality order (the Grid
-  sub-selection's permutations: every token after the last video segment is non-video, so they extend unchanged).
-  Otherwise each modality keeps original order (`modality_permutation`). Other pairs' pairs are rounded onto these
-  orders like any others.
+  available to the other modalities' rows, as keys); its part computes no row (``rows = 0``), so every boundary head
+  has three parts, in `Modality` order. Dense patterns give all causal pairs of their rows (and keys).
+- **One part per query modality (`RowGroups`).** A head executes as one `Selection` per modality m, computing
+  only m's rows (``rows`` = their number); each row therefore runs ONE online softmax across all key modalities
+  and nothing is merged afterwards (the paper's "scatter outputs back" for Q-boundary). Orders of m's part: m's
+  rows in the row order of m's own pattern (Q: ``for_query(m)``; 2D: ``for_pair(m, m)``), filtered to m's rows;
+  every key in the key order of the pattern of its own pair (Q: m's pattern for every key). The builders' orders
+  permute tokens only inside video segments, so these combine into one permutation; with a Grid for video rows,
+  video rows and keys take that estimate's grid order. m's pairs are rounded onto the tiles of these orders: a
+  pair from a sub-selection's *blocks* keeps the tile holding it, a pair from its *columns* stays a single column
+  of its query block. For Q-boundary the part's orders are the sub-selection's own, so the rounding only re-blocks
+  m's rows (a block of m rows keeps the union of the sub blocks its rows came from); for 2D, pairs of patterns
+  with another row order are rounded onto the own one. The rounding only adds pairs: ``keep_mask`` of the result
+  is a superset of every group's pairs and every kept tile holds one.
+- **A modality whose rows are fewer than one block** is estimated from its rows like any other and gets a partly
+  filled query block of its own.
 
 Memory: ``O(n_q · n_k)`` bool pair masks (reference only; kernels use the index twins).
 """
@@ -49,9 +49,9 @@ import torch
 from mmi_core.layout import Modality, ModalityLayout
 from mmi_core.patterns import Dense, Grid, PatternConfig, VerticalSlash
 from mmi_core.permutation import Permutation
-from mmi_core.selection import Selection, dense_selection, keep_mask
+from mmi_core.selection import RowGroups, Selection, dense_selection, keep_mask
 
-__all__ = ["boundary_selection", "modality_last_rows", "sub_problem", "uses_grid_order"]
+__all__ = ["boundary_selection", "modality_last_rows", "sub_problem"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -105,25 +105,6 @@ def _sub_selection(
     return sel if sel is not None else dense_selection(n_q_sub, end, block)
 
 
-def uses_grid_order(spec: object) -> bool:
-    """True when a boundary head's video rows use a Grid pattern, so its orders depend on the estimate (such heads
-    never share an executing GQA group; see `mmi_core.layer`)."""
-    from mmi_core.head_configs import HeadSpec
-
-    if not isinstance(spec, HeadSpec) or spec.boundary not in ("q", "2d"):
-        return False
-    video = Modality.VIDEO
-    return isinstance(spec.for_query(video) if spec.boundary == "q" else spec.for_pair(video, video), Grid)
-
-
-def _grouped(base: torch.Tensor, modality: torch.Tensor, offset: int) -> Permutation:
-    """``base`` (int64 [n] an order of the n tokens) stably grouped by modality (int [n], original index): text,
-    image, video, each keeping its order in ``base``. With the identity base this is `modality_permutation`."""
-    n = base.numel()
-    rank = modality[base].to(torch.int64) * max(n, 1) + torch.arange(n)
-    return Permutation(base[torch.argsort(rank)], offset)
-
-
 def _parts(sel: Selection) -> tuple[torch.Tensor, torch.Tensor]:
     """(pairs from blocks, pairs from columns) of ``sel``, bool [n_q, n_k] original order, causal."""
     from_blocks = keep_mask(Selection(sel.block, sel.q_perm, sel.k_perm, sel.blocks, None))
@@ -133,6 +114,23 @@ def _parts(sel: Selection) -> tuple[torch.Tensor, torch.Tensor]:
     return from_blocks, keep_mask(Selection(sel.block, sel.q_perm, sel.k_perm, empty, sel.columns))
 
 
+def _empty_part(n_q: int, n_k: int, block: int) -> Selection:
+    """A part computing no row (a modality without query rows in the chunk)."""
+    blocks = torch.zeros(_cdiv(n_q, block), _cdiv(n_k, block), dtype=torch.bool)
+    return Selection(block, Permutation.identity(n_q, n_k - n_q), Permutation.identity(n_k), blocks, None, 0)
+
+
+def _ext(order: torch.Tensor, n: int) -> torch.Tensor:
+    """A sub-problem's order over ``[0, e)`` extended by the (non-causal) tokens ``[e, n)`` in original order."""
+    return torch.cat([order.cpu(), torch.arange(order.numel(), n)])
+
+
+def _inverse(order: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel())
+    return inv
+
+
 def boundary_selection(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -140,8 +138,10 @@ def boundary_selection(
     spec: object,
     *,
     scale: float | None = None,
-) -> Selection | None:
-    """The `Selection` of one boundary head (``spec.boundary`` in ``"q"``, ``"2d"``), per the module docstring.
+) -> RowGroups | None:
+    """The keep set of one boundary head (``spec.boundary`` in ``"q"``, ``"2d"``), per the module docstring: one
+    part per modality in `Modality` order (TEXT, IMAGE, VIDEO; a part without rows for a modality with no query
+    rows).
 
     ``q [n_q, 1, D]``, ``k [n_k, 1, D]`` (one query head and its KV head), token-major, any float dtype; ``layout``
     covers the ``n_k`` keys. ``spec`` is a `HeadSpec`. Returns ``None`` (dense) when every pattern is dense, or
@@ -160,38 +160,49 @@ def boundary_selection(
         return None
     block = spec.block or 64
     prefix = n_k - n_q
-    qmod = layout.token_modalities()[prefix:]
     kmod = layout.token_modalities()
-    pair_b = torch.zeros(n_q, n_k, dtype=torch.bool)
-    pair_c = torch.zeros(n_q, n_k, dtype=torch.bool)
-    q_base, k_base = torch.arange(n_q), torch.arange(n_k)  # orders inside each modality (grid order for video)
-    for m, (end, rows) in modality_last_rows(layout, n_q).items():
-        if spec.boundary == "q":
-            targets = {spec.for_query(m): torch.ones(n_k, dtype=torch.bool)}
-        else:
-            targets = {}
-            for n in layout.modalities():
-                p = spec.for_pair(m, n)
-                targets[p] = targets.get(p, torch.zeros(n_k, dtype=torch.bool)) | (kmod == int(n))
-        row_mask = qmod[: end - prefix] == int(m)
-        for cfg, key_mask in targets.items():
-            sub = _sub_selection(q, k, layout, cfg, end, rows, block, scale)
-            video_cfg = spec.for_query(m) if spec.boundary == "q" else spec.for_pair(m, Modality.VIDEO)
-            if m == Modality.VIDEO and isinstance(cfg, Grid) and cfg == video_cfg:
-                # video rows and keys take this Grid estimate's order; every token after `end` is non-video
-                q_base = torch.cat([sub.q_perm.order.cpu(), torch.arange(end - prefix, n_q)])
-                k_base = torch.cat([sub.k_perm.order.cpu(), torch.arange(end, n_k)])
+    qmod = kmod[prefix:]
+    last = modality_last_rows(layout, n_q)
+    parts: list[Selection] = []
+    for m in Modality:
+        if m not in last:
+            parts.append(_empty_part(n_q, n_k, block))
+            continue
+        end, rows = last[m]
+        # the pattern of each key modality; pairs mapped to one pattern share one sub-problem
+        of_key = {n: spec.for_query(m) if spec.boundary == "q" else spec.for_pair(m, n) for n in layout.modalities()}
+        subs = {c: _sub_selection(q, k, layout, c, end, rows, block, scale) for c in dict.fromkeys(of_key.values())}
+        own = subs[of_key[m]]
+        row_mask = qmod == int(m)  # every m row lies before `end`
+        # orders: m's rows in its own pattern's row order first; every key in the order of its own pair's pattern
+        # (orders of the builders permute only inside video segments, so they combine into one permutation)
+        sub_rows = own.q_perm.order.cpu()
+        mine = sub_rows[row_mask[sub_rows]]
+        qo = torch.cat([mine, torch.nonzero(~row_mask).flatten()])
+        rank = torch.empty(n_k, dtype=torch.int64)
+        for n, cfg in of_key.items():
+            sel_n = kmod == int(n)
+            rank[sel_n] = _inverse(_ext(subs[cfg].k_perm.order, n_k))[sel_n]
+        ko = torch.argsort(rank)
+        if not torch.equal(rank[ko], torch.arange(n_k)):
+            raise AssertionError("sub-problem key orders must permute tokens inside their segments only")
+        pair_b = torch.zeros(n_q, n_k, dtype=torch.bool)
+        pair_c = torch.zeros(n_q, n_k, dtype=torch.bool)
+        for cfg, sub in subs.items():
+            key_mask = torch.zeros(n_k, dtype=torch.bool)
+            for n, c in of_key.items():
+                if c == cfg:
+                    key_mask |= kmod == int(n)
             fb, fc = _parts(sub)  # [end - prefix, end]
-            pair_b[: end - prefix, :end] |= fb & row_mask[:, None] & key_mask[None, :end]
-            pair_c[: end - prefix, :end] |= fc & row_mask[:, None] & key_mask[None, :end]
-    pos = torch.arange(n_k)
-    pair_b |= pos[None, :] == (prefix + torch.arange(n_q))[:, None]  # every row keeps its own position
-    qp = _grouped(q_base, qmod, prefix)
-    kp = _grouped(k_base, kmod, 0)
-    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
-    pb = pair_b[qp.order][:, kp.order]
-    pb = torch.nn.functional.pad(pb, (0, nkb * block - n_k, 0, nqb * block - n_q))
-    blocks = pb.view(nqb, block, nkb, block).any(dim=3).any(dim=1)
-    pc = torch.nn.functional.pad(pair_c[qp.order][:, kp.order], (0, 0, 0, nqb * block - n_q))
-    columns = pc.view(nqb, block, n_k).any(dim=1)
-    return Selection(block, qp, kp, blocks, columns)
+            keep = row_mask[: end - prefix, None] & key_mask[None, :end]
+            pair_b[: end - prefix, :end] |= fb & keep
+            pair_c[: end - prefix, :end] |= fc & keep
+        i = torch.nonzero(row_mask).flatten()
+        pair_b[i, i + prefix] = True  # every row keeps its own position
+        nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+        pb = torch.nn.functional.pad(pair_b[qo][:, ko], (0, nkb * block - n_k, 0, nqb * block - n_q))
+        blocks = pb.view(nqb, block, nkb, block).any(dim=3).any(dim=1)
+        pc = torch.nn.functional.pad(pair_c[qo][:, ko], (0, 0, 0, nqb * block - n_q))
+        columns = pc.view(nqb, block, n_k).any(dim=1)
+        parts.append(Selection(block, Permutation(qo, prefix), Permutation(ko, 0), blocks, columns, mine.numel()))
+    return RowGroups(tuple(parts))

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmi_core.layout import ModalityLayout
 from mmi_core.patterns import AShape, BlockSparse, Dense, Grid, PatternConfig, VerticalSlash
-from mmi_core.selection import Selection
+from mmi_core.selection import RowGroups, Selection
 
 __all__ = ["CostModel", "LatencySource", "pattern_family"]
 
@@ -71,7 +71,7 @@ class LatencySource(Protocol):
         v: torch.Tensor,
         layout: ModalityLayout,
         patterns: Sequence[PatternConfig],
-        selections: Sequence[Selection | None],
+        selections: Sequence[Selection | RowGroups | None],
     ) -> list[float]: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -112,12 +112,15 @@ class CostModel(BaseModel):
         nearest = min(measured, key=lambda b: (abs(math.log(b / block)), b))
         return self.rates[f"{family}@{nearest}"]
 
-    def head_latency_ms(self, pattern: PatternConfig, selection: Selection | None, n_q: int, n_k: int, d: int) -> float:
+    def head_latency_ms(
+        self, pattern: PatternConfig, selection: Selection | RowGroups | None, n_q: int, n_k: int, d: int
+    ) -> float:
         """Cost of one query head (ms). Raises TypeError for an unknown pattern."""
         if selection is None:
             return self.priced_ms(pattern, None, 0, 0, n_q, n_k, d)
-        tiles = int(selection.blocks.sum())
-        cols = int(selection.columns.sum()) if selection.columns is not None else 0
+        parts = selection.parts if isinstance(selection, RowGroups) else (selection,)  # a boundary head: its parts
+        tiles = sum(int(p.blocks.sum()) for p in parts)
+        cols = sum(int(p.columns.sum()) for p in parts if p.columns is not None)
         return self.priced_ms(pattern, selection.block, tiles, cols, n_q, n_k, d)
 
     def priced_ms(
@@ -144,7 +147,7 @@ class CostModel(BaseModel):
         v: torch.Tensor,
         layout: ModalityLayout,
         patterns: Sequence[PatternConfig],
-        selections: Sequence[Selection | None],
+        selections: Sequence[Selection | RowGroups | None],
     ) -> list[float]:
         if len(patterns) != q.shape[1] or len(selections) != q.shape[1]:
             raise ValueError(f"{len(patterns)} patterns / {len(selections)} selections for {q.shape[1]} heads")

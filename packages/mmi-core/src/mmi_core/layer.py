@@ -11,10 +11,9 @@ Rules:
   ``lines`` of the group's first Grid head). A dense head makes the whole group dense. A group mixing
   Grid heads with identity-order patterns (VS, A-shape, block-sparse) cannot share one permutation, so it runs per
   query head (each head keeps its own selection; Grid heads still share the pooled stride/phase).
-- Heads with boundary ``"q"`` or ``"2d"`` get one `Selection` each from `mmi_core.boundary.boundary_selection`
-  (per-modality / per-pair estimation, modality-permuted orders; see that module). In a ``"group"`` KV head they
-  join the union only when every member is a boundary head, none of them uses Grid for video rows
-  (`uses_grid_order`), and the orders agree (otherwise each head keeps its own selection); an all-dense boundary
+- Heads with boundary ``"q"`` or ``"2d"`` get a `RowGroups` each from `mmi_core.boundary.boundary_selection`
+  (per-modality / per-pair estimation, one part per query modality with its own orders; see that module). They
+  never join a GQA union (each part is its own executing slot; `mmi_kernels.layer_slots`); an all-dense boundary
   head is dense like a `Dense` head.
 - ``n_q == 0`` (nothing to compute): every entry is ``None``.
 """
@@ -25,7 +24,7 @@ from collections import defaultdict
 
 import torch
 
-from mmi_core.boundary import boundary_selection, uses_grid_order
+from mmi_core.boundary import boundary_selection
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -38,6 +37,7 @@ from mmi_core.layout import ModalityLayout
 from mmi_core.patterns import AShape, BlockSparse, Dense, Grid, PatternConfig, VerticalSlash
 from mmi_core.reference import check_qkv, sparse_attention_reference
 from mmi_core.selection import (
+    RowGroups,
     Selection,
     ashape_selection,
     block_sparse_selection,
@@ -74,7 +74,7 @@ def estimate_layer_selections(
     layer: int,
     *,
     scale: float | None = None,
-) -> list[Selection | None]:
+) -> list[Selection | RowGroups | None]:
     """Online estimation of one layer: a `Selection` (or ``None`` = dense) per query head.
 
     ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]`` token-major, any float dtype and device (scores in fp32); ``layout``
@@ -110,7 +110,7 @@ def estimate_layer_selections(
         assert probs is not None
         return slice(max(probs.shape[1] - cfg.last_q, 0), None)
 
-    sel: list[Selection | None] = [None] * hq
+    sel: list[Selection | RowGroups | None] = [None] * hq
     for h in sorted(boundary):
         sel[h] = boundary_selection(q[:, h : h + 1], k[:, h // g : h // g + 1], layout, lc.heads[h], scale=scale)
 
@@ -178,11 +178,9 @@ def estimate_layer_selections(
             continue
         members = [sel[h] for h in group]
         assert all(s is not None for s in members)
-        # boundary heads (modality orders) join a union only with boundary heads: decided from the configs alone,
-        # like mmi_kernels.estimate.layer_slots, even where a text-only layout makes the orders coincide
-        # (and never when a boundary head's video rows use Grid: its orders come from its own estimate)
-        mixed = 0 < sum(h in boundary for h in group) < len(group) or any(uses_grid_order(lc.heads[h]) for h in group)
-        if not mixed and _same_orders(members):  # type: ignore[arg-type]
+        # boundary heads run per part (their own orders), never in a union: decided from the configs alone, like
+        # mmi_kernels.estimate.layer_slots
+        if not any(h in boundary for h in group) and _same_orders(members):  # type: ignore[arg-type]
             u = union_selections(members)  # type: ignore[arg-type]
             for h in group:
                 sel[h] = u

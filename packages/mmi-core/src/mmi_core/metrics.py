@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from mmi_core.reference import check_qkv
-from mmi_core.selection import Selection, _query_rows, keep_mask
+from mmi_core.selection import RowGroups, Selection, _query_rows, keep_mask
 
 __all__ = ["attention_recall", "density", "output_error", "sample_rows"]
 
@@ -30,7 +30,7 @@ def sample_rows(n_q: int, count: int, seed: int = 0) -> torch.Tensor:
 def attention_recall(
     q: torch.Tensor,
     k: torch.Tensor,
-    selections: Sequence[Selection | None],
+    selections: Sequence[Selection | RowGroups | None],
     *,
     scale: float | None = None,
     rows: torch.Tensor | None = None,
@@ -72,7 +72,7 @@ def output_error(o: torch.Tensor, o_ref: torch.Tensor, per_head: bool = False) -
     return (diff.norm() / ref.norm().clamp_min(1e-30)).cpu()
 
 
-def density(selection: Selection | None, rows: torch.Tensor | None = None) -> float:
+def density(selection: Selection | RowGroups | None, rows: torch.Tensor | None = None) -> float:
     """Kept pairs / causal pairs (on sampled rows when given). Dense (None) is 1.0."""
     if selection is None:
         return 1.0

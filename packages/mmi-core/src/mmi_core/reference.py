@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmi_core.selection import Selection, _query_rows, keep_mask
+from mmi_core.selection import RowGroups, Selection, _query_rows, keep_mask
 
 __all__ = ["check_qkv", "dense_attention_reference", "sparse_attention_reference"]
 
@@ -59,7 +59,7 @@ def sparse_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    selections: Sequence[Selection | None],
+    selections: Sequence[Selection | RowGroups | None],
     *,
     scale: float | None = None,
     rows: torch.Tensor | None = None,

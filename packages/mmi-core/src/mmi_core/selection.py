@@ -35,6 +35,7 @@ from mmi_core.patterns import AShape, BlockSparse, Grid, VerticalSlash
 from mmi_core.permutation import Permutation, grid_permutation, grid_residues
 
 __all__ = [
+    "RowGroups",
     "Selection",
     "ashape_selection",
     "block_sparse_selection",
@@ -59,6 +60,9 @@ class Selection:
     k_perm:  `Permutation` of the ``n_k`` keys, ``offset = 0``
     blocks:  bool [ceil(n_q / block), ceil(n_k / block)] in (query-permuted, key-permuted) block order
     columns: bool [ceil(n_q / block), n_k] (key-permuted index), or None (no columns)
+    rows:    how many leading rows of the query-permuted order this selection computes (None: all ``n_q``). The
+             other rows belong to the other `RowGroups` parts of the same head: they are neither computed nor kept
+             here, and tiles are judged causal on the computed rows only.
 
     Both tensors are stored in canonical form (module docstring). Raises ValueError for inconsistent sizes,
     dtypes or permutation offsets.
@@ -69,11 +73,14 @@ class Selection:
     k_perm: Permutation
     blocks: torch.Tensor
     columns: torch.Tensor | None = None
+    rows: int | None = None
 
     def __post_init__(self) -> None:
         n_q, n_k, b = self.q_perm.size, self.k_perm.size, self.block
         if b < 1:
             raise ValueError(f"block must be >= 1, got {b}")
+        if self.rows is not None and not 0 <= self.rows <= n_q:
+            raise ValueError(f"rows must be in [0, {n_q}], got {self.rows}")
         if n_q > n_k:
             raise ValueError(f"{n_q} queries but only {n_k} keys: queries must be a suffix of the keys")
         if self.q_perm.offset != n_k - n_q or self.k_perm.offset != 0:
@@ -85,7 +92,7 @@ class Selection:
         if tuple(self.blocks.shape) != want or self.blocks.dtype != torch.bool:
             raise ValueError(f"blocks must be bool {want}, got {self.blocks.dtype} {tuple(self.blocks.shape)}")
         dev = self.blocks.device
-        qmax, kmin, kpos = _tile_bounds(self.q_perm, self.k_perm, b, dev)
+        qmax, kmin, kpos = _tile_bounds(self.q_perm, self.k_perm, b, dev, self.num_rows)
         object.__setattr__(self, "blocks", self.blocks & (kmin[None, :] <= qmax[:, None]))
         if self.columns is not None:
             if tuple(self.columns.shape) != (want[0], n_k) or self.columns.dtype != torch.bool:
@@ -109,6 +116,7 @@ class Selection:
             and self.k_perm == other.k_perm
             and torch.equal(self.blocks.cpu(), other.blocks.cpu())
             and cols
+            and self.num_rows == other.num_rows
         )
 
     def __hash__(self) -> int:
@@ -123,19 +131,73 @@ class Selection:
         return self.k_perm.size
 
     @property
+    def num_rows(self) -> int:
+        """Rows this selection computes: the first ``num_rows`` of the query-permuted order."""
+        return self.n_q if self.rows is None else self.rows
+
+    @property
     def prefix(self) -> int:
         """Cached prefix length ``n_k - n_q`` (original position of query row 0)."""
         return self.n_k - self.n_q
 
 
+@dataclass(frozen=True, eq=False)
+class RowGroups:
+    """Keep set of a head that executes as several row-disjoint selections, each with its own orders (a boundary
+    head: one part per query modality, `mmi_core.boundary`). Part ``i`` computes the first ``parts[i].num_rows``
+    rows of its query order; together the parts compute every query row exactly once, so each row still runs ONE
+    softmax (no outputs merged). A kernel runs each part as its own head slot. Raises ValueError when the parts
+    disagree on block size or shape, or do not partition the rows."""
+
+    parts: tuple[Selection, ...]
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise ValueError("RowGroups needs at least one part")
+        first = self.parts[0]
+        if any((p.block, p.n_q, p.n_k) != (first.block, first.n_q, first.n_k) for p in self.parts):
+            raise ValueError("the parts of RowGroups must share block size, n_q and n_k")
+        covered = torch.cat([p.q_perm.order[: p.num_rows].cpu() for p in self.parts])
+        if covered.numel() != first.n_q or not torch.equal(torch.sort(covered).values, torch.arange(first.n_q)):
+            raise ValueError("the parts of RowGroups must compute every query row exactly once")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RowGroups):
+            return NotImplemented
+        return len(self.parts) == len(other.parts) and all(
+            a == b for a, b in zip(self.parts, other.parts, strict=False)
+        )
+
+    def __hash__(self) -> int:
+        return hash(len(self.parts))
+
+    @property
+    def block(self) -> int:
+        return self.parts[0].block
+
+    @property
+    def n_q(self) -> int:
+        return self.parts[0].n_q
+
+    @property
+    def n_k(self) -> int:
+        return self.parts[0].n_k
+
+    @property
+    def prefix(self) -> int:
+        return self.parts[0].prefix
+
+
 def _tile_bounds(
-    q_perm: Permutation, k_perm: Permutation, block: int, device: torch.device
+    q_perm: Permutation, k_perm: Permutation, block: int, device: torch.device, rows: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(int64 [nqb] last original position of each query block, int64 [nkb] first original position of each key
-    block, int64 [n_k] original position of each key-permuted index). A tile holds a causal pair iff kmin <= qmax."""
+    """(int64 [nqb] last original position of each query block's first ``rows`` rows (-1: none), int64 [nkb] first
+    original position of each key block, int64 [n_k] original position of each key-permuted index). A tile holds a
+    causal pair iff kmin <= qmax."""
     n_q, n_k = q_perm.size, k_perm.size
     nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
-    qpos = q_perm.positions.to(device)
+    qpos = q_perm.positions.to(device).clone()
+    qpos[rows:] = -1  # rows of other row groups
     kpos = k_perm.positions.to(device)
     qmax = torch.nn.functional.pad(qpos, (0, nqb * block - n_q), value=-1).view(nqb, block).amax(1)
     kmin = torch.nn.functional.pad(kpos, (0, nkb * block - n_k), value=n_k).view(nkb, block).amin(1)
@@ -152,20 +214,27 @@ def _query_rows(n_q: int, rows: torch.Tensor | None) -> torch.Tensor:
     return r
 
 
-def keep_mask(sel: Selection, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """bool [n_q (or len(rows)), n_k] in **original** order: True where query row i attends key j.
+def keep_mask(sel: Selection | RowGroups, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [n_q (or len(rows)), n_k] in **original** order: True where query row i attends key j (a `RowGroups`:
+    the union of its parts, each computing its own rows).
 
     ``rows`` (int64 query-row indices) restricts the mask to sampled rows, for large N.
     """
+    if isinstance(sel, RowGroups):
+        m = keep_mask(sel.parts[0], rows)
+        for part in sel.parts[1:]:
+            m |= keep_mask(part, rows)
+        return m
     b = sel.block
     qi = _query_rows(sel.n_q, rows)
     kj = torch.arange(sel.n_k)
-    qb = sel.q_perm.inverse.cpu()[qi] // b
+    qrank = sel.q_perm.inverse.cpu()[qi]
+    qb = qrank // b
     pk = sel.k_perm.inverse.cpu()
     m = sel.blocks.cpu()[qb][:, pk // b]
     if sel.columns is not None:
         m |= sel.columns.cpu()[qb][:, pk]
-    return m & (kj[None, :] <= (qi + sel.prefix)[:, None])
+    return m & (kj[None, :] <= (qi + sel.prefix)[:, None]) & (qrank < sel.num_rows)[:, None]
 
 
 def _rows_blocks(q_perm: Permutation, k_perm: Permutation, pair: torch.Tensor, block: int) -> torch.Tensor:
@@ -334,7 +403,9 @@ def union_selections(selections: Sequence[Selection]) -> Selection:
             torch.equal(s.q_perm.order, first.q_perm.order) and torch.equal(s.k_perm.order, first.k_perm.order)
         ):
             raise ValueError("selections of one executing group must share block size and permutations")
+    if any(s.num_rows != first.num_rows for s in selections):
+        raise ValueError("selections of one executing group must compute the same rows")
     blocks = torch.stack([s.blocks for s in selections]).any(0)
     cols = [s.columns for s in selections if s.columns is not None]
     columns = torch.stack(cols).any(0) if cols else None
-    return Selection(first.block, first.q_perm, first.k_perm, blocks, columns)
+    return Selection(first.block, first.q_perm, first.k_perm, blocks, columns, first.rows)
