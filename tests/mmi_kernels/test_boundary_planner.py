@@ -1,6 +1,6 @@
 """Boundary heads (Q and 2D) on the kernel side: estimate_layer_keeps vs mmi_core through the index (exact), the
-device planner `boundary_keep` vs `mmi_core.boundary.boundary_selection` head by head (exact, through the index), and
-SparsePrefillWrapper vs mmi_attention_reference on mixed text/image/video layouts."""
+device planner `boundary_keeps` vs `mmi_core.boundary.boundary_selection` head by head and part by part (exact,
+through the index), and SparsePrefillWrapper vs mmi_attention_reference on mixed text/image/video layouts."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mmi_core import (
     HeadSpec,
     LayerConfig,
     ModalityLayout,
+    RowGroups,
     VerticalSlash,
     VisualGrid,
     dense_selection,
@@ -29,7 +30,7 @@ from mmi_core import (
 )
 from mmi_core.boundary import boundary_selection
 from mmi_kernels import LayoutTensors, SparsePrefillWrapper, estimate_layer_keeps, index_from_keeps, layer_slots
-from mmi_kernels.boundary_planner import boundary_keep
+from mmi_kernels.boundary_planner import boundary_keeps
 from mmi_kernels.index import index_from_selections
 
 B = 16
@@ -60,8 +61,8 @@ MIXED = {
 
 
 def _configs() -> HeadConfigs:
-    """8 q heads / 4 kv heads: a boundary group (modality orders), a boundary(Grid video)+VS group (split), a mixed
-    'head' KV head, a group with an all-dense boundary head (dense slot)."""
+    """8 q heads / 4 kv heads: a group of two boundary heads, a boundary(Grid video)+VS group, a mixed 'head' KV
+    head, a group with an all-dense boundary head (dense slot)."""
     heads = [QV, D2V, QB, HeadSpec(pattern=VS), D2, HeadSpec(pattern=GR), DENSE_Q, QB]
     return HeadConfigs(
         num_layers=1,
@@ -71,12 +72,25 @@ def _configs() -> HeadConfigs:
     )
 
 
-def test_layer_slots_split_boundary_from_other_orders() -> None:
-    assert layer_slots(_configs(), 0) == [(0, 2), (2, 1), (3, 1), (4, 1), (5, 1), (6, 2)]
-    two_grid_video = HeadConfigs(
-        num_layers=1, num_q_heads=2, num_kv_heads=1, layers=[LayerConfig(heads=[QB, D2], gqa=["group"])]
-    )
-    assert layer_slots(two_grid_video, 0) == [(0, 1), (1, 1)]  # each has its own grid orders
+def test_layer_slots_run_boundary_heads_per_part() -> None:
+    # a boundary head: three slots (its TEXT, IMAGE, VIDEO parts); its group runs per head; all-dense: one dense slot
+    assert layer_slots(_configs(), 0) == [(0, 1)] * 3 + [(1, 1)] * 3 + [(2, 1)] * 3 + [(3, 1)] + [(4, 1)] * 3 + [
+        (5, 1),
+        (6, 2),
+    ]
+
+
+def _slot_selections(sels: list, slots: list[tuple[int, int]], dense):
+    """The reference's per-head entries laid out on the kernel's slots (a RowGroups head: its parts in order)."""
+    out, seen = [], {}
+    for f, _ in slots:
+        entry = sels[f]
+        if isinstance(entry, RowGroups):
+            out.append(entry.parts[seen.get(f, 0)])
+            seen[f] = seen.get(f, 0) + 1
+        else:
+            out.append(entry or dense)
+    return out
 
 
 @pytest.mark.parametrize("name", list(MIXED))
@@ -91,14 +105,17 @@ def test_boundary_keeps_equal_mmi_core(name: str, prefix: int) -> None:
     sels = estimate_layer_selections(q, k, layout, hc, 0)
     slots = layer_slots(hc, 0)
     dense = dense_selection(n_k - prefix, n_k, B)  # a dense slot (the all-dense boundary group)
-    ref = index_from_selections([[sels[f] or dense for f, _ in slots]], num_q_heads=8, num_kv_heads=4, slot_heads=slots)
+    ref = index_from_selections([_slot_selections(sels, slots, dense)], num_q_heads=8, num_kv_heads=4, slot_heads=slots)
     keeps = estimate_layer_keeps(q, k, LayoutTensors(layout, "cpu"), hc, 0)
     got = index_from_keeps([keeps], block=B, num_q_heads=8, num_kv_heads=4, slot_heads=slots)
     assert_same_index(got, ref)
 
 
-def test_wrapper_on_mixed_layouts_matches_reference(monkeypatch) -> None:
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the PyTorch execution of the index
+@pytest.mark.parametrize("triton", [False, True])
+def test_wrapper_on_mixed_layouts_matches_reference(triton: bool, monkeypatch) -> None:
+    """Both executions of the index: PyTorch, and the Triton kernel (interpreted on a CPU), whose boundary heads'
+    parts are row-group slots (each computes only its modality's rows, poisoned output elsewhere)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if triton else "0")
     layouts = list(MIXED.values())
     prefixes = [20, 0]
     g = torch.Generator().manual_seed(4)
@@ -109,12 +126,13 @@ def test_wrapper_on_mixed_layouts_matches_reference(monkeypatch) -> None:
     w = SparsePrefillWrapper(hc, min_tokens=32)
     plan = w.plan(layouts, q_lens=[x.shape[0] for x in qs])
     assert plan.reasons == ("sparse", "sparse")
-    o = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), 0)
+    out = torch.full((sum(x.shape[0] for x in qs), 8, 16), float("nan"))
+    o = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), 0, out=out)
     ref = torch.cat([mmi_attention_reference(*t, lay, hc, 0) for *t, lay in zip(qs, ks, vs, layouts, strict=True)])
     assert output_error(o, ref) < 1e-5
 
 
-# --- boundary_keep (the device planner) vs mmi_core.boundary.boundary_selection, head by head, through the index ---
+# --- boundary_keeps (the device planner) vs mmi_core.boundary.boundary_selection, head by head, through the index ---
 
 
 def _planner_specs(b: int) -> dict[str, HeadSpec]:
@@ -222,20 +240,21 @@ def _planner_vs_reference(layout: ModalityLayout, spec: HeadSpec, block: int, pr
         sel = boundary_selection(q, k, layout, spec, scale=0.3)
     except ValueError as err:  # e.g. Grid stride 'frame' on a truncated chunk without video: the same error
         with pytest.raises(ValueError, match=str(err)):
-            boundary_keep(q, k, LayoutTensors(layout, "cpu"), spec, scale=0.3)
+            boundary_keeps(q, k, LayoutTensors(layout, "cpu"), {0: spec}, scale=0.3)
         return
-    keep = boundary_keep(q, k, LayoutTensors(layout, "cpu"), spec, scale=0.3)
-    assert (sel is None) == (keep is None)
+    parts = boundary_keeps(q, k, LayoutTensors(layout, "cpu"), {0: spec}, scale=0.3)
+    assert (sel is None) == (0 not in parts)
     if sel is None:
         return
-    assert keep.blocks.shape == sel.blocks.shape
-    ref = index_from_selections([[sel]], num_q_heads=1, num_kv_heads=1)
-    got = index_from_keeps([[keep]], block=block, num_q_heads=1, num_kv_heads=1)
+    assert [p.rows for p in parts[0]] == [p.num_rows for p in sel.parts]
+    slots = [(0, 1)] * 3
+    ref = index_from_selections([list(sel.parts)], num_q_heads=1, num_kv_heads=1, slot_heads=slots)
+    got = index_from_keeps([parts[0]], block=block, num_q_heads=1, num_kv_heads=1, slot_heads=slots)
     assert_same_index(got, ref)
 
 
 @pytest.mark.parametrize(("layout_name", "spec_name", "prefix"), PLANNER_CASES)
-def test_boundary_keep_equals_reference(layout_name: str, spec_name: str, prefix: int, monkeypatch) -> None:
+def test_boundary_keeps_equal_reference(layout_name: str, spec_name: str, prefix: int, monkeypatch) -> None:
     layout, block, _ = PLANNER_LAYOUTS[layout_name]
     if layout_name != "v_t" or prefix:  # PyTorch paths of estimation and index (Triton twins: here, test_index)
         monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -244,7 +263,7 @@ def test_boundary_keep_equals_reference(layout_name: str, spec_name: str, prefix
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_boundary_keep_random_layouts(seed: int, monkeypatch) -> None:
+def test_boundary_keeps_random_layouts(seed: int, monkeypatch) -> None:
     """Seeded random layouts: 2-5 segments of 1-60 text tokens, 1x1..5x6 images, 1..6-frame videos (newline
     tokens or not), any cached prefix, any planner spec."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -310,24 +329,26 @@ def test_tiles_core_ties_count(loop_max: int, monkeypatch) -> None:
     assert torch.equal(boundary_planner._tiles(s_ext, r_slot, r_val, c_slot, c_val, 16), want)
 
 
-def test_boundary_keep_dense_and_errors() -> None:
+def test_boundary_keeps_dense_and_errors() -> None:
     layout, block, _ = PLANNER_LAYOUTS["t_i_v"]
     n = layout.num_tokens
     lt = LayoutTensors(layout, "cpu")
     q, k = torch.randn(n, 1, 8), torch.randn(n, 1, 8)
-    assert boundary_keep(q, k, lt, DENSE_Q) is None
-    assert boundary_keep(q[:0], k, lt, _planner_specs(block)["2d_mixed"]) is None
+    assert boundary_keeps(q, k, lt, {0: DENSE_Q}) == {}
+    assert boundary_keeps(q[:0], k, lt, {0: _planner_specs(block)["2d_mixed"]}) == {}
     with pytest.raises(ValueError, match="boundary 'q' or '2d'"):
-        boundary_keep(q, k, lt, HeadSpec(pattern=VS))
-    with pytest.raises(ValueError, match=r"\[tokens, 1, D\]"):
-        boundary_keep(q.expand(n, 2, 8), k, lt, QB)
+        boundary_keeps(q, k, lt, {0: HeadSpec(pattern=VS)})
+    with pytest.raises(ValueError, match="Hkv"):
+        boundary_keeps(q.expand(n, 3, 8), k.expand(n, 2, 8), lt, {0: QB})
     with pytest.raises(ValueError, match="layout has"):
-        boundary_keep(q, k[:-1], lt, QB)
+        boundary_keeps(q, k[:-1], lt, {0: QB})
+    with pytest.raises(ValueError, match="one block size"):
+        boundary_keeps(q.expand(n, 2, 8), k, lt, {0: QB, 1: _planner_specs(32)["2d_mixed"]})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["q", "2d"])
-def test_boundary_keep_linear_memory_at_200k_tokens(kind: str, monkeypatch) -> None:
+def test_boundary_keeps_linear_memory_at_200k_tokens(kind: str, monkeypatch) -> None:
     """200K tokens, block 128: the reference would hold two [n_q, n_k] bool masks (~80 GB); the planner needs
     O(n + nqb·nkb). Measured 2026-11-22 on the shared 2-core CPU box (load ~5, torch 2.11, OMP_NUM_THREADS=1):
     202,084 tokens, planner alone 1.8 s (q) and 2.6 s (2d), peak RSS +300 MB over the import baseline; the whole
@@ -361,15 +382,16 @@ def test_boundary_keep_linear_memory_at_200k_tokens(kind: str, monkeypatch) -> N
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(n, 1, 32, generator=g), torch.randn(n, 1, 32, generator=g)
     start = time.perf_counter()
-    keep = boundary_keep(q, k, LayoutTensors(layout, "cpu"), spec)
+    parts = boundary_keeps(q, k, LayoutTensors(layout, "cpu"), {0: spec})[0]
     elapsed = time.perf_counter() - start
-    assert keep is not None
     nb = -(-n // b)
-    assert keep.blocks.shape == (nb, nb)
-    qinv = torch.empty_like(keep.q_order)
-    qinv[keep.q_order] = torch.arange(n)
-    kinv = torch.empty_like(keep.k_order)
-    kinv[keep.k_order] = torch.arange(n)
-    assert bool(keep.blocks[qinv // b, kinv // b].all())  # every row keeps its own position
-    assert keep.blocks.float().mean() < 0.1  # sparse, not a dense fallback
+    assert sum(p.rows for p in parts) == n
+    for keep in parts:
+        assert keep.blocks.shape == (nb, nb)
+        rows = keep.q_order[: keep.rows]
+        own = torch.arange(keep.rows) // b
+        kinv = torch.empty_like(keep.k_order)
+        kinv[keep.k_order] = torch.arange(n)
+        assert bool(keep.blocks[own, kinv[rows] // b].all())  # every row keeps its own position
+        assert keep.blocks.float().mean() < 0.1  # sparse, not a dense fallback
     assert elapsed < 60, f"{elapsed:.1f} s"  # generous: 2 cores shared by 5 agents

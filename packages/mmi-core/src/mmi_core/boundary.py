@@ -21,6 +21,8 @@ Semantics (the reference every kernel-side twin is tested against):
   pattern ``spec.for_pair(m, n)`` restricted to keys of modality n (pairs mapped to one pattern share one estimate).
   Limitation: the per-pair estimate scores m's last rows against **all** keys and then restricts to n's keys; it
   does not renormalise inside n.
+- A Grid pattern for a modality whose last segment precedes every video segment has no grid to find: that
+  sub-problem is dense (`sub_problem`), instead of an error.
 - A modality with **no query rows** in the chunk has nothing to compute and no rule applies (its keys stay
   available to the other modalities' rows, as keys); its part computes no row (``rows = 0``), so every boundary head
   has three parts, in `Modality` order. Dense patterns give all causal pairs of their rows (and keys).
@@ -73,11 +75,15 @@ def sub_problem(
     layout: ModalityLayout, cfg: PatternConfig, end: int, rows: int
 ) -> tuple[ModalityLayout, PatternConfig]:
     """What one query modality's sub-problem is estimated on (module docstring): the layout's first ``end`` tokens
-    (``end`` is a segment end, so no segment is cut) and ``cfg`` with ``last_q`` clamped to the modality's ``rows``.
+    (``end`` is a segment end, so no segment is cut) and ``cfg`` with ``last_q`` clamped to the modality's ``rows``;
+    a Grid whose truncated layout holds no video becomes `Dense` (counted nowhere: those rows come before any video).
     Shared by this reference and `mmi_kernels.boundary_planner`, whose results must match exactly."""
+    sub = ModalityLayout(end, tuple(s for s in layout.segments if s.end <= end))
+    if isinstance(cfg, Grid) and not sub.segments_of(Modality.VIDEO):
+        return sub, Dense()  # no video before these rows: no grid to find (the rows are early, the prefix short)
     if isinstance(cfg, VerticalSlash | Grid):
         cfg = cfg.model_copy(update={"last_q": min(cfg.last_q, rows)})
-    return ModalityLayout(end, tuple(s for s in layout.segments if s.end <= end)), cfg
+    return sub, cfg
 
 
 def _sub_selection(
@@ -97,9 +103,9 @@ def _sub_selection(
 
     prefix = layout.num_tokens - q.shape[0]
     n_q_sub = end - prefix
+    sub_layout, cfg = sub_problem(layout, cfg, end, rows)
     if isinstance(cfg, Dense):
         return dense_selection(n_q_sub, end, block)
-    sub_layout, cfg = sub_problem(layout, cfg, end, rows)
     hc = HeadConfigs.uniform(1, 1, 1, cfg)
     sel = estimate_layer_selections(q[:n_q_sub], k[:end], sub_layout, hc, 0, scale=scale)[0]
     return sel if sel is not None else dense_selection(n_q_sub, end, block)

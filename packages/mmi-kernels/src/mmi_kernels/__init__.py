@@ -1,7 +1,7 @@
 """mmi-kernels: Triton kernels for MMInference sparse prefill (sparse index format, the sparse attention kernel,
 GPU estimation and the plan/run wrapper). Depends on mmi-core and triton; flashinfer optional."""
 
-from mmi_kernels.boundary_planner import boundary_keep
+from mmi_kernels.boundary_planner import boundary_keeps
 from mmi_kernels.estimate import estimate_layer_keeps, last_query_stats, layer_slots
 from mmi_kernels.flashinfer_backend import (
     FlashInferBlockSparse,
@@ -53,7 +53,7 @@ __all__: list[str] = [
     "SparsePrefillWrapper",
     "ashape_keep",
     "block_sparse_keep",
-    "boundary_keep",
+    "boundary_keeps",
     "bsr_attention_reference",
     "dense_causal_attention",
     "dense_keep",

@@ -1,10 +1,11 @@
-"""Q-boundary and 2D-boundary heads on the device: `mmi_core.boundary.boundary_selection` as a `SlotKeep`, in
-O(n_q + n_k + nqb·nkb) memory.
+"""Q-boundary and 2D-boundary heads on the device: `mmi_core.boundary.boundary_selection` as one `SlotKeep` per
+query modality (the parts of `mmi_core.RowGroups`, ``rows`` set), in O(n_q + n_k + nqb·nkb) memory per part.
 
 `boundary_selection` (the specification, rules in its module docstring) ORs every group's (query, key) pairs into
-[n_q, n_k] masks and rounds them onto tiles of the head's modality-grouped orders. Here the sub-problems come from
-the GPU estimator (`estimate_layer_keeps` on the truncated sequence, the same rule as `_sub_selection`), and the
-rounding works on block-level quantities only. The one identity that makes it linear: a sub tile ``(QB, KB)`` keeps
+[n_q, n_k] masks and rounds them onto the tiles of each part's orders. Here the sub-problems come from the GPU
+estimator (`estimate_layer_keeps` on the truncated sequence, the same rule as `_sub_selection`), batched over every
+boundary head of the layer that needs one (query modality, pattern), and the rounding works on block-level
+quantities only. The one identity that makes it linear: a sub tile ``(QB, KB)`` keeps
 every causal pair of its rows and keys, so the final tile ``(X, Y)`` holds one of its (restricted) pairs iff
 
     min position of KB's kept keys inside Y  <=  max position of QB's modality-m rows inside X.
@@ -31,7 +32,7 @@ Sub columns become columns of every final block whose incident m rows reach them
 fall inside the sub's kept blocks are not removed first: their pairs are block pairs, so the final tile holding them
 is kept and the index drops such columns anyway. The head's own diagonal is added as in the reference.
 
-Host reads per head: the two slot widths per sub-problem (one ``.max()`` each), the number of partly reached blocks
+Host reads per part: the two slot widths per sub-problem (one ``.max()`` each), the number of partly reached blocks
 when the split runs (one ``nonzero``), one ``torch.equal`` on a sub's column lists (``torch.unique`` when they
 differ between query blocks; vertical-slash lists never do), plus what `estimate_layer_keeps` itself reads (Grid
 stride/phase, vertical-slash list lengths). None per token.
@@ -41,12 +42,12 @@ from __future__ import annotations
 
 import torch
 
-from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig
+from mmi_core import Dense, HeadConfigs, HeadSpec, Modality, PatternConfig
 from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import LayoutTensors, dense_keep
 
-__all__ = ["boundary_keep"]
+__all__ = ["boundary_keeps"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -59,7 +60,7 @@ def _inverse(order: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-def _sub_keep(
+def _sub_keeps(
     q: torch.Tensor,
     k: torch.Tensor,
     lt: LayoutTensors,
@@ -68,18 +69,24 @@ def _sub_keep(
     rows: int,
     block: int,
     scale: float | None,
-) -> SlotKeep:
-    """`mmi_core.boundary._sub_selection` on the device: the keep set of ``cfg`` on queries ``[prefix, end)`` and
-    keys ``[0, end)`` (sub coordinates = global ones: row i, key position c), ``last_q`` clamped to ``rows``."""
-    from mmi_kernels.estimate import estimate_layer_keeps  # local: estimate may dispatch boundary heads to us
+    heads: list[int],
+    group: int,
+) -> list[SlotKeep]:
+    """`mmi_core.boundary._sub_selection` of every head in ``heads`` in one batched estimate: the keep set of
+    ``cfg`` on queries ``[prefix, end)`` and keys ``[0, end)`` (sub coordinates = global ones), ``last_q`` clamped to
+    ``rows``. Each query head is estimated alone (its own KV head, no GQA pooling), as in the reference."""
+    from mmi_kernels.estimate import estimate_layer_keeps  # local: estimate dispatches boundary heads to us
 
     prefix = lt.layout.num_tokens - q.shape[0]
     n_q_sub = end - prefix
-    if isinstance(cfg, Dense):
-        return dense_keep(n_q_sub, end, block, q.device)
     sub_layout, cfg = sub_problem(lt.layout, cfg, end, rows)
-    hc = HeadConfigs.uniform(1, 1, 1, cfg)
-    return estimate_layer_keeps(q[:n_q_sub], k[:end], lt.truncated(sub_layout), hc, 0, scale=scale)[0]
+    if isinstance(cfg, Dense):
+        return [dense_keep(n_q_sub, end, block, q.device)] * len(heads)
+    hc = HeadConfigs.uniform(1, len(heads), len(heads), cfg, gqa="head")
+    hq = torch.tensor(heads, device=q.device)
+    qs = q[:n_q_sub].index_select(1, hq)
+    ks = k[:end].index_select(1, hq // group)
+    return estimate_layer_keeps(qs, ks, lt.truncated(sub_layout), hc, 0, scale=scale)
 
 
 def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,66 +261,107 @@ def _round_group(
     return tiles, torch.where(keep, kinv[pos][None, :].expand_as(keep), -1)
 
 
-def boundary_keep(
-    q: torch.Tensor, k: torch.Tensor, lt: LayoutTensors, spec: HeadSpec, *, scale: float | None = None
-) -> SlotKeep | None:
-    """`mmi_core.boundary.boundary_selection` of one boundary head as a `SlotKeep` on ``q``'s device.
+def _pairs_of(spec: HeadSpec, m: Modality, layout_modalities: tuple[Modality, ...]) -> dict[Modality, PatternConfig]:
+    """The pattern of each key modality for rows of ``m`` (Q: one for all keys; 2D: one per ordered pair)."""
+    return {n: spec.for_query(m) if spec.boundary == "q" else spec.for_pair(m, n) for n in layout_modalities}
 
-    ``q [n_q, 1, D]``, ``k [n_k, 1, D]`` (one query head and its KV head), token-major, any float dtype; ``lt`` the
-    layout tensors of the ``n_k`` keys (on ``q``'s device). ``index_from_keeps`` of the result equals
-    ``index_from_selections`` of the reference exactly. Returns None (dense) when every pattern is dense or
-    ``n_q == 0``. Raises ValueError for another boundary kind, inconsistent shapes or devices.
+
+def _empty_part(n_q: int, n_k: int, block: int, dev: torch.device) -> SlotKeep:
+    """A part computing no row (a modality without query rows in the chunk)."""
+    blocks = torch.zeros(_cdiv(n_q, block), _cdiv(n_k, block), dtype=torch.bool, device=dev)
+    return SlotKeep(torch.arange(n_q, device=dev), torch.arange(n_k, device=dev), blocks, None, 0)
+
+
+def boundary_keeps(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lt: LayoutTensors,
+    specs: dict[int, HeadSpec],
+    *,
+    scale: float | None = None,
+) -> dict[int, list[SlotKeep]]:
+    """`mmi_core.boundary.boundary_selection` of every boundary head in ``specs`` (query head -> spec) as its three
+    parts (TEXT, IMAGE, VIDEO; `SlotKeep` with ``rows``), on ``q``'s device.
+
+    ``q [n_q, Hq, D]``, ``k [n_k, Hkv, D]``, token-major, any float dtype; ``lt`` the layout tensors of the ``n_k``
+    keys (on ``q``'s device). ``index_from_keeps`` of the parts equals ``index_from_selections`` of the reference's
+    parts exactly. Heads whose patterns are all dense, and every head when ``n_q == 0``, are left out (dense).
+    Raises ValueError for another boundary kind, inconsistent shapes or devices.
     """
-    if not isinstance(spec, HeadSpec) or spec.boundary not in ("q", "2d"):
-        raise ValueError(f"boundary_keep needs a HeadSpec with boundary 'q' or '2d', got {spec!r}")
-    if q.dim() != 3 or k.dim() != 3 or q.shape[1] != 1 or k.shape[1] != 1:
-        raise ValueError(f"q and k must be [tokens, 1, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    for h, spec in specs.items():
+        if not isinstance(spec, HeadSpec) or spec.boundary not in ("q", "2d"):
+            raise ValueError(f"head {h}: boundary_keeps needs a HeadSpec with boundary 'q' or '2d', got {spec!r}")
+    if q.dim() != 3 or k.dim() != 3 or q.shape[1] % k.shape[1] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"q [n_q, Hq, D] and k [n_k, Hkv, D] with Hkv | Hq, got {tuple(q.shape)}, {tuple(k.shape)}")
     layout = lt.layout
     n_q, n_k = q.shape[0], k.shape[0]
     if layout.num_tokens != n_k or n_q > n_k:
         raise ValueError(f"layout has {layout.num_tokens} tokens, k {n_k}, q {n_q}: need layout == k >= q")
     if q.device != k.device or lt.seg_id.device != q.device:  # tensors' devices: "cuda" and "cuda:0" are one
         raise ValueError(f"q, k and the layout tensors must share a device, got {q.device}, {k.device}, {lt.device}")
-    if n_q == 0 or spec.is_dense:
-        return None
-    dev = q.device
-    block = spec.block or 64
+    specs = {h: s for h, s in specs.items() if not s.is_dense}
+    if n_q == 0 or not specs:
+        return {}
+    blocks_of = {s.block or 64 for s in specs.values()}
+    if len(blocks_of) != 1:
+        raise ValueError(f"boundary heads of one layer must share one block size, got {sorted(blocks_of)}")
+    block = blocks_of.pop()
+    dev, group = q.device, q.shape[1] // k.shape[1]
     prefix = n_k - n_q
-    kmod = layout.token_modalities().to(dev)
+    kmod = lt.modality
     qmod = kmod[prefix:]
+    mods = layout.modalities()
+    last = modality_last_rows(layout, n_q)
 
-    # sub-problems first: a Grid estimate for video rows fixes the video order every group is rounded onto
-    groups: list[tuple[torch.Tensor, torch.Tensor, SlotKeep]] = []  # (rows_ok [n_q], key_mask [n_k], sub keep)
-    q_base, k_base = torch.arange(n_q, device=dev), torch.arange(n_k, device=dev)
-    for m, (end, rows) in modality_last_rows(layout, n_q).items():
-        if spec.boundary == "q":
-            targets = {spec.for_query(m): torch.ones(n_k, dtype=torch.bool, device=dev)}
-        else:
-            targets = {}
-            for n in layout.modalities():
-                p = spec.for_pair(m, n)
-                targets[p] = targets.get(p, torch.zeros(n_k, dtype=torch.bool, device=dev)) | (kmod == int(n))
-        rows_ok = (qmod == int(m)) & (torch.arange(n_q, device=dev) < end - prefix)
-        video_cfg = spec.for_query(m) if spec.boundary == "q" else spec.for_pair(m, Modality.VIDEO)
-        for cfg, key_mask in targets.items():
-            sub = _sub_keep(q, k, lt, cfg, end, rows, block, scale)
-            if m == Modality.VIDEO and isinstance(cfg, Grid) and cfg == video_cfg:
-                q_base = torch.cat([sub.q_order.to(dev, torch.int64), torch.arange(end - prefix, n_q, device=dev)])
-                k_base = torch.cat([sub.k_order.to(dev, torch.int64), torch.arange(end, n_k, device=dev)])
-            groups.append((rows_ok, key_mask, sub))
+    # sub-problems, batched: one estimate per (query modality, pattern) over every head that needs it
+    subs: dict[tuple[int, Modality, PatternConfig], SlotKeep] = {}
+    for m, (end, rows) in last.items():
+        need: dict[PatternConfig, list[int]] = {}
+        for h, spec in specs.items():
+            for cfg in dict.fromkeys(_pairs_of(spec, m, mods).values()):
+                need.setdefault(cfg, []).append(h)
+        for cfg, heads in need.items():
+            for h, kp in zip(heads, _sub_keeps(q, k, lt, cfg, end, rows, block, scale, heads, group), strict=True):
+                subs[(h, m, cfg)] = kp
 
-    # final orders: text, image, video, each in its base order (stable sort by modality)
-    qo = q_base[torch.sort(qmod[q_base], stable=True).indices]
-    ko = k_base[torch.sort(kmod[k_base], stable=True).indices]
-    qinv, kinv = _inverse(qo), _inverse(ko)
-    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
-    blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
-    columns: list[torch.Tensor] = []
-    for rows_ok, key_mask, sub in groups:
-        tiles, cols = _round_group(sub, rows_ok, key_mask, qo, ko, kinv, prefix, block)
-        blocks |= tiles
-        if cols is not None:
-            columns.append(cols)
-    rows = torch.arange(n_q, device=dev)
-    blocks[qinv // block, kinv[rows + prefix] // block] = True  # every row keeps its own position
-    return SlotKeep(qo, ko, blocks, torch.cat(columns, dim=1) if columns else None)
+    out: dict[int, list[SlotKeep]] = {}
+    q_idx, k_idx = torch.arange(n_q, device=dev), torch.arange(n_k, device=dev)
+    for h, spec in specs.items():
+        parts: list[SlotKeep] = []
+        for m in Modality:
+            if m not in last:
+                parts.append(_empty_part(n_q, n_k, block, dev))
+                continue
+            end = last[m][0]
+            of_key = _pairs_of(spec, m, mods)
+            own = subs[(h, m, of_key[m])]
+            row_ok = qmod == int(m)  # every m row lies before `end`
+            # m's rows in its own pattern's row order first, then the rest; every key in its own pair's key order
+            sub_rows = own.q_order.to(dev, torch.int64)
+            mine = sub_rows[row_ok[sub_rows]]  # host sync: the part's row count
+            qo = torch.cat([mine, q_idx[~row_ok]])
+            rank = torch.empty(n_k, dtype=torch.int64, device=dev)
+            for n, cfg in of_key.items():
+                ext = torch.cat([subs[(h, m, cfg)].k_order.to(dev, torch.int64), k_idx[end:]])
+                sel_n = kmod == int(n)
+                rank[sel_n] = _inverse(ext)[sel_n]
+            ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
+            kinv = _inverse(ko)
+            nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+            blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
+            columns: list[torch.Tensor] = []
+            for cfg in dict.fromkeys(of_key.values()):
+                key_mask = torch.zeros(n_k, dtype=torch.bool, device=dev)
+                for n, c in of_key.items():
+                    if c == cfg:
+                        key_mask |= kmod == int(n)
+                tiles, cols = _round_group(subs[(h, m, cfg)], row_ok, key_mask, qo, ko, kinv, prefix, block)
+                blocks |= tiles
+                if cols is not None:
+                    columns.append(cols)
+            own_rows = torch.arange(mine.numel(), device=dev)
+            blocks[own_rows // block, kinv[mine + prefix] // block] = True  # every row keeps its own position
+            cid = torch.cat(columns, dim=1) if columns else None
+            parts.append(SlotKeep(qo, ko, blocks, cid, mine.numel()))
+        out[h] = parts
+    return out

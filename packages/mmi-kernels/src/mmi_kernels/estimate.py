@@ -7,8 +7,9 @@ O(n_q·n_k) tensor: last-query statistics are accumulated over key chunks, and k
 
 Head slots are fixed per layer from the configs alone (`layer_slots`), so that one index layout serves every
 request of a batch: a KV head whose group executes together is one slot (a dense member makes it a dense slot) unless
-the group mixes Grid heads with identity-order patterns, which cannot share a permutation; then each query head is a
-slot, as in mmi_core.
+the group mixes Grid heads with identity-order patterns, which cannot share a permutation, or holds a boundary head;
+then each query head is a slot, as in mmi_core, and a boundary head is three (its parts: TEXT, IMAGE, VIDEO rows,
+each in its own orders; a modality without rows in a request leaves its slot empty).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from collections import defaultdict
 
 import torch
 
-from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, HeadSpec, PatternConfig, VerticalSlash
-from mmi_core.boundary import uses_grid_order
+from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig, VerticalSlash
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -29,7 +29,7 @@ from mmi_core.estimation import (
     stable_top,
     vertical_slash_scores,
 )
-from mmi_kernels.boundary_planner import boundary_keep
+from mmi_kernels.boundary_planner import boundary_keeps
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import (
     LayoutTensors,
@@ -66,21 +66,23 @@ def _is_dense(spec: HeadSpec) -> bool:
 
 
 def layer_slots(head_configs: HeadConfigs, layer: int) -> list[tuple[int, int]]:
-    """``(first_query_head, num_heads)`` of every head slot of ``layer``, in query-head order."""
+    """``(first_query_head, num_heads)`` of every head slot of ``layer``, in query-head order; a (non-dense)
+    boundary head has three consecutive slots, one per query modality in `Modality` order."""
     lc = head_configs.layers[layer]
     g = head_configs.group_size
     slots: list[tuple[int, int]] = []
     for j, mode in enumerate(lc.gqa):
         specs = [lc.heads[h] for h in range(j * g, (j + 1) * g)]
         dense = any(_is_dense(s) for s in specs)
-        # execution orders from the configs: boundary heads use modality orders, Grid heads grid orders, the rest
-        # identity; a group executes together only when all its members share one kind (or one member is dense)
+        # execution orders from the configs: Grid heads use grid orders, the rest identity; boundary heads run per
+        # part in their own orders; a group executes together only when all its members share one kind (or one
+        # member is dense)
         kinds = {"boundary" if _is_boundary(s) else "grid" if isinstance(s.pattern, Grid) else "id" for s in specs}
-        own_orders = any(uses_grid_order(s) for s in specs)  # boundary heads whose video orders are their own Grid's
-        if mode == "group" and (dense or (len(kinds) == 1 and not own_orders)):
+        if mode == "group" and (dense or (len(kinds) == 1 and "boundary" not in kinds)):
             slots.append((j * g, g))
         else:
-            slots += [(h, 1) for h in range(j * g, (j + 1) * g)]
+            for h, s in zip(range(j * g, (j + 1) * g), specs, strict=True):
+                slots += [(h, 1)] * (len(Modality) if _is_boundary(s) and not s.is_dense else 1)
     return slots
 
 
@@ -150,8 +152,8 @@ def estimate_layer_keeps(
 ) -> list[SlotKeep]:
     """One request's keep sets, one per slot of `layer_slots`. ``q [n_q, Hq, D]`` (the request's queries, the last
     n_q of its keys), ``k [n_k, Hkv, D]`` on the layout tensors' device. Boundary kinds 'q'/'2d' are built by
-    `mmi_kernels.boundary_planner.boundary_keep` (mmi_core.boundary's selection in O(n + nqb·nkb) memory on the
-    device) and carried as a `SlotKeep` with modality orders."""
+    `mmi_kernels.boundary_planner.boundary_keeps` (mmi_core.boundary's parts in O(n + nqb·nkb) memory on the
+    device), one `SlotKeep` per part."""
     n_q, hq = q.shape[0], q.shape[1]
     n_k, hkv = k.shape[0], k.shape[1]
     if lt.layout.num_tokens != n_k:
@@ -171,15 +173,7 @@ def estimate_layer_keeps(
         stats[lq] = last_query_stats(q, k, lq, scale=scale, chunk=chunk, need_slash=slash)
 
     keep: list[SlotKeep | None] = [None] * hq
-    for h in sorted(boundary):
-        if lc.heads[h].is_dense:
-            continue  # its slot is dense
-        if n_q == 0:
-            keep[h] = dense_keep(n_q, n_k, block, dev)  # nothing to compute
-            continue
-        kp = boundary_keep(q[:, h : h + 1], k[:, h // g : h // g + 1], lt, lc.heads[h], scale=scale)
-        assert kp is not None  # None only for dense specs or no queries, both handled above
-        keep[h] = kp
+    parts = boundary_keeps(q, k, lt, {h: lc.heads[h] for h in boundary}, scale=scale)  # head -> its three parts
 
     by_cfg: dict[PatternConfig, list[int]] = defaultdict(list)
     for h, p in enumerate(patterns):
@@ -236,10 +230,22 @@ def estimate_layer_keeps(
                     keep[h] = shared[cfg_h]
 
     out: list[SlotKeep] = []
-    for first, count in layer_slots(head_configs, layer):
+    slots = layer_slots(head_configs, layer)
+    for i, (first, count) in enumerate(slots):
         heads = range(first, first + count)
         if any(_is_dense(lc.heads[h]) for h in heads):
             out.append(dense_keep(n_q, n_k, block, dev))
+        elif first in boundary:  # one of its three consecutive slots
+            part = i - slots.index((first, 1))
+            if first in parts:
+                out.append(parts[first][part])
+            else:  # nothing to compute (n_q == 0): the first part takes every row
+                out.append(dense_keep(n_q, n_k, block, dev) if part == 0 else _no_rows(n_q, n_k, block, dev))
         else:
             out.append(union_keeps([keep[h] for h in heads]))  # type: ignore[misc]
     return out
+
+
+def _no_rows(n_q: int, n_k: int, block: int, dev: torch.device) -> SlotKeep:
+    kp = dense_keep(n_q, n_k, block, dev)
+    return SlotKeep(kp.q_order, kp.k_order, torch.zeros_like(kp.blocks), None, 0)

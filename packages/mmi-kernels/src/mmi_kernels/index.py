@@ -15,8 +15,12 @@ requests, every block ``block`` tokens of the slot's *permuted* order):
   long as the sequence, and the lists' capacity stays the pattern's budget. See docs/kernels/NOTES.md.
 - per (slot, request): ``q_order`` / ``k_order`` (int32, request-local): the token at permuted row ``p`` is
   ``order[p]``; queries of a request are the last ``n_q`` of its ``n_k`` keys (original position = prefix + index).
-- per (slot, block): smallest/largest original position of its rows (``q_pos_min`` ...): a tile needs a causal mask
-  only when ``k_pos_max > q_pos_min``; the kernel skips the mask everywhere else.
+- per (slot, request): ``q_rows``, how many leading rows of the slot's query order it computes: all ``n_q``, or
+  fewer for a **row-group slot** (one part of a boundary head, `mmi_core.RowGroups`; the head's other rows are
+  computed by its other slots, each in its own orders). A query head may thus appear in several slots, whose rows
+  partition its rows.
+- per (slot, block): smallest/largest original position of its computed rows (``q_pos_min`` ...): a tile needs a
+  causal mask only when ``k_pos_max > q_pos_min``; the kernel skips the mask everywhere else.
 
 Lists are exact and canonical: blocks and columns that hold no causal pair for the query block are dropped, columns
 inside kept blocks are dropped (mmi_core.Selection guarantees that already), so the kept (query, key) pairs are
@@ -63,12 +67,15 @@ class SlotKeep:
     blocks: bool [ceil(n_q/block), ceil(n_k/block)] in permuted orders.
     column_ids: int [ceil(n_q/block), C] key-permuted column ids per query block, -1 = padding (may repeat, may fall
     inside kept blocks: both are removed), or None.
+    rows: the first ``rows`` permuted rows are computed (a part of a boundary head, `mmi_core.RowGroups`), or None
+    for all ``n_q``.
     """
 
     q_order: torch.Tensor
     k_order: torch.Tensor
     blocks: torch.Tensor
     column_ids: torch.Tensor | None = None
+    rows: int | None = None
 
     @classmethod
     def from_selection(cls, sel: Selection) -> SlotKeep:
@@ -79,7 +86,7 @@ class SlotKeep:
             width = int(sel.columns.sum(1).max())
             srt = torch.sort(key, dim=1).values[:, : max(width, 1)]
             cols = torch.where(srt < n_k, srt, -1)
-        return cls(sel.q_perm.order, sel.k_perm.order, sel.blocks, cols)
+        return cls(sel.q_perm.order, sel.k_perm.order, sel.blocks, cols, sel.rows)
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,13 @@ class SparseIndex:
     cu_seqlens_q, cu_seqlens_k, cu_qblocks, cu_kblocks: [R + 1] (prefix sums of tokens and blocks per request)
     qblock_request: [TQB] request of each global query block
     q_order: [S, TQ], k_order: [S, TK] request-local token index at each permuted row (segments by cu_seqlens)
+    q_rows: [S, R] permuted rows each slot computes per request (n_q, or fewer for a row-group slot)
     q_pos_min, q_pos_max: [S, TQB]; k_pos_min, k_pos_max: [S, TKB] original positions (prefix included)
     k_blocks_by_pos: [S, TKB] request-local key-block ids sorted by k_pos_min (stable)
     block_prefix, block_count: [S, TQB]; block_ids: [S, TQB, block_capacity]
     column_count: [S, TQB]; column_ids: [S, TQB, column_capacity]
     keys_identity: True when no slot permutes keys: the kernel then skips the key-order gather
+    one_slot_per_kv_head: True when the slots are exactly one per KV head (each serving its whole group)
     """
 
     block: int
@@ -112,6 +121,7 @@ class SparseIndex:
     qblock_request: torch.Tensor
     q_order: torch.Tensor
     k_order: torch.Tensor
+    q_rows: torch.Tensor
     q_pos_min: torch.Tensor
     q_pos_max: torch.Tensor
     k_pos_min: torch.Tensor
@@ -123,6 +133,7 @@ class SparseIndex:
     column_count: torch.Tensor
     column_ids: torch.Tensor
     keys_identity: bool = False  # every k_order is the identity (plan-time fact; False is always safe)
+    one_slot_per_kv_head: bool = False  # plan-time fact (False is always safe)
 
     def __post_init__(self) -> None:
         s, r = self.num_slots, self.num_requests
@@ -139,6 +150,7 @@ class SparseIndex:
             "qblock_request": (tqb,),
             "q_order": (s, tq),
             "k_order": (s, tk),
+            "q_rows": (s, r),
             "q_pos_min": (s, tqb),
             "q_pos_max": (s, tqb),
             "k_pos_min": (s, tkb),
@@ -213,7 +225,11 @@ def _default_slots(num_slots: int, hq: int, hkv: int) -> list[tuple[int, int]]:
     )
 
 
-def _check_slots(slot_heads: Sequence[tuple[int, int]], hq: int, hkv: int) -> None:
+def _check_slots(
+    slot_heads: Sequence[tuple[int, int]], rows: Sequence[Sequence[int]], seq_q: Sequence[int], hq: int, hkv: int
+) -> None:
+    """Slots of >= 1 consecutive query heads of one GQA group; per request, the rows of every query head's slots
+    (``rows[r][s]``) add up to its ``n_q`` (a head in several slots: a boundary head's parts)."""
     if hkv < 1 or hq % hkv:
         raise ValueError(f"{hq} query heads are not a multiple of {hkv} KV heads")
     g = hq // hkv
@@ -223,9 +239,16 @@ def _check_slots(slot_heads: Sequence[tuple[int, int]], hq: int, hkv: int) -> No
                 f"slot (first_query_head={first}, num_heads={count}) must cover >= 1 consecutive query heads "
                 f"of one GQA group (group size {g}, {hq} query heads)"
             )
-    covered = sorted(h for first, count in slot_heads for h in range(first, first + count))
-    if covered != list(range(hq)):
-        raise ValueError(f"slots must cover every one of the {hq} query heads exactly once, got {list(slot_heads)}")
+    for r, n_q in enumerate(seq_q):
+        done = [0] * hq
+        for (first, count), n in zip(slot_heads, rows[r], strict=True):
+            for h in range(first, first + count):
+                done[h] += n
+        if done != [n_q] * hq:
+            raise ValueError(
+                f"request {r}: the slots must compute every row of each of the {hq} query heads exactly once "
+                f"(rows per head {done}, n_q {n_q}; slots {list(slot_heads)})"
+            )
 
 
 def _compact(key: torch.Tensor, keep: torch.Tensor, big: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,6 +279,7 @@ def _mask_to_lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class _SlotLists:
     q_order: torch.Tensor
     k_order: torch.Tensor
+    rows: int
     q_min: torch.Tensor
     q_max: torch.Tensor
     k_min: torch.Tensor
@@ -269,10 +293,11 @@ class _SlotLists:
     c_ids: torch.Tensor
 
 
-def _block_minmax(pos: torch.Tensor, block: int, n_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest and largest of each block of ``pos`` (positions in [0, n_k); padding never wins)."""
+def _block_minmax(pos: torch.Tensor, block: int, n_k: int, nb: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest and largest of each of ``nb`` (default: enough) blocks of ``pos`` (positions in [0, n_k)); padding
+    never wins: a block without positions gets (n_k, -1)."""
     n = pos.numel()
-    nb = _cdiv(n, block)
+    nb = _cdiv(n, block) if nb is None else nb
     pad = nb * block - n
     lo = torch.nn.functional.pad(pos, (0, pad), value=n_k).view(nb, block).amin(1)
     hi = torch.nn.functional.pad(pos, (0, pad), value=-1).view(nb, block).amax(1)
@@ -288,7 +313,10 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
         raise ValueError(f"a request needs 1 <= n_q <= n_k, got n_q={n_q}, n_k={n_k}")
     if tuple(keep.blocks.shape) != (nqb, nkb) or keep.blocks.dtype != torch.bool:
         raise ValueError(f"blocks must be bool [{nqb}, {nkb}], got {keep.blocks.dtype} {tuple(keep.blocks.shape)}")
-    q_min, q_max = _block_minmax(qo + (n_k - n_q), block, n_k)
+    n_rows = n_q if keep.rows is None else keep.rows
+    if not 0 <= n_rows <= n_q:
+        raise ValueError(f"rows must be in [0, {n_q}], got {n_rows}")
+    q_min, q_max = _block_minmax((qo + (n_k - n_q))[:n_rows], block, n_k, nqb)  # computed rows only
     k_min, k_max = _block_minmax(ko, block, n_k)
     blocks = keep.blocks.to(device)
     k_by_pos = torch.sort(k_min, stable=True).indices
@@ -307,7 +335,7 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
         c_count, c_ids = _compact(safe, ok, n_k)
     else:
         c_count, c_ids = torch.zeros(nqb, dtype=torch.int64, device=device), torch.zeros(nqb, 0, dtype=torch.int64)
-    return _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, blocks, rank, c_count, c_ids)
+    return _SlotLists(qo, ko, n_rows, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, blocks, rank, c_count, c_ids)
 
 
 def _block_ids(sl: _SlotLists, width: int) -> torch.Tensor:
@@ -348,7 +376,6 @@ def index_from_keeps(
     slots = list(slot_heads) if slot_heads is not None else _default_slots(n_slots, num_q_heads, num_kv_heads)
     if len(slots) != n_slots:
         raise ValueError(f"{len(slots)} slot_heads for {n_slots} slots")
-    _check_slots(slots, num_q_heads, num_kv_heads)
     if block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block}")
     dev = torch.device(device) if device is not None else keeps[0][0].blocks.device
@@ -358,6 +385,8 @@ def index_from_keeps(
     for r, req in enumerate(lists):
         if any(sl.q_order.numel() != seq_q[r] or sl.k_order.numel() != seq_k[r] for sl in req):
             raise ValueError(f"request {r}: slots disagree on n_q / n_k")
+    rows = [[sl.rows for sl in req] for req in lists]
+    _check_slots(slots, rows, seq_q, num_q_heads, num_kv_heads)
 
     # every host fact of the batch in ONE read: per (request, slot) the largest block / column count, whether the
     # key order is the identity
@@ -424,6 +453,7 @@ def index_from_keeps(
         qblock_request=torch.repeat_interleave(torch.arange(len(seq_q), device=dev), i32(nqbs)).to(torch.int32),
         q_order=cat("q_order"),
         k_order=cat("k_order"),
+        q_rows=torch.tensor(rows, dtype=torch.int32, device=dev).T.contiguous(),
         q_pos_min=cat("q_min"),
         q_pos_max=cat("q_max"),
         k_pos_min=cat("k_min"),
@@ -437,6 +467,9 @@ def index_from_keeps(
         column_count=cat("c_count"),
         column_ids=cat("c_ids", cap_c),
         keys_identity=all(f[2] == 1 for f in facts),
+        one_slot_per_kv_head=sorted(f for f, _ in slots)
+        == [j * (num_q_heads // num_kv_heads) for j in range(num_kv_heads)]
+        and all(c == num_q_heads // num_kv_heads for _, c in slots),
     )
 
 
@@ -544,6 +577,7 @@ def index_keep_mask(index: SparseIndex, request: int, slot: int, rows: torch.Ten
     q_inv[index.q_order[slot, q0 : q0 + n_q].long()] = torch.arange(n_q, device=dev)
     k_inv = torch.empty(n_k, dtype=torch.int64, device=dev)
     k_inv[index.k_order[slot, k0 : k0 + n_k].long()] = torch.arange(n_k, device=dev)
+    computed = q_inv[r] < int(index.q_rows[slot, request])  # rows of a row-group slot's other parts: not here
     qb = qb0 + q_inv[r] // b  # each row's global query block
     rank = torch.empty(nkb, dtype=torch.int64, device=dev)
     rank[index.k_blocks_by_pos[slot, kb0 : kb0 + nkb].long()] = torch.arange(nkb, device=dev)
@@ -557,7 +591,7 @@ def index_keep_mask(index: SparseIndex, request: int, slot: int, rows: torch.Ten
     cids = torch.where(listed, index.column_ids[slot, qb].long(), n_k)
     cols = torch.zeros(r.numel(), n_k + 1, dtype=torch.bool, device=dev).scatter_(1, cids, True)[:, :n_k]
     mask = blocks[:, k_inv // b] | cols[:, k_inv]
-    return mask & (torch.arange(n_k, device=dev)[None, :] <= (r + n_k - n_q)[:, None])
+    return mask & (torch.arange(n_k, device=dev)[None, :] <= (r + n_k - n_q)[:, None]) & computed[:, None]
 
 
 def pattern_capacity(cfg: PatternConfig, n_k: int, *, video_segments: int = 1) -> tuple[int, int]:

@@ -63,6 +63,7 @@ class LayoutTensors:
         self.seg_id, self.is_video = seg_id.to(self.device), is_video.to(self.device)
         self.segment_start, self.segment_end = start.to(self.device), end.to(self.device)
         self.video_segments = [(s.start, s.end) for s in layout.segments_of(Modality.VIDEO)]
+        self.modality = layout.token_modalities().to(self.device)  # int [n] `Modality` codes
         self._fold_masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._truncated: dict[int, LayoutTensors] = {}
 

@@ -155,6 +155,7 @@ def _sparse_attn_fwd_kernel(
     PT,
     Q_ORDER,
     K_ORDER,
+    Q_ROWS,
     CU_Q,
     CU_K,
     CU_QB,
@@ -182,6 +183,7 @@ def _sparse_attn_fwd_kernel(
     stride_pt,
     total_q,
     total_k,
+    n_req,
     total_qb,
     total_kb,
     cap_b,
@@ -213,15 +215,18 @@ def _sparse_attn_fwd_kernel(
     k_tok0 = tl.load(CU_K + i_r)
     n_k = tl.load(CU_K + i_r + 1) - k_tok0
     i_qb_loc = i_qb - tl.load(CU_QB + i_r)
-    kb0 = tl.load(CU_KB + i_r)
     s64 = i_s.to(tl.int64)
+    n_rows = tl.load(Q_ROWS + s64 * n_req + i_r)  # fewer than n_q for one part of a boundary head
+    if i_qb_loc * BLOCK >= n_rows:
+        return
+    kb0 = tl.load(CU_KB + i_r)
     row = s64 * total_qb + i_qb  # (slot, query block) row of the lists
 
     BLOCK_M: tl.constexpr = HEADS_PER_TILE * BLOCK
     o_m = tl.arange(0, BLOCK_M)
     h_loc = o_m // BLOCK
     prow = i_qb_loc * BLOCK + o_m % BLOCK
-    m_row = (prow < n_q) & (i_m * HEADS_PER_TILE + h_loc < n_heads)
+    m_row = (prow < n_rows) & (i_m * HEADS_PER_TILE + h_loc < n_heads)
     qidx = tl.load(Q_ORDER + s64 * total_q + q_tok0 + prow, mask=m_row, other=0)
     qpos = qidx + (n_k - n_q)  # original positions: queries are the last n_q keys
     o_d = tl.arange(0, BLOCK_D)
@@ -400,7 +405,7 @@ def sparse_attention_fwd(
         f"block_n must be block/2, block or 2*block (>= 16), got {block_n} for block {block}",
     )
     key_rows = 1 if index.keys_identity else 0
-    if key_rows == 0 and page_table is None and cfg.materialize_keys and index.num_slots == index.num_kv_heads:
+    if key_rows == 0 and page_table is None and cfg.materialize_keys and index.one_slot_per_kv_head:
         # one slot per KV head (its whole group): copy K/V into each slot's key order once per call, so that every
         # tile loads contiguous rows; measured faster than the gather (docs/kernels/NOTES.md). Never for paged KV.
         k, v = _permute_keys(k, index), _permute_keys(v, index)
@@ -415,13 +420,14 @@ def sparse_attention_fwd(
     global _last_compiled
     _last_compiled = _sparse_attn_fwd_kernel[grid](
         q, k, v, out, pt,
-        index.q_order, index.k_order, index.cu_seqlens_q, index.cu_seqlens_k, index.cu_qblocks, index.cu_kblocks,
+        index.q_order, index.k_order, index.q_rows, index.cu_seqlens_q, index.cu_seqlens_k, index.cu_qblocks,
+        index.cu_kblocks,
         index.qblock_request, index.q_pos_min, index.k_pos_max, index.k_blocks_by_pos,
         index.block_prefix, index.block_count, index.block_ids, index.column_count, index.column_ids,
         index.slot_q_head, index.slot_num_heads, index.slot_kv_head,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         pt.stride(0) if page_table is not None else 0,
-        q.shape[0], index.k_order.shape[1], index.total_qblocks, index.k_pos_max.shape[1],
+        q.shape[0], index.k_order.shape[1], index.num_requests, index.total_qblocks, index.k_pos_max.shape[1],
         index.block_capacity, index.column_capacity, scale * math.log2(math.e),
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=block_n, HEADS_PER_TILE=hpt,
         PAGED=page_table is not None, WIDE=wide, KEY_ROWS=key_rows,

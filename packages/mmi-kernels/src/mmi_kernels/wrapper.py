@@ -287,12 +287,13 @@ def index_attention_reference(
             k0 = int(index.cu_seqlens_k[r])
             kr, vr = k[k0 : k0 + n_k], v[k0 : k0 + n_k]
         for s in range(index.num_slots):
-            mask = index_keep_mask(index, r, s)
+            rows = index.q_order[s, q0:q1][: int(index.q_rows[s, r])].long()  # the rows this slot computes
+            mask = index_keep_mask(index, r, s, rows)
             first, count = int(index.slot_q_head[s]), int(index.slot_num_heads[s])
             for h in range(first, first + count):
-                sc = (q[q0:q1, h].float() @ kr[:, h // g].float().T) * scale
+                sc = (q[q0 + rows, h].float() @ kr[:, h // g].float().T) * scale
                 p = torch.softmax(sc.masked_fill(~mask, float("-inf")), dim=-1)
-                out[q0:q1, h] = (p @ vr[:, h // g].float()).to(q.dtype)
+                out[q0 + rows, h] = (p @ vr[:, h // g].float()).to(q.dtype)
     return out
 
 
