@@ -395,3 +395,26 @@ def test_boundary_keeps_linear_memory_at_200k_tokens(kind: str, monkeypatch) -> 
         assert bool(keep.blocks[own, kinv[rows] // b].all())  # every row keeps its own position
         assert keep.blocks.float().mean() < 0.1  # sparse, not a dense fallback
     assert elapsed < 60, f"{elapsed:.1f} s"  # generous: 2 cores shared by 5 agents
+
+
+def test_row_group_index_is_refused_by_exports() -> None:
+    """FlexAttention and FlashInfer exports take one order per query head: a boundary layer's index is refused with
+    a clear error, a layer without boundary heads is not flagged."""
+    from mmi_kernels.flashinfer_backend import index_to_flashinfer_bsr
+    from mmi_kernels.flex_export import index_to_block_mask
+
+    layout = MIXED["t_i_v_t_v_t"]
+    n = layout.num_tokens
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(n, 8, 16, generator=g), torch.randn(n, 4, 16, generator=g)
+    hc = _configs()
+    keeps = estimate_layer_keeps(q, k, LayoutTensors(layout, "cpu"), hc, 0)
+    index = index_from_keeps([keeps], block=B, num_q_heads=8, num_kv_heads=4, slot_heads=layer_slots(hc, 0))
+    assert index.has_row_groups()
+    with pytest.raises(ValueError, match="row-group slots"):
+        index_to_block_mask(index)
+    with pytest.raises(ValueError, match="row-group slots"):
+        index_to_flashinfer_bsr(index)
+    plain = HeadConfigs.uniform(1, 8, 4, VS)
+    keeps = estimate_layer_keeps(q, k, LayoutTensors(layout, "cpu"), plain, 0)
+    assert not index_from_keeps([keeps], block=B, num_q_heads=8, num_kv_heads=4).has_row_groups()

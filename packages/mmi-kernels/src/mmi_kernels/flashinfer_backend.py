@@ -153,9 +153,12 @@ def _padded_rows(index: SparseIndex, slot: int, keys: bool) -> tuple[torch.Tenso
 
 def index_to_flashinfer_bsr(index: SparseIndex, *, columns: Literal["error", "widen"] = "error") -> FlashInferBSR:
     """Fold ``index`` into FlashInfer's single BSR matrix (module docstring). Raises ValueError when a slot keeps
-    single key columns and ``columns="error"``."""
+    single key columns and ``columns="error"``, or for row-group slots (boundary heads: one BSR row group per query
+    head cannot hold a head whose parts use different orders)."""
     if columns not in ("error", "widen"):
         raise ValueError(f"columns must be 'error' or 'widen', got {columns!r}")
+    if index.has_row_groups():
+        raise ValueError("index_to_flashinfer_bsr: row-group slots (boundary heads) are not supported by FlashInfer")
     b, dev = index.block, index.device
     tqb, tkb = index.total_qblocks, int(index.cu_kblocks[-1])
     bsr = index_to_bsr(index)

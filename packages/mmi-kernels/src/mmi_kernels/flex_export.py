@@ -133,8 +133,9 @@ def index_to_block_mask(
 
     ``slot``: one head slot (H = 1, the slot's query heads share it) or None for every slot (H = Hq, head h reads
     its slot's lists). ``trim``: list width = the widest row (GPU) or every key block (``trim=False``, needed by the
-    CPU inductor template). Raises ValueError for a request/slot out of range or (``columns="error"``) a slot that
-    keeps single key columns.
+    CPU inductor template). Raises ValueError for a request/slot out of range, (``columns="error"``) a slot that
+    keeps single key columns, or row-group slots (boundary heads: a query head in several slots, each in its own
+    orders, is not one permuted BlockMask).
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -144,6 +145,8 @@ def index_to_block_mask(
         raise ValueError(f"slot {slot} is outside [0, {index.num_slots})")
     if columns not in ("error", "widen"):
         raise ValueError(f"columns must be 'error' or 'widen', got {columns!r}")
+    if index.has_row_groups():
+        raise ValueError("index_to_block_mask: row-group slots (boundary heads) have no single permuted BlockMask")
     b, dev = index.block, index.device
     n_q, n_k = index.seqlens_q[request], index.seqlens_k[request]
     prefix = n_k - n_q

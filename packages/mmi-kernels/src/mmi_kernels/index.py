@@ -208,6 +208,11 @@ class SparseIndex:
             getattr(self, f.name).numel() * 4 for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
         )
 
+    def has_row_groups(self) -> bool:
+        """True when some slot computes only part of its rows (a boundary head's parts). One host read."""
+        seq = torch.tensor(self.seqlens_q, dtype=torch.int32, device=self.device)
+        return bool((self.q_rows != seq[None, :]).any())
+
     def to(self, device: torch.device | str) -> SparseIndex:
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         return SparseIndex(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
