@@ -1,8 +1,9 @@
 """Render the reference keep masks of each boundary kind to PNGs next to this file (CPU, a few seconds).
 
 Run: ``.venv/bin/python docs/boundaries/render.py``. The masks are `mmi_core.keep_mask` of `boundary_selection` on
-one small synthetic mixed layout (random q/k, seed 0), in original order (left) and in the selection's
-modality-permuted order (right), where each kept tile is what the kernel computes.
+one small synthetic mixed layout (random q/k, seed 0), in original order (left) and part by part (right: the text,
+image and video parts stacked, each part's rows and keys in its own orders), where each kept tile is what the kernel
+computes.
 """
 
 from __future__ import annotations
@@ -60,17 +61,19 @@ def main() -> None:
         sel = boundary_selection(q, k, LAYOUT, spec)
         assert sel is not None
         m = keep_mask(sel)
-        perm = m[sel.q_perm.order][:, sel.k_perm.order]
+        # each part's rows in its own row order against the keys in its own key order (what its slot computes)
+        stacked = [keep_mask(p)[p.q_perm.order[: p.num_rows]][:, p.k_perm.order] for p in sel.parts]
+        perm = torch.cat(stacked)
+        cuts = torch.cumsum(torch.tensor([p.num_rows for p in sel.parts]), 0)[:-1]
         fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), dpi=90)
-        for ax, img, title, mo in (
-            (axes[0], m, "original order", mods),
-            (axes[1], perm, "modality order (kernel tiles)", mods[sel.k_perm.order]),
-        ):
-            ax.imshow(img.float(), cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
-            edges = torch.nonzero(mo[1:] != mo[:-1]).flatten() + 0.5
-            for e in edges.tolist():
-                ax.axhline(e, color="tab:red", lw=0.6)
-                ax.axvline(e, color="tab:red", lw=0.6)
+        axes[0].imshow(m.float(), cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+        for e in (torch.nonzero(mods[1:] != mods[:-1]).flatten() + 0.5).tolist():
+            axes[0].axhline(e, color="tab:red", lw=0.6)
+            axes[0].axvline(e, color="tab:red", lw=0.6)
+        axes[1].imshow(perm.float(), cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+        for e in (cuts.float() - 0.5).tolist():
+            axes[1].axhline(e, color="tab:red", lw=0.6)
+        for ax, title in ((axes[0], "original order"), (axes[1], "text / image / video parts, own orders")):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("key")
             ax.set_ylabel("query")
