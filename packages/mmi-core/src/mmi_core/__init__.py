@@ -3,7 +3,8 @@
 Layouts (`ModalityLayout`) say where text, images and video sit in a sequence; pattern configs (`Grid`,
 `VerticalSlash`, `AShape`, `BlockSparse`, `Dense`) and `HeadConfigs` say what each head keeps; `Permutation`s put
 grid lines into dense blocks; a `Selection` is one head's exact keep set (key blocks + key columns, causal on
-original positions); `sparse_attention_reference` computes attention on it; metrics measure recall, error, density.
+original positions), a `RowGroups` that of a boundary head (one selection per query modality, each in its own
+orders); `sparse_attention_reference` computes attention on it; metrics measure recall, error, density.
 Depends only on torch, numpy and pydantic.
 """
 
