@@ -131,12 +131,6 @@ def _ext(order: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([order.cpu(), torch.arange(order.numel(), n)])
 
 
-def _inverse(order: torch.Tensor) -> torch.Tensor:
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel())
-    return inv
-
-
 def boundary_selection(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -188,7 +182,7 @@ def boundary_selection(
         rank = torch.empty(n_k, dtype=torch.int64)
         for n, cfg in of_key.items():
             sel_n = kmod == int(n)
-            rank[sel_n] = _inverse(_ext(subs[cfg].k_perm.order, n_k))[sel_n]
+            rank[sel_n] = Permutation(_ext(subs[cfg].k_perm.order, n_k), 0).inverse[sel_n]
         ko = torch.argsort(rank)
         if not torch.equal(rank[ko], torch.arange(n_k)):
             raise AssertionError("sub-problem key orders must permute tokens inside their segments only")
