@@ -83,6 +83,28 @@ def test_hline_blocks_are_leading_runs_not_lists() -> None:
     assert torch.equal(index_keep_mask(idx, 0, 0), keep_mask(sel))
 
 
+def test_lists_are_ragged_and_hold_only_kept_entries() -> None:
+    """One slot with long lists beside short ones: the index stores each list's own entries back to back (a fixed
+    width would store the longest list for every (slot, query block)); starts are the counts' prefix sums."""
+    n = 300
+    nqb = -(-n // BLOCK)
+    order = torch.arange(n)
+    long = torch.zeros(nqb, nqb, dtype=torch.bool)
+    long[:, 1::2] = True  # every other key block: never a leading run
+    long |= torch.eye(nqb, dtype=torch.bool)
+    keeps = [SlotKeep(order, order, torch.eye(nqb, dtype=torch.bool)), SlotKeep(order, order, long)]
+    idx = index_from_keeps([keeps], block=BLOCK, num_q_heads=2, num_kv_heads=2)
+    count = idx.block_count.long().flatten()
+    assert idx.block_ids.numel() == int(count.sum()) < idx.num_slots * idx.total_qblocks * idx.block_capacity
+    assert torch.equal(idx.block_start.flatten(), torch.cumsum(count, 0) - count)
+    for s, kp in enumerate(keeps):
+        want = kp.blocks & torch.tril(torch.ones(nqb, nqb, dtype=torch.bool))
+        got = index_to_bsr(idx)
+        for qb in range(nqb):
+            row = s * nqb + qb
+            assert got.indices[got.indptr[row] : got.indptr[row + 1]].tolist() == want[qb].nonzero().flatten().tolist()
+
+
 def test_dense_selection_needs_no_list() -> None:
     sel = dense_selection(75, 120, block=BLOCK)
     idx = index_from_selections([[sel]], num_q_heads=1, num_kv_heads=1)
@@ -131,8 +153,10 @@ def test_keeps_with_raw_column_ids_dedupe_and_drop() -> None:
     blocks[torch.arange(4), torch.arange(4)] = True
     cols = torch.tensor([[3, 3, 20, -1], [3, 20, 20, 60], [0, 5, 40, 40], [1, 1, 1, 1]])
     idx = index_from_keeps([[SlotKeep(order, order, blocks, cols)]], block=BLOCK, num_q_heads=1, num_kv_heads=1)
-    got = [idx.column_ids[0, qb, : int(idx.column_count[0, qb])].tolist() for qb in range(4)]
-    assert got == [[], [3], [0, 5], [1]]
+    count, ids = idx.lists("column", 0)
+    assert count.tolist() == [0, 1, 2, 1]
+    assert ids.tolist() == [[-1, -1], [3, -1], [0, 5], [1, -1]]
+    assert idx.column_ids.tolist() == [3, 0, 5, 1]  # ragged: back to back, nothing else stored
 
 
 def test_bad_inputs_name_the_problem() -> None:
@@ -151,10 +175,11 @@ def test_bad_inputs_name_the_problem() -> None:
         index_from_selections([[sel, sel], [sel]], num_q_heads=2, num_kv_heads=2)
 
 
-@pytest.mark.parametrize("nqb,nkb,width", [(1, 1, 1), (6, 1500, 1400), (13, 40, 9)])
-def test_block_lists_kernels_equal_torch(nqb, nkb, width, monkeypatch) -> None:
+@pytest.mark.parametrize("nqb,nkb,gap", [(1, 1, 0), (6, 1500, 7), (13, 40, 0)])
+def test_block_lists_kernels_equal_torch(nqb, nkb, gap, monkeypatch) -> None:
     """The index builder's Triton row scans (interpreter) equal their PyTorch expressions: leading run, counts and
-    ascending id lists, chunk boundaries included."""
+    ascending ids written at each query block's start of the ragged array (``gap`` unused entries between lists
+    stay untouched), chunk boundaries included."""
     from mmi_kernels.block_lists import block_ids, lead_and_count
 
     g = torch.Generator().manual_seed(nqb * nkb)
@@ -164,10 +189,13 @@ def test_block_lists_kernels_equal_torch(nqb, nkb, width, monkeypatch) -> None:
     rank = torch.empty(nkb, dtype=torch.int64)
     rank[torch.sort(k_min, stable=True).indices] = torch.arange(nkb)
     lead, count = lead_and_count(blocks, k_min, q_max, rank)
-    ids = block_ids(blocks, k_min, q_max, rank, lead, max(width, int(count.max())))
+    start = torch.cumsum(count + gap, 0) - count - gap
+    out = torch.full((int((count + gap).sum()) + 1,), -7, dtype=torch.int32)
+    block_ids(blocks, k_min, q_max, rank, lead, start, out)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     ref_lead, ref_count = lead_and_count(blocks, k_min, q_max, rank)
     assert torch.equal(lead, ref_lead) and torch.equal(count, ref_count)
-    ref_ids = block_ids(blocks, k_min, q_max, rank, ref_lead, ids.shape[1])
-    valid = torch.arange(ids.shape[1])[None, :] < count[:, None]
-    assert torch.equal(torch.where(valid, ids, -1), torch.where(valid, ref_ids, -1))
+    ref = torch.full_like(out, -7)
+    block_ids(blocks, k_min, q_max, rank, ref_lead, start, ref)
+    assert torch.equal(out, ref)
+    assert int((ref == -7).sum()) == gap * nqb + 1

@@ -35,17 +35,9 @@ from mmi_kernels import (
 
 
 def assert_same_index(a, b) -> None:
-    """Equal indexes: every tensor equal, list entries compared up to their counts (padding is free)."""
-    for ids, count in (("block_ids", "block_count"), ("column_ids", "column_count")):
-        x, y, n = getattr(a, ids), getattr(b, ids), getattr(a, count)
-        assert torch.equal(n, getattr(b, count)), count
-        w = int(n.max()) if n.numel() else 0
-        valid = torch.arange(w)[None, None, :] < n[..., None]
-        assert torch.equal(torch.where(valid, x[..., :w], -1), torch.where(valid, y[..., :w], -1)), ids
+    """Equal indexes: every field equal (the ragged lists are canonical: ascending, back to back, no padding)."""
     for f in fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
-        if f.name in ("block_ids", "column_ids"):
-            continue
         if isinstance(x, torch.Tensor):
             assert torch.equal(x, y), f.name
         else:

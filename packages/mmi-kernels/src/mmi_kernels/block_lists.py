@@ -3,9 +3,10 @@
 Per query block ``qb`` a key block ``kb`` is *kept* when the keep set has it and it holds a causal pair
 (``k_min[kb] <= q_max[qb]``). The kept blocks that lead the slot's key blocks sorted by first position become one
 integer, ``lead`` (the smallest position-order ``rank`` of a block NOT kept); the other kept blocks, ascending, are
-the list. Both functions run one Triton program per query block on CUDA or under ``TRITON_INTERPRET=1`` (a few
-chunked scans of one row: nothing of size ``nqb · nkb`` is written but the lists), and the PyTorch expressions below
-otherwise; those are the reference of the tests.
+the list, written into the index's ragged (CSR) id array at the query block's start. Both functions run one Triton
+program per query block on CUDA or under ``TRITON_INTERPRET=1`` (a few chunked scans of one row: nothing of size
+``nqb · nkb`` is written but the lists), and the PyTorch expressions below otherwise; those are the reference of the
+tests.
 """
 
 from __future__ import annotations
@@ -52,19 +53,19 @@ def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nkb, CHUNK: tl.c
 
 
 @triton.jit
-def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, IDS, nkb, width, CHUNK: tl.constexpr):
+def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, START, IDS, nkb, CHUNK: tl.constexpr):
     qb = tl.program_id(0).to(tl.int64)
     q_max = tl.load(Q_MAX + qb)
     lead = tl.load(LEAD + qb)
-    base = tl.zeros([], tl.int32)
+    base = tl.load(START + qb)
     for c0 in range(0, nkb, CHUNK):
         kb = c0 + tl.arange(0, CHUNK)
         m = kb < nkb
         kept = (tl.load(BLOCKS + qb * nkb + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max)
         listed = kept & m & (tl.load(RANK + kb, mask=m, other=0) >= lead)
-        at = base + tl.cumsum(listed.to(tl.int32), 0) - 1
-        tl.store(IDS + qb * width + at, kb.to(tl.int64), mask=listed & (at < width))
-        base += tl.sum(listed.to(tl.int32), 0)
+        at = base + tl.cumsum(listed.to(tl.int64), 0) - 1
+        tl.store(IDS + at, kb.to(tl.int32), mask=listed)
+        base += tl.sum(listed.to(tl.int64), 0)
 
 
 def lead_and_count(
@@ -88,20 +89,24 @@ def lead_and_count(
 
 
 def block_ids(
-    blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor, rank: torch.Tensor, lead: torch.Tensor, width: int
-) -> torch.Tensor:
-    """The listed key blocks of each query block, ascending: int64 ``[nqb, width]`` (``width`` >= every count of
-    `lead_and_count`; entries past a row's count are 0). Arguments as `lead_and_count`, ``lead`` its first output."""
+    blocks: torch.Tensor,
+    k_min: torch.Tensor,
+    q_max: torch.Tensor,
+    rank: torch.Tensor,
+    lead: torch.Tensor,
+    start: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """Write the listed key blocks of each query block, ascending, into ``out`` (int32 [entries]) at
+    ``out[start[qb] : start[qb] + count[qb]]`` (``start`` int64 [nqb]; ``count`` from `lead_and_count`, whose room
+    the caller reserved). Arguments as `lead_and_count`, ``lead`` its first output."""
     nqb, nkb = blocks.shape
     if not _use_triton(blocks):
         listed = _kept(blocks, k_min, q_max) & (rank[None, :] >= lead[:, None])
-        rank_in_row = torch.cumsum(listed, 1) - 1
-        slot = torch.where(listed, rank_in_row, width)  # column `width` swallows the entries not listed
-        ids = torch.zeros(nqb, width + 1, dtype=torch.int64, device=blocks.device)
-        ids.scatter_(1, slot, torch.arange(nkb, device=blocks.device).expand_as(slot))
-        return ids[:, :width]
-    ids = torch.zeros(nqb, width, dtype=torch.int64, device=blocks.device)
-    if nqb and width:
-        _ids_kernel[(nqb,)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, ids, nkb, width,
+        at = start[:, None] + torch.cumsum(listed, 1) - 1
+        ids = torch.arange(nkb, device=blocks.device, dtype=out.dtype).expand_as(listed)
+        out[at[listed]] = ids[listed]
+        return
+    if nqb:
+        _ids_kernel[(nqb,)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, start, out, nkb,
                             CHUNK=_CHUNK)  # fmt: skip
-    return ids

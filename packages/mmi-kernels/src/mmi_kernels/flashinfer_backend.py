@@ -184,8 +184,8 @@ def index_to_flashinfer_bsr(index: SparseIndex, *, columns: Literal["error", "wi
                 )
             tiles = torch.zeros(tqb, tkb, dtype=torch.bool, device=dev)
             tiles[torch.repeat_interleave(torch.arange(tqb, device=dev), cnt), ids] = True
-            cids = index.column_ids[s].long()
-            valid = torch.arange(cids.shape[1], device=dev)[None, :] < ccount[:, None]
+            cids = index.lists("column", s)[1]
+            valid = cids >= 0
             rr = torch.arange(tqb, device=dev)[:, None].expand_as(cids)
             before = int(tiles.sum())
             tiles[rr[valid], (cids // b + kb_first[:, None])[valid]] = True

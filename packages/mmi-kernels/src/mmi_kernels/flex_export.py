@@ -93,8 +93,8 @@ def _slot_tiles(
                 "a FlexAttention BlockMask cannot hold 1-wide key blocks; pass columns='widen' to keep their whole "
                 "key blocks (a superset of the keep set) or run these heads with mmi's kernel"
             )
-        cids = index.column_ids[slot, qb0:qb1].long()
-        valid = torch.arange(cids.shape[1], device=index.device)[None, :] < ccount[:, None]
+        cids = index.lists("column", slot)[1][qb0:qb1]
+        valid = cids >= 0
         rr = torch.arange(qb1 - qb0, device=index.device)[:, None].expand_as(cids)
         before = int(tiles.sum())
         tiles[rr[valid], cids[valid] // b] = True

@@ -8,11 +8,15 @@ requests, every block ``block`` tokens of the slot's *permuted* order):
   query head, ``slot_num_heads[s]`` how many consecutive query heads it serves, ``slot_kv_head[s]`` their KV head.
   Both kinds may be mixed in one index (and one launch).
 - per (slot, query block): ``block_prefix``: the kept key blocks that lead the slot's key blocks sorted by their
-  smallest original position (``k_blocks_by_pos``) are stored as a count, not a list; ``block_count`` +
-  ``block_ids[..., :count]`` (request-local key-block ids, ascending) are the other kept blocks; ``column_count`` +
-  ``column_ids[..., :count]`` (request-local *key-permuted* column ids, ascending) the kept single columns. A Grid
-  ``hline`` block (its line rows keep every causal key) or a dense head therefore costs one integer, not a list as
-  long as the sequence, and the lists' capacity stays the pattern's budget. See docs/kernels/NOTES.md.
+  smallest original position (``k_blocks_by_pos``) are stored as a count, not a list; ``block_count`` key blocks
+  (request-local ids, ascending) at ``block_ids[block_start : block_start + block_count]`` are the other kept
+  blocks; ``column_count`` columns (request-local *key-permuted* ids, ascending) at ``column_ids[column_start:]``
+  the kept single columns. A Grid ``hline`` block (its line rows keep every causal key) or a dense head therefore
+  costs one integer, not a list as long as the sequence. See docs/kernels/NOTES.md.
+- the lists are **ragged** (CSR, as flashinfer's BSR): stored back to back in (slot, query block) order, so
+  ``block_start`` is the exclusive prefix sum of ``block_count`` and the index holds exactly its kept entries. A
+  fixed width per list (the first design) multiplied the widest list of any slot by every (slot, query block): a
+  28 GiB request (CUDA OOM) for one layer of 2D-boundary heads at 1M tokens.
 - per (slot, request): ``q_order`` / ``k_order`` (int32, request-local): the token at permuted row ``p`` is
   ``order[p]``; queries of a request are the last ``n_q`` of its ``n_k`` keys (original position = prefix + index).
 - per (slot, request): ``q_rows``, how many leading rows of the slot's query order it computes: all ``n_q``, or
@@ -59,6 +63,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def padded_lists(start: torch.Tensor, count: torch.Tensor, flat: torch.Tensor, width: int) -> torch.Tensor:
+    """Ragged lists ``flat[start[i] : start[i] + count[i]]`` as int64 ``[n, width]`` (-1 past each count; a count
+    over ``width`` is cut, so pass the widest)."""
+    j = torch.arange(width, device=flat.device)
+    valid = j[None, :] < count.reshape(-1, 1)
+    at = torch.where(valid, start.reshape(-1, 1) + j[None, :], 0)
+    return torch.where(valid, flat.long()[at], -1)
+
+
 @dataclass(frozen=True)
 class SlotKeep:
     """Keep set of one (request, head slot) in the form GPU estimators produce.
@@ -100,8 +113,9 @@ class SparseIndex:
     q_rows: [S, R] permuted rows each slot computes per request (n_q, or fewer for a row-group slot)
     q_pos_min, q_pos_max: [S, TQB]; k_pos_min, k_pos_max: [S, TKB] original positions (prefix included)
     k_blocks_by_pos: [S, TKB] request-local key-block ids sorted by k_pos_min (stable)
-    block_prefix, block_count: [S, TQB]; block_ids: [S, TQB, block_capacity]
-    column_count: [S, TQB]; column_ids: [S, TQB, column_capacity]
+    block_prefix, block_count: [S, TQB]; block_start: int64 [S, TQB]; block_ids: [max(NB, 1)] (NB kept entries)
+    column_count: [S, TQB]; column_start: int64 [S, TQB]; column_ids: [max(NC, 1)]
+    block_capacity, column_capacity: the bound every list respects (given at plan time, else the widest list)
     keys_identity: True when no slot permutes keys: the kernel then skips the key-order gather
     one_slot_per_kv_head: True when the slots are exactly one per KV head (each serving its whole group)
     """
@@ -129,9 +143,13 @@ class SparseIndex:
     k_blocks_by_pos: torch.Tensor
     block_prefix: torch.Tensor
     block_count: torch.Tensor
+    block_start: torch.Tensor
     block_ids: torch.Tensor
     column_count: torch.Tensor
+    column_start: torch.Tensor
     column_ids: torch.Tensor
+    block_capacity: int
+    column_capacity: int
     keys_identity: bool = False  # every k_order is the identity (plan-time fact; False is always safe)
     one_slot_per_kv_head: bool = False  # plan-time fact (False is always safe)
 
@@ -167,10 +185,16 @@ class SparseIndex:
                     f"SparseIndex.{name} must be int32 {shape} on {self.slot_q_head.device}, "
                     f"got {t.dtype} {tuple(t.shape)} on {t.device}"
                 )
-        for name in ("block_ids", "column_ids"):
-            t = getattr(self, name)
-            if t.dim() != 3 or tuple(t.shape[:2]) != (s, tqb) or t.dtype != torch.int32 or t.shape[2] < 1:
-                raise ValueError(f"SparseIndex.{name} must be int32 [{s}, {tqb}, capacity>=1], got {tuple(t.shape)}")
+        for kind in ("block", "column"):
+            start, ids = getattr(self, f"{kind}_start"), getattr(self, f"{kind}_ids")
+            if tuple(start.shape) != (s, tqb) or start.dtype != torch.int64 or start.device != self.device:
+                raise ValueError(
+                    f"SparseIndex.{kind}_start must be int64 {(s, tqb)}, got {start.dtype} {tuple(start.shape)}"
+                )
+            if ids.dim() != 1 or ids.numel() < 1 or ids.dtype != torch.int32 or ids.device != self.device:
+                raise ValueError(
+                    f"SparseIndex.{kind}_ids must be int32 [entries >= 1], got {ids.dtype} {tuple(ids.shape)}"
+                )
         if any(nq > nk for nq, nk in zip(self.seqlens_q, self.seqlens_k, strict=True)):
             raise ValueError("every request needs n_q <= n_k (queries are the last n_q keys)")
 
@@ -187,14 +211,6 @@ class SparseIndex:
         return self.qblock_request.numel()
 
     @property
-    def block_capacity(self) -> int:
-        return self.block_ids.shape[2]
-
-    @property
-    def column_capacity(self) -> int:
-        return self.column_ids.shape[2]
-
-    @property
     def max_heads_per_slot(self) -> int:
         return int(self.slot_num_heads.max())
 
@@ -204,9 +220,17 @@ class SparseIndex:
 
     def nbytes(self) -> int:
         """Bytes held by the index tensors."""
-        return sum(
-            getattr(self, f.name).numel() * 4 for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
-        )
+        tensors = [getattr(self, f.name) for f in fields(self)]
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+    def lists(self, kind: str, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``kind`` ("block" or "column") lists of one slot as a padded matrix: (count int64 [TQB], ids int64
+        [TQB, width], -1 past each count; width = the slot's widest list, >= 1). One host read (the width)."""
+        if kind not in ("block", "column"):
+            raise ValueError(f"kind must be 'block' or 'column', got {kind!r}")
+        count = getattr(self, f"{kind}_count")[slot].long()
+        width = max(int(count.max()), 1) if count.numel() else 1
+        return count, padded_lists(getattr(self, f"{kind}_start")[slot], count, getattr(self, f"{kind}_ids"), width)
 
     def has_row_groups(self) -> bool:
         """True when some slot computes only part of its rows (a boundary head's parts). One host read."""
@@ -343,18 +367,6 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
     return _SlotLists(qo, ko, n_rows, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, blocks, rank, c_count, c_ids)
 
 
-def _block_ids(sl: _SlotLists, width: int) -> torch.Tensor:
-    """The slot's listed key blocks (outside the leading run), int64 [nqb, width]."""
-    return block_ids(sl.blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, width)
-
-
-def _pad_ids(ids: torch.Tensor, cap: int, device: torch.device) -> torch.Tensor:
-    out = torch.zeros(ids.shape[0], cap, dtype=torch.int64, device=device)
-    w = min(cap, ids.shape[1])
-    out[:, :w] = ids[:, :w].to(device)
-    return out
-
-
 def index_from_keeps(
     keeps: Sequence[Sequence[SlotKeep]],
     *,
@@ -393,16 +405,19 @@ def index_from_keeps(
     rows = [[sl.rows for sl in req] for req in lists]
     _check_slots(slots, rows, seq_q, num_q_heads, num_kv_heads)
 
-    # every host fact of the batch in ONE read: per (request, slot) the largest block / column count, whether the
-    # key order is the identity
+    # every host fact of the batch in ONE read: per (request, slot) the largest and total block / column count,
+    # whether the key order is the identity
     flat = [sl for req in lists for sl in req]
+    zero = torch.zeros((), dtype=torch.int64, device=dev)
     facts = torch.stack(
         [
             torch.stack(
                 [
-                    sl.b_count.max() if sl.b_count.numel() else sl.b_count.new_zeros(()),
-                    sl.c_count.max() if sl.c_count.numel() else sl.c_count.new_zeros(()),
+                    sl.b_count.max() if sl.b_count.numel() else zero,
+                    sl.c_count.max() if sl.c_count.numel() else zero,
                     (sl.k_order == torch.arange(sl.k_order.numel(), device=dev)).all().to(torch.int64),
+                    sl.b_count.sum(),
+                    sl.c_count.sum(),
                 ]
             )
             for sl in flat
@@ -426,17 +441,28 @@ def index_from_keeps(
         raise IndexCapacityError(
             f"{where(ic, 'c_count')} keeps {nc} key columns, over the column capacity {column_capacity}"
         )
-    cap_b = max(block_capacity if block_capacity is not None else nb, 1)
-    cap_c = max(column_capacity if column_capacity is not None else nc, 1)
 
-    def cat(attr: str, pad: int | None = None) -> torch.Tensor:
-        per_slot = []
-        for s in range(n_slots):
-            parts = [getattr(req[s], attr) for req in lists]
-            if pad is not None:
-                parts = [_pad_ids(p, pad, dev) for p in parts]
-            per_slot.append(torch.cat(parts))
-        return torch.stack(per_slot).to(torch.int32)
+    def cat(attr: str) -> torch.Tensor:  # [S, TQB] or [S, TK...]: slot-major, requests in order
+        return torch.stack([torch.cat([getattr(req[s], attr) for req in lists]) for s in range(n_slots)])
+
+    def starts(counts: torch.Tensor) -> torch.Tensor:  # exclusive prefix sums in (slot, query block) order
+        c = counts.flatten()
+        return (torch.cumsum(c, 0) - c).view_as(counts)
+
+    b_count, c_count = cat("b_count"), cat("c_count")
+    b_start, c_start = starts(b_count), starts(c_count)
+    total_b, total_c = sum(f[3] for f in facts), sum(f[4] for f in facts)
+    b_ids = torch.zeros(max(total_b, 1), dtype=torch.int32, device=dev)
+    c_ids = torch.zeros(max(total_c, 1) + 1, dtype=torch.int32, device=dev)  # last entry: padding goes there
+    qb_at = [0, *accumulate(_cdiv(n, block) for n in seq_q)]
+    for s in range(n_slots):
+        for r, req in enumerate(lists):
+            sl, rows_of = req[s], slice(qb_at[r], qb_at[r + 1])
+            block_ids(sl.blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, b_start[s, rows_of], b_ids)
+            j = torch.arange(sl.c_ids.shape[1], device=dev)
+            valid = j[None, :] < sl.c_count[:, None]
+            at = torch.where(valid, c_start[s, rows_of, None] + j[None, :], c_ids.numel() - 1)
+            c_ids[at] = sl.c_ids.to(torch.int32)
 
     i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=dev)
     cum = lambda xs: i32([0, *accumulate(xs)])
@@ -456,21 +482,23 @@ def index_from_keeps(
         cu_qblocks=cum(nqbs),
         cu_kblocks=cum(nkbs),
         qblock_request=torch.repeat_interleave(torch.arange(len(seq_q), device=dev), i32(nqbs)).to(torch.int32),
-        q_order=cat("q_order"),
-        k_order=cat("k_order"),
+        q_order=cat("q_order").to(torch.int32),
+        k_order=cat("k_order").to(torch.int32),
         q_rows=torch.tensor(rows, dtype=torch.int32, device=dev).T.contiguous(),
-        q_pos_min=cat("q_min"),
-        q_pos_max=cat("q_max"),
-        k_pos_min=cat("k_min"),
-        k_pos_max=cat("k_max"),
-        k_blocks_by_pos=cat("k_by_pos"),
-        block_prefix=cat("prefix"),
-        block_count=cat("b_count"),
-        block_ids=torch.stack([torch.cat([_block_ids(req[s], cap_b) for req in lists]) for s in range(n_slots)]).to(
-            torch.int32
-        ),
-        column_count=cat("c_count"),
-        column_ids=cat("c_ids", cap_c),
+        q_pos_min=cat("q_min").to(torch.int32),
+        q_pos_max=cat("q_max").to(torch.int32),
+        k_pos_min=cat("k_min").to(torch.int32),
+        k_pos_max=cat("k_max").to(torch.int32),
+        k_blocks_by_pos=cat("k_by_pos").to(torch.int32),
+        block_prefix=cat("prefix").to(torch.int32),
+        block_count=b_count.to(torch.int32),
+        block_start=b_start,
+        block_ids=b_ids,
+        column_count=c_count.to(torch.int32),
+        column_start=c_start,
+        column_ids=c_ids[: max(total_c, 1)],
+        block_capacity=max(block_capacity if block_capacity is not None else nb, 1),
+        column_capacity=max(column_capacity if column_capacity is not None else nc, 1),
         keys_identity=all(f[2] == 1 for f in facts),
         one_slot_per_kv_head=sorted(f for f, _ in slots)
         == [j * (num_q_heads // num_kv_heads) for j in range(num_kv_heads)]
@@ -522,20 +550,11 @@ class BlockSparseRows:
     column_indices: torch.Tensor
 
 
-def _rows_from_lists(count: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    count = count.reshape(-1).to(torch.int64)
-    ids = ids.reshape(count.numel(), -1)
-    valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < count[:, None]
-    indptr = torch.zeros(count.numel() + 1, dtype=torch.int64, device=ids.device)
-    indptr[1:] = torch.cumsum(count, 0)
-    return indptr.to(torch.int32), ids[valid].to(torch.int32)
-
-
 def index_to_bsr(index: SparseIndex) -> BlockSparseRows:
     """Expand the index into BSR rows: each row's kept key blocks (leading run and list together), ascending.
 
     Works slot by slot on a bool [TQB, max nkb] matrix (1 bit-byte per tile), so memory stays O(TQB x nkb) bytes."""
-    tqb, dev = index.total_qblocks, index.device
+    dev = index.device
     nkb_max = max(_cdiv(n, index.block) for n in index.seqlens_k)
     tkb = index.k_blocks_by_pos.shape[1]
     req = index.qblock_request.long()
@@ -547,22 +566,24 @@ def index_to_bsr(index: SparseIndex) -> BlockSparseRows:
     j = torch.arange(nkb_max, device=dev)
     gid = torch.clamp(kb0[:, None] + j[None, :], max=max(tkb - 1, 0))  # [TQB, nkb_max] global key block
     in_req = j[None, :] < nkb_r[:, None]
-    c = torch.arange(index.block_capacity, device=dev)
     counts, indices = [], []
     for s in range(index.num_slots):
         rank = torch.empty(tkb, dtype=torch.int32, device=dev)  # position of each key block in the by-pos order
         rank[index.k_blocks_by_pos[s].long() + kreq0] = pos_in_req.to(torch.int32)
         mask = (rank[gid] < index.block_prefix[s, :, None]) & in_req
-        listed = c[None, :] < index.block_count[s, :, None].long()
-        rows = torch.arange(tqb, device=dev)[:, None].expand_as(listed)
-        mask[rows[listed], index.block_ids[s].long()[listed]] = True
+        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], 1)
+        _, ids = index.lists("block", s)
+        mask.scatter_(1, torch.where(ids >= 0, ids, nkb_max), True)  # column nkb_max swallows the padding
+        mask = mask[:, :nkb_max]
         counts.append(mask.sum(1))
         indices.append(mask.nonzero(as_tuple=True)[1])  # row-major: ascending key blocks within a row
     count = torch.cat(counts)
     indptr = torch.zeros(count.numel() + 1, dtype=torch.int64, device=dev)
     indptr[1:] = torch.cumsum(count, 0)
-    cptr, cind = _rows_from_lists(index.column_count, index.column_ids)
-    return BlockSparseRows(indptr.to(torch.int32), torch.cat(indices).to(torch.int32), cptr, cind)
+    # the column lists are CSR already: back to back in (slot, query block) order
+    n_col = int(index.column_count.sum())
+    cptr = torch.cat([index.column_start.flatten(), torch.tensor([n_col], device=dev)]).to(torch.int32)
+    return BlockSparseRows(indptr.to(torch.int32), torch.cat(indices).to(torch.int32), cptr, index.column_ids[:n_col])
 
 
 def index_keep_mask(index: SparseIndex, request: int, slot: int, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -587,13 +608,17 @@ def index_keep_mask(index: SparseIndex, request: int, slot: int, rows: torch.Ten
     rank = torch.empty(nkb, dtype=torch.int64, device=dev)
     rank[index.k_blocks_by_pos[slot, kb0 : kb0 + nkb].long()] = torch.arange(nkb, device=dev)
     blocks = rank[None, :] < index.block_prefix[slot, qb].long()[:, None]  # [R, nkb]: the leading run
-    listed = torch.arange(index.block_ids.shape[-1], device=dev)[None, :] < index.block_count[slot, qb].long()[:, None]
-    ids = torch.where(listed, index.block_ids[slot, qb].long(), nkb)  # column nkb swallows the padding
+
+    def rows_lists(kind: str) -> torch.Tensor:  # int64 [R, width] the rows' lists, -1 padding
+        count = getattr(index, f"{kind}_count")[slot, qb].long()
+        width = max(int(count.max()), 1) if count.numel() else 1
+        return padded_lists(getattr(index, f"{kind}_start")[slot, qb], count, getattr(index, f"{kind}_ids"), width)
+
+    ids = rows_lists("block")
+    ids = torch.where(ids >= 0, ids, nkb)  # column nkb swallows the padding
     blocks = torch.cat([blocks, torch.zeros_like(blocks[:, :1])], 1).scatter_(1, ids, True)[:, :nkb]
-    listed = (
-        torch.arange(index.column_ids.shape[-1], device=dev)[None, :] < index.column_count[slot, qb].long()[:, None]
-    )
-    cids = torch.where(listed, index.column_ids[slot, qb].long(), n_k)
+    cids = rows_lists("column")
+    cids = torch.where(cids >= 0, cids, n_k)
     cols = torch.zeros(r.numel(), n_k + 1, dtype=torch.bool, device=dev).scatter_(1, cids, True)[:, :n_k]
     mask = blocks[:, k_inv // b] | cols[:, k_inv]
     return mask & (torch.arange(n_k, device=dev)[None, :] <= (r + n_k - n_q)[:, None]) & computed[:, None]

@@ -166,8 +166,10 @@ def _sparse_attn_fwd_kernel(
     K_BY_POS,
     B_PREFIX,
     B_COUNT,
+    B_START,
     B_IDS,
     C_COUNT,
+    C_START,
     C_IDS,
     SLOT_QH,
     SLOT_NH,
@@ -186,8 +188,6 @@ def _sparse_attn_fwd_kernel(
     n_req,
     total_qb,
     total_kb,
-    cap_b,
-    cap_c,
     qk_scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -269,16 +269,17 @@ def _sparse_attn_fwd_kernel(
     n_list = tl.load(B_COUNT + row)
     for j in range(0, n_list * SUBS, STEP):
         acc, m_i, l_i = _block_step(
-            acc, m_i, l_i, q, qpos, q_min, B_IDS + row * cap_b, j, n_list, K_POS_MAX, kmeta, K_ORDER, PT,
+            acc, m_i, l_i, q, qpos, q_min, B_IDS + tl.load(B_START + row), j, n_list, K_POS_MAX, kmeta, K_ORDER, PT,
             k_order_base, pt_row, k_tok0, n_k, K, V, kv_off_k, kv_off_v, stride_kt, stride_vt, o_d, m_d, qk_scale,
             BLOCK, BLOCK_N, PAGED, WIDE, KEY_ROWS, UPCAST_DOT, DOT_PREC, ALWAYS_MASK,
         )  # fmt: skip
 
     # 3) single key columns (key-permuted ids), BLOCK_N at a time, always masked
     n_col = tl.load(C_COUNT + row)
+    c_start = tl.load(C_START + row)
     for j in range(0, n_col, BLOCK_N):
         m_key = j + o_n < n_col
-        kperm = tl.load(C_IDS + row * cap_c + j + o_n, mask=m_key, other=0)
+        kperm = tl.load(C_IDS + c_start + j + o_n, mask=m_key, other=0)
         kidx, loc = _key_rows(K_ORDER, PT, k_order_base, pt_row, k_tok0, kperm, m_key, PAGED, WIDE, KEY_ROWS)
         acc, m_i, l_i = _attend_keys(
             acc, m_i, l_i, q, qpos, kidx, loc, m_key, True, K, V, kv_off_k, kv_off_v,
@@ -423,12 +424,13 @@ def sparse_attention_fwd(
         index.q_order, index.k_order, index.q_rows, index.cu_seqlens_q, index.cu_seqlens_k, index.cu_qblocks,
         index.cu_kblocks,
         index.qblock_request, index.q_pos_min, index.k_pos_max, index.k_blocks_by_pos,
-        index.block_prefix, index.block_count, index.block_ids, index.column_count, index.column_ids,
+        index.block_prefix, index.block_count, index.block_start, index.block_ids, index.column_count,
+        index.column_start, index.column_ids,
         index.slot_q_head, index.slot_num_heads, index.slot_kv_head,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         pt.stride(0) if page_table is not None else 0,
         q.shape[0], index.k_order.shape[1], index.num_requests, index.total_qblocks, index.k_pos_max.shape[1],
-        index.block_capacity, index.column_capacity, scale * math.log2(math.e),
+        scale * math.log2(math.e),
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK=block, BLOCK_N=block_n, HEADS_PER_TILE=hpt,
         PAGED=page_table is not None, WIDE=wide, KEY_ROWS=key_rows,
         UPCAST_DOT=interp and q.dtype != torch.float32,  # the interpreter's bf16/fp16 dot is wrong (NOTES.md)
