@@ -34,6 +34,10 @@ def _kept(blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor) -> tor
 def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nkb, CHUNK: tl.constexpr):
     qb = tl.program_id(0).to(tl.int64)
     q_max = tl.load(Q_MAX + qb)
+    if q_max < 0:  # no computed row (past a row-group slot's rows): nothing kept, so the run is empty
+        tl.store(LEAD + qb, tl.zeros([], tl.int64))
+        tl.store(COUNT + qb, tl.zeros([], tl.int64))
+        return
     lead = tl.zeros([], tl.int64) + nkb
     for c0 in range(0, nkb, CHUNK):
         kb = c0 + tl.arange(0, CHUNK)
@@ -56,6 +60,8 @@ def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nkb, CHUNK: tl.c
 def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, START, IDS, nkb, CHUNK: tl.constexpr):
     qb = tl.program_id(0).to(tl.int64)
     q_max = tl.load(Q_MAX + qb)
+    if q_max < 0:  # no computed row: no list
+        return
     lead = tl.load(LEAD + qb)
     base = tl.load(START + qb)
     for c0 in range(0, nkb, CHUNK):
@@ -72,7 +78,8 @@ def lead_and_count(
     blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor, rank: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``blocks`` bool ``[nqb, nkb]``, ``k_min`` int64 ``[nkb]`` (first original position of each key block),
-    ``q_max`` int64 ``[nqb]`` (last position of each query block), ``rank`` int64 ``[nkb]`` (each key block's place
+    ``q_max`` int64 ``[nqb]`` (last position of each query block; -1: no computed row, e.g. past a row-group
+    slot's rows: those rows are skipped), ``rank`` int64 ``[nkb]`` (each key block's place
     in first-position order). Returns int64 ``(lead [nqb], count [nqb])``: the kept leading run's length and the
     number of other kept blocks."""
     nqb, nkb = blocks.shape
