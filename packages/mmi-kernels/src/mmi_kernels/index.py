@@ -363,7 +363,8 @@ def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
         ok &= ko[safe] <= q_max[:, None]  # no causal pair for any row of the block
         c_count, c_ids = _compact(safe, ok, n_k)
     else:
-        c_count, c_ids = torch.zeros(nqb, dtype=torch.int64, device=device), torch.zeros(nqb, 0, dtype=torch.int64)
+        c_count = torch.zeros(nqb, dtype=torch.int64, device=device)
+        c_ids = torch.zeros(nqb, 0, dtype=torch.int64, device=device)
     return _SlotLists(qo, ko, n_rows, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, blocks, rank, c_count, c_ids)
 
 
