@@ -131,6 +131,22 @@ def test_block_sparse_matches_pooled_scores():
             torch.testing.assert_close(p[h, qb], torch.softmax(s, -1))
 
 
+@pytest.mark.parametrize("chunk", [1, 50, 150])
+def test_block_sparse_in_head_chunks_equals_all_heads(chunk, monkeypatch):
+    """Heads are ranked in chunks of about ``_CHUNK_ELEMENTS`` scores (memory at 1M tokens): one head, one and a half
+    heads and every head per chunk give the same ids, GQA groups split across chunks included; bf16 inputs pool in
+    fp32."""
+    import mmi_core.estimation as est
+
+    q, k = _rand(70, 150, 6, 2, seed=4)
+    q, k = q.bfloat16(), k.bfloat16()
+    cfg = BlockSparse(top_k=3, block=16)
+    want = estimate_block_sparse(q, k, cfg)
+    monkeypatch.setattr(est, "_CHUNK_ELEMENTS", chunk)  # 5 x 10 = 50 scores per head
+    assert torch.equal(estimate_block_sparse(q, k, cfg), want)
+    torch.testing.assert_close(est._mean_pool(q, 16), est._mean_pool(q.float(), 16), rtol=0, atol=0)
+
+
 VG = VisualGrid(frames=12, rows=4, cols=6, frame_prefix=1)  # 25 tokens per frame
 LAYOUT = ModalityLayout.from_parts([("text", 13), ("video", VG), ("text", 20)])
 

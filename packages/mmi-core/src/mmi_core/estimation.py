@@ -111,26 +111,32 @@ def block_scores(q: torch.Tensor, k: torch.Tensor, block: int, *, scale: float |
     key block ``kb`` pools keys ``[kb·block, …)``. Key block ``kb`` is causal for ``qb`` when its first key is at or
     before the query block's last position. Memory ``O(Hq · nqb · nkb)``.
     """
-    n_q, hq, d = q.shape
-    n_k, hkv, _ = k.shape
+    return _pooled_scores(_mean_pool(q, block), _mean_pool(k, block), q.shape[0], k.shape[0], block, scale)
+
+
+def _pooled_scores(
+    qp: torch.Tensor, kp: torch.Tensor, n_q: int, n_k: int, block: int, scale: float | None
+) -> torch.Tensor:
+    """`block_scores` from pooled fp32 ``qp [nqb, Hq, D]`` and ``kp [nkb, Hkv, D]``."""
+    nqb, hq, d = qp.shape
+    nkb, hkv, _ = kp.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    nqb, nkb, g = _cdiv(n_q, block), _cdiv(n_k, block), hq // hkv
-    qp = _mean_pool(q.float(), block).reshape(nqb, hkv, g, d)
-    kp = _mean_pool(k.float(), block)
-    s = torch.einsum("qhgd,khd->hgqk", qp, kp).reshape(hq, nqb, nkb) * scale
-    last = torch.clamp((n_k - n_q) + (torch.arange(nqb, device=q.device) + 1) * block - 1, max=n_k - 1)
-    causal = torch.arange(nkb, device=q.device)[None, :] * block <= last[:, None]
+    g = hq // hkv
+    s = torch.einsum("qhgd,khd->hgqk", qp.reshape(nqb, hkv, g, d), kp).reshape(hq, nqb, nkb) * scale
+    last = torch.clamp((n_k - n_q) + (torch.arange(nqb, device=qp.device) + 1) * block - 1, max=n_k - 1)
+    causal = torch.arange(nkb, device=qp.device)[None, :] * block <= last[:, None]
     return torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
 
 
 def _mean_pool(x: torch.Tensor, block: int) -> torch.Tensor:
-    """[n, H, D] -> [ceil(n / block), H, D], the mean of each block's real rows."""
-    n = x.shape[0]
-    nb = _cdiv(n, block)
-    padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, nb * block - n))
-    counts = torch.full((nb,), float(block), device=x.device)
-    counts[-1] = n - (nb - 1) * block
-    return padded.reshape(nb, block, *x.shape[1:]).sum(1) / counts[:, None, None]
+    """[n, H, D] (any float dtype) -> fp32 [ceil(n / block), H, D], the mean of each block's real rows. Sums in fp32
+    without an fp32 copy of ``x`` (at 1M tokens and 28 heads that copy alone is 14 GiB)."""
+    n, h, d = x.shape
+    full = n // block
+    parts = [x[: full * block].reshape(full, block, h, d).sum(1, dtype=torch.float32) / block]
+    if n > full * block:
+        parts.append(x[full * block :].sum(0, keepdim=True, dtype=torch.float32) / (n - full * block))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 # -- ranking --------------------------------------------------------------------------------------------------------
@@ -199,22 +205,35 @@ def estimate_block_sparse(
     with -1 (the input of `block_sparse_selection`), chosen besides the diagonal block(s) and block 0. ``width`` is
     static, ``max(1, min(cap, nkb))`` with ``cap = top_k`` (or ``floor(max_fraction · top_k)`` with a coverage).
     """
-    n_q, n_k, b = q.shape[0], k.shape[0], cfg.block
-    p = block_scores(q, k, b, scale=scale)
-    nqb, nkb = p.shape[1:]
+    n_q, hq, _ = q.shape
+    n_k, hkv, _ = k.shape
+    b, g = cfg.block, hq // hkv
+    qp, kp = _mean_pool(q, b), _mean_pool(k, b)
+    nqb, nkb = qp.shape[0], kp.shape[0]
     kb = torch.arange(nkb, device=q.device)
     first = (n_k - n_q) + torch.arange(nqb, device=q.device) * b
     last = torch.clamp(first + b - 1, max=n_k - 1)
     valid = kb[None, :] * b <= last[:, None]
     forced = ((kb[None, :] >= (first // b)[:, None]) & (kb[None, :] <= (last // b)[:, None])) | (kb == 0)[None, :]
-    keep = stable_top(p, cfg.top_k, valid=valid.expand_as(p), forced=forced.expand_as(p), coverage=cfg.coverage)
     # static width (no host sync): the most entries stable_top can keep per row
     cap = cfg.top_k if cfg.coverage is None else math.floor(cfg.coverage.max_fraction * cfg.top_k)
     width = max(min(cap, nkb), 1)
-    # kept ids first, in ascending order; -1 padding after
-    ids = torch.where(keep, kb, nkb + kb)
-    ids = torch.sort(ids, dim=-1).values[..., :width]
-    return torch.where(ids < nkb, ids, torch.full_like(ids, -1))
+    out = []
+    # heads in chunks of about _CHUNK_ELEMENTS scores: the ranking sorts whole rows (values + int64 order: ~20
+    # bytes per score), which for 28 heads at 1M tokens / block 128 asked for 28 GiB at once (CUDA OOM on the H200)
+    step = max(1, _CHUNK_ELEMENTS // max(nqb * nkb, 1))
+    for h0 in range(0, hq, step):
+        heads = torch.arange(h0, min(h0 + step, hq), device=q.device)
+        p = _pooled_scores(qp[:, heads], kp[:, heads // g], n_q, n_k, b, scale)
+        keep = stable_top(p, cfg.top_k, valid=valid.expand_as(p), forced=forced.expand_as(p), coverage=cfg.coverage)
+        # kept ids first, in ascending order; -1 padding after (topk of the smallest: no full-row sort)
+        ids = torch.where(keep, kb, nkb + kb)
+        ids = torch.topk(ids, width, dim=-1, largest=False, sorted=True).values
+        out.append(torch.where(ids < nkb, ids, torch.full_like(ids, -1)))
+    return torch.cat(out)
+
+
+_CHUNK_ELEMENTS = 2**27
 
 
 def grid_stride_candidates(layout: ModalityLayout, cfg: Grid) -> list[int]:
