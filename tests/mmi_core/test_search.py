@@ -150,9 +150,11 @@ def test_paper_space_lists_the_paper_candidates():
 def test_bad_spaces_and_arguments_raise_clearly(workload):
     with pytest.raises(ValueError, match="empty search space"):
         SearchSpace(candidates=())
-    SearchSpace(candidates=(Dense(),), boundaries=("none", "q"))
-    with pytest.raises(ValueError, match="'2d' is not searched yet"):
-        SearchSpace(candidates=(Dense(),), boundaries=("none", "2d"))
+    SearchSpace(candidates=(Dense(),), boundaries=("none", "q", "2d"))
+    with pytest.raises(ValueError, match="at least one boundary kind"):
+        SearchSpace(candidates=(Dense(),), boundaries=())
+    with pytest.raises(ValueError, match="pair_candidates"):
+        SearchSpace(candidates=(Dense(),), pair_candidates=0)
     with pytest.raises(ValueError, match="mix block sizes"):
         SearchSpace(candidates=(AShape(block=32), AShape(block=64)))
     w = workload
@@ -197,3 +199,25 @@ def test_boundary_q_stage(workload):
         assert (b.spec.boundary == "q") == b.label.startswith("q[")
         if b.spec.boundary == "q":
             assert b.spec.by_modality
+
+
+@pytest.mark.slow
+def test_boundary_2d_stage(workload):
+    """The per-pair stage after the 'q' stage: a 2D head is kept only where it lowers the head's output error, its
+    label names the pairs that differ from the head's pattern so far, and every pair it sets is a candidate."""
+    w = workload
+    cands = _space().candidates[:4]
+    kw = {"latency": _Fake(), "num_rows": 32, "target_fraction": 0.5, "band": 0.9}
+    q_only = search_layer(
+        w.q, w.k, w.v, w.layout, SearchSpace(candidates=cands, boundaries=("none", "q"), gqa=("head",)), **kw
+    )
+    space = SearchSpace(candidates=cands, boundaries=("none", "q", "2d"), gqa=("head",), pair_candidates=2)
+    r = search_layer(w.q, w.k, w.v, w.layout, space, **kw)
+    assert any(b.spec.boundary == "2d" for b in r.heads), "the planted mixed workload should gain from some pair"
+    for a, b in zip(q_only.heads, r.heads, strict=True):
+        assert b.output_error <= a.output_error + 1e-6
+        assert (b.spec.boundary == "2d") == b.label.startswith("2d[")
+        if b.spec.boundary == "2d":
+            assert b.output_error < a.output_error
+            assert set(b.spec.by_pair.values()) <= set(cands)
+            assert all("->" in k for k in b.spec.by_pair)

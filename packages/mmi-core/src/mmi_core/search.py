@@ -18,8 +18,13 @@ Per layer (`search_layer`):
 3. **Per modality, per pair, boundary.** The per-query-modality errors of every candidate are recorded and the best
    in-pool candidate per query modality is reported. With ``"q"`` in ``space.boundaries`` each head whose modalities
    prefer different candidates is re-run as ``HeadSpec(boundary="q", by_modality=...)`` and keeps it where the
-   output error drops within the latency budget. ``"2d"`` (the per-pair stage) is not searched yet. ``"none"`` and
-   ``"k"`` execute identically; a head that keeps one pattern gets ``boundaries[0]``.
+   output error drops within the latency budget. With ``"2d"`` the per-pair stage follows: every head as a 2D head
+   whose pairs all keep its pattern so far (one evaluation: the base), then per ordered pair ``m->n`` of different
+   modalities and per candidate among the ``pair_candidates`` best of the pool on ``m``'s rows (mean over heads),
+   one evaluation with that candidate on the pair for every head (a pair changes only ``m``'s rows, so the error on
+   them ranks it); each head takes, per pair, the candidate that lowers its error on ``m``'s rows most, and keeps the
+   combination where its output error drops within the latency budget (one last evaluation). ``"none"`` and ``"k"``
+   execute identically; a head that keeps one pattern gets ``boundaries[0]``.
 4. **GQA.** With ``"group"`` in ``space.gqa`` the chosen patterns are re-run with each KV head's group executing
    together (union of selections, pooled Grid stride/phase). A group executes together when its mean output error
    grows by at most ``gqa_error_tolerance`` and its total latency by at most ``band``. Groups mixing Grid with
@@ -181,8 +186,9 @@ class SearchSpace(BaseModel):
 
     model_config = _FROZEN
     candidates: tuple[PatternConfig, ...]
-    boundaries: tuple[Literal["none", "k", "q"], ...] = ("none",)
+    boundaries: tuple[Literal["none", "k", "q", "2d"], ...] = ("none",)
     gqa: tuple[Literal["head", "group"], ...] = ("head", "group")
+    pair_candidates: int = Field(default=3, ge=1)
 
     @field_validator("candidates")
     @classmethod
@@ -198,8 +204,6 @@ class SearchSpace(BaseModel):
     @classmethod
     def _boundaries(cls, v: Any) -> Any:
         kinds = tuple(v) if v is not None else ()
-        if "2d" in kinds:
-            raise ValueError("boundary kind '2d' is not searched yet (the per-pair stage is not implemented)")
         if not kinds:
             raise ValueError("empty search space: give at least one boundary kind ('none')")
         return kinds
@@ -215,10 +219,7 @@ class SearchSpace(BaseModel):
         return {
             "candidates": [pattern_label(p) for p in self.candidates],
             "boundaries": list(self.boundaries),
-            "boundaries_not_searched": {
-                "q": "searched" if "q" in self.boundaries else "not requested",
-                "2d": "per-pair stage not implemented",
-            },
+            "pair_candidates": self.pair_candidates,
             "gqa": list(self.gqa),
         }
 
@@ -383,6 +384,9 @@ def search_layer(
     if not results:
         raise ValueError(f"no candidate of the search space runs on this layout: {skipped}")
 
+    def budget(h: int) -> float:  # a head's latency budget: the band's upper edge
+        return (1 + band) * target_fraction * dense_ms[h]
+
     specs: list[HeadSpec] = []
     choices: list[dict[str, Any]] = []
     best_idx: list[dict[str, int]] = []  # per head: the best candidate per query modality (within the head's pool)
@@ -434,10 +438,7 @@ def search_layer(
             )
             q_err, q_rec, q_lat, q_mod = evaluate(hc_q)
             for h in changed:
-                if (
-                    float(q_err[h]) < choices[h]["output_error"]
-                    and q_lat[h] <= (1 + band) * target_fraction * dense_ms[h]
-                ):
+                if float(q_err[h]) < choices[h]["output_error"] and q_lat[h] <= budget(h):
                     specs[h] = q_specs[h]
                     parts = ",".join(f"{m}:{pattern_label(p)}" for m, p in q_specs[h].by_modality.items())
                     choices[h].update(
@@ -447,6 +448,9 @@ def search_layer(
                         latency_ms=q_lat[h],
                         error_by_modality={m: float(e[h]) for m, e in q_mod.items()},
                     )
+
+    if "2d" in space.boundaries and len(by_mod) > 1:
+        _pair_stage(specs, choices, cands, results, by_mod, layout, space, evaluate, hq, hkv, budget)
 
     gqa: list[Literal["head", "group"]] = ["head"] * hkv
     if "group" in space.gqa and hq > hkv:
@@ -498,6 +502,87 @@ def search_layer(
         table=table,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _as_2d(spec: HeadSpec, mods: Sequence[Modality]) -> HeadSpec:
+    """``spec`` as a 2D-boundary head executing the same patterns: every pair ``m->n`` gets ``spec.for_query(m)``."""
+    pairs = {
+        f"{m.name.lower()}->{n.name.lower()}": spec.for_query(m)
+        for m in mods
+        for n in mods
+        if spec.for_query(m) != spec.pattern
+    }
+    return HeadSpec(boundary="2d", pattern=spec.pattern, by_pair=pairs)
+
+
+def _pair_stage(
+    specs: list[HeadSpec],
+    choices: list[dict[str, Any]],
+    cands: list[PatternConfig],
+    results: dict[int, tuple[torch.Tensor, torch.Tensor, list[float], dict[str, torch.Tensor]]],
+    by_mod: dict[str, torch.Tensor],
+    layout: ModalityLayout,
+    space: SearchSpace,
+    evaluate: Callable[[HeadConfigs], tuple[torch.Tensor, torch.Tensor, list[float], Any]],
+    hq: int,
+    hkv: int,
+    budget: Callable[[int], float],
+) -> None:
+    """The 2D stage of `search_layer` (module docstring, step 3); updates ``specs`` and ``choices`` in place."""
+    mods = layout.modalities()
+
+    def layer(heads: list[HeadSpec]) -> HeadConfigs:
+        return HeadConfigs(
+            num_layers=1, num_q_heads=hq, num_kv_heads=hkv, layers=[LayerConfig(heads=heads, gqa=["head"] * hkv)]
+        )
+
+    base = [_as_2d(sp, mods) for sp in specs]
+    _, _, _, base_mod = evaluate(layer(base))
+    chosen: list[dict[str, PatternConfig]] = [dict(sp.by_pair) for sp in base]
+    improved = [False] * hq
+    for m_name, m_rows in by_mod.items():
+        if not m_rows.numel() or m_name not in base_mod:
+            continue
+        # the candidates best on m's rows, mean over heads (each result's per-modality errors)
+        ranked = sorted(results, key=lambda i: (float(results[i][3][m_name].mean()), i))[: space.pair_candidates]
+        for n in mods:
+            pair = f"{m_name}->{n.name.lower()}"
+            if n.name.lower() == m_name:
+                continue
+            best_err = [float(base_mod[m_name][h]) for h in range(hq)]
+            for i in ranked:
+                trial = [
+                    HeadSpec(boundary="2d", pattern=sp.pattern, by_pair={**sp.by_pair, pair: cands[i]}) for sp in base
+                ]
+                try:
+                    _, _, _, t_mod = evaluate(layer(trial))
+                except ValueError:  # a candidate that cannot run on this pair's sub-problem
+                    continue
+                for h in range(hq):
+                    if float(t_mod[m_name][h]) < best_err[h]:
+                        best_err[h] = float(t_mod[m_name][h])
+                        chosen[h][pair] = cands[i]
+                        improved[h] = True
+    if not any(improved):
+        return
+    final = [
+        HeadSpec(boundary="2d", pattern=sp.pattern, by_pair=chosen[h]) if improved[h] else specs[h]
+        for h, sp in enumerate(base)
+    ]
+    f_err, f_rec, f_lat, f_mod = evaluate(layer(final))
+    for h in range(hq):
+        if improved[h] and float(f_err[h]) < choices[h]["output_error"] and f_lat[h] <= budget(h):
+            specs[h] = final[h]
+            pairs = ",".join(
+                f"{k}:{pattern_label(p)}" for k, p in final[h].by_pair.items() if p != base[h].by_pair.get(k)
+            )
+            choices[h].update(
+                label=f"2d[{choices[h]['label']};{pairs}]",
+                output_error=float(f_err[h]),
+                recall=float(f_rec[h]),
+                latency_ms=f_lat[h],
+                error_by_modality={m: float(e[h]) for m, e in f_mod.items()},
+            )
 
 
 def assemble_head_configs(

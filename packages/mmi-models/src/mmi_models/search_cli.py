@@ -298,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--boundaries",
         default="none",
-        help="comma-separated boundary kinds to search: none, k, q ('q' only once mmi_core.layer executes it)",
+        help="comma-separated boundary kinds to search: none, k, q, 2d (the per-pair stage)",
     )
     p.add_argument("--no-group", action="store_true", help="do not consider GQA group execution")
     p.add_argument("--candidates", help="JSON file with a list of pattern configs (replaces the paper space)")
