@@ -32,7 +32,9 @@ Sub columns become columns of every final block whose incident m rows reach them
 fall inside the sub's kept blocks are not removed first: their pairs are block pairs, so the final tile holding them
 is kept and the index drops such columns anyway. The head's own diagonal is added as in the reference.
 
-Host reads per part: the two slot widths per sub-problem (one ``.max()`` each), the number of partly reached blocks
+Each part is rounded over its own final query blocks only (its rows lead its query order; the other blocks are
+empty), so a layer's parts cost about one pass over the query blocks per head, not three. Host reads per part: the
+part's row count is a layout fact (none); the two slot widths per sub-problem (one ``.max()`` each), the number of partly reached blocks
 when the split runs (one ``nonzero``), one ``torch.equal`` on a sub's column lists (``torch.unique`` when they
 differ between query blocks; vertical-slash lists never do), plus what `estimate_layer_keeps` itself reads (Grid
 stride/phase, vertical-slash list lengths). None per token.
@@ -196,29 +198,30 @@ def _pad_view(x: torch.Tensor, block: int, value: int) -> torch.Tensor:
 
 def _round_group(
     sub: SlotKeep,
-    rows_ok: torch.Tensor,
+    mine: torch.Tensor,
+    n_q: int,
     key_mask: torch.Tensor,
-    qo: torch.Tensor,
     ko: torch.Tensor,
     kinv: torch.Tensor,
     prefix: int,
     block: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One group's pairs rounded onto the final orders: (bool [nqb, nkb] tiles, int64 [nqb, C] final key-permuted
-    column ids with -1 padding, or None).
+    """One group's pairs rounded onto the final orders, over the part's own query blocks only (its rows lead its
+    query order; the blocks after them hold none): (bool [ceil(rows / block), nkb] tiles, int64 [same, C] final
+    key-permuted column ids with -1 padding, or None).
 
-    ``rows_ok`` bool [n_q]: the group's rows (modality m, inside the sub chunk); ``key_mask`` bool [n_k]: its keys;
-    ``qo`` / ``ko``: the final orders, ``kinv`` the inverse of ``ko``."""
-    dev, b = qo.device, block
-    n_q, n_k = qo.numel(), ko.numel()
+    ``mine`` int64 [rows]: the part's rows (query indices of modality m, all inside the sub chunk) in the final
+    query order; ``key_mask`` bool [n_k]: the group's keys; ``ko``: the final key order, ``kinv`` its inverse."""
+    dev, b = ko.device, block
+    n_k = ko.numel()
     n_q_sub, end = sub.q_order.numel(), sub.k_order.numel()
     nqb_s, nkb_s = _cdiv(n_q_sub, b), _cdiv(end, b)
     qs_inv = _inverse(sub.q_order.to(dev, torch.int64))
     ks_inv = _inverse(sub.k_order.to(dev, torch.int64))
 
     # (sub query block, final query block) incidences: max original position of the group's rows in both
-    r = _pad_view(qo, b, n_q)  # [nqb, b] query index at each final row
-    ok = (r < n_q) & rows_ok[r.clamp(max=n_q - 1)]
+    r = _pad_view(mine, b, n_q)  # [nqb_m, b] query index at each final row of the part
+    ok = r < n_q
     r_sub = r.clamp(max=n_q_sub - 1)
     q_ids = torch.where(ok, qs_inv[r_sub] // b, nqb_s)
     pos32 = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
@@ -312,6 +315,7 @@ def boundary_keeps(
     qmod = kmod[prefix:]
     mods = layout.modalities()
     last = modality_last_rows(layout, n_q)
+    rows_of = {m: sum(max(0, s.end - max(s.start, prefix)) for s in layout.segments_of(m)) for m in last}
 
     # sub-problems, batched: one estimate per (query modality, pattern) over every head that needs it
     subs: dict[tuple[int, Modality, PatternConfig], SlotKeep] = {}
@@ -325,7 +329,7 @@ def boundary_keeps(
                 subs[(h, m, cfg)] = kp
 
     out: dict[int, list[SlotKeep]] = {}
-    q_idx, k_idx = torch.arange(n_q, device=dev), torch.arange(n_k, device=dev)
+    k_idx = torch.arange(n_k, device=dev)
     for h, spec in specs.items():
         parts: list[SlotKeep] = []
         for m in Modality:
@@ -336,10 +340,13 @@ def boundary_keeps(
             of_key = _pairs_of(spec, m, mods)
             own = subs[(h, m, of_key[m])]
             row_ok = qmod == int(m)  # every m row lies before `end`
-            # m's rows in its own pattern's row order first, then the rest; every key in its own pair's key order
+            # m's rows in its own pattern's row order first, then the rest (ascending); every key in its own pair's
+            # key order. Stable sorts on "not m" pick them without a host read (the count is a layout fact).
+            n_m = rows_of[m]
             sub_rows = own.q_order.to(dev, torch.int64)
-            mine = sub_rows[row_ok[sub_rows]]  # host sync: the part's row count
-            qo = torch.cat([mine, q_idx[~row_ok]])
+            mine = sub_rows[torch.sort((~row_ok[sub_rows]).to(torch.int8), stable=True).indices[:n_m]]
+            rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]
+            qo = torch.cat([mine, rest])
             rank = torch.empty(n_k, dtype=torch.int64, device=dev)
             for n, cfg in of_key.items():
                 ext = torch.cat([subs[(h, m, cfg)].k_order.to(dev, torch.int64), k_idx[end:]])
@@ -347,21 +354,24 @@ def boundary_keeps(
                 rank[sel_n] = _inverse(ext)[sel_n]
             ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
             kinv = _inverse(ko)
-            nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
-            blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)
+            nqb, nkb, nqb_m = _cdiv(n_q, block), _cdiv(n_k, block), _cdiv(n_m, block)
+            blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)  # blocks past the part's rows stay empty
             columns: list[torch.Tensor] = []
             for cfg in dict.fromkeys(of_key.values()):
                 key_mask = torch.zeros(n_k, dtype=torch.bool, device=dev)
                 for n, c in of_key.items():
                     if c == cfg:
                         key_mask |= kmod == int(n)
-                tiles, cols = _round_group(subs[(h, m, cfg)], row_ok, key_mask, qo, ko, kinv, prefix, block)
-                blocks |= tiles
+                tiles, cols = _round_group(subs[(h, m, cfg)], mine, n_q, key_mask, ko, kinv, prefix, block)
+                blocks[:nqb_m] |= tiles
                 if cols is not None:
                     columns.append(cols)
-            own_rows = torch.arange(mine.numel(), device=dev)
+            own_rows = torch.arange(n_m, device=dev)
             blocks[own_rows // block, kinv[mine + prefix] // block] = True  # every row keeps its own position
-            cid = torch.cat(columns, dim=1) if columns else None
-            parts.append(SlotKeep(qo, ko, blocks, cid, mine.numel()))
+            cid = None
+            if columns:
+                cid = torch.full((nqb, sum(c.shape[1] for c in columns)), -1, dtype=torch.int64, device=dev)
+                cid[:nqb_m] = torch.cat(columns, dim=1)
+            parts.append(SlotKeep(qo, ko, blocks, cid, n_m))
         out[h] = parts
     return out
