@@ -33,18 +33,24 @@ fall inside the sub's kept blocks are not removed first: their pairs are block p
 is kept and the index drops such columns anyway. The head's own diagonal is added as in the reference.
 
 Each part is rounded over its own final query blocks only (its rows lead its query order; the other blocks are
-empty), so a layer's parts cost about one pass over the query blocks per head, not three. Host reads per part: the
-part's row count is a layout fact (none); the two slot widths per sub-problem (one ``.max()`` each), the number of partly reached blocks
-when the split runs (one ``nonzero``), one ``torch.equal`` on a sub's column lists (``torch.unique`` when they
-differ between query blocks; vertical-slash lists never do), plus what `estimate_layer_keeps` itself reads (Grid
-stride/phase, vertical-slash list lengths). None per token.
+empty), so a layer's parts cost about one pass over the query blocks per head, not three. When no sub of a part is a
+Grid (identity orders), the part's orders and incidences are the same for every head and are computed once per
+layer (`_Incidences`); only the sub blocks and columns differ per head.
+
+Host reads per part: none for its row count (a layout fact); the two slot widths per incidence table (one ``.max()``
+each, once per layer when shared), the number of partly reached blocks when the split runs (one ``nonzero``), one
+``torch.equal`` on a sub's column lists (``torch.unique`` when they differ between query blocks; vertical-slash
+lists never do), plus what `estimate_layer_keeps` itself reads (Grid stride/phase, vertical-slash list lengths).
+None per token.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from mmi_core import Dense, HeadConfigs, HeadSpec, Modality, PatternConfig
+from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig
 from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import LayoutTensors, dense_keep
@@ -196,22 +202,25 @@ def _pad_view(x: torch.Tensor, block: int, value: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, nb * block - x.numel()), value=value).view(nb, block)
 
 
-def _round_group(
-    sub: SlotKeep,
-    mine: torch.Tensor,
-    n_q: int,
-    key_mask: torch.Tensor,
-    ko: torch.Tensor,
-    kinv: torch.Tensor,
-    prefix: int,
-    block: int,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One group's pairs rounded onto the final orders, over the part's own query blocks only (its rows lead its
-    query order; the blocks after them hold none): (bool [ceil(rows / block), nkb] tiles, int64 [same, C] final
-    key-permuted column ids with -1 padding, or None).
+@dataclass(frozen=True)
+class _Incidences:
+    """(sub block, final block) incidences of one group of a part (`_slots` outputs): query side ``[nqb_m, Wq]``,
+    key side ``[nkb, Wk]``, and the sub's block counts. They depend on the orders, the part's rows and the group's
+    keys only, so heads whose sub-problems have identity orders (every pattern but Grid) share them."""
 
-    ``mine`` int64 [rows]: the part's rows (query indices of modality m, all inside the sub chunk) in the final
-    query order; ``key_mask`` bool [n_k]: the group's keys; ``ko``: the final key order, ``kinv`` its inverse."""
+    q_slot: torch.Tensor
+    q_pmax: torch.Tensor
+    k_slot: torch.Tensor
+    k_min: torch.Tensor
+    nqb_s: int
+    nkb_s: int
+
+
+def _incidences(
+    sub: SlotKeep, mine: torch.Tensor, n_q: int, key_mask: torch.Tensor, ko: torch.Tensor, prefix: int, block: int
+) -> _Incidences:
+    """``mine`` int64 [rows]: the part's rows (query indices of modality m, all inside the sub chunk) in the final
+    query order; ``key_mask`` bool [n_k]: the group's keys; ``ko``: the final key order."""
     dev, b = ko.device, block
     n_k = ko.numel()
     n_q_sub, end = sub.q_order.numel(), sub.k_order.numel()
@@ -233,7 +242,19 @@ def _round_group(
     k_ids = torch.where(ok, ks_inv[c.clamp(max=end - 1)] // b, nkb_s)
     big = torch.iinfo(pos32).max
     k_slot, k_min = _slots(k_ids, torch.where(ok, c, big).to(pos32), nkb_s, largest=False)
+    return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
 
+
+def _round_group(
+    sub: SlotKeep, inc: _Incidences, key_mask: torch.Tensor, kinv: torch.Tensor, block: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One group's pairs rounded onto the final orders, over the part's own query blocks only (its rows lead its
+    query order; the blocks after them hold none): (bool [ceil(rows / block), nkb] tiles, int64 [same, C] final
+    key-permuted column ids with -1 padding, or None). ``kinv``: the inverse of the final key order."""
+    dev, b = kinv.device, block
+    q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s = (
+        inc.q_slot, inc.q_pmax, inc.k_slot, inc.k_min, inc.nqb_s, inc.nkb_s
+    )  # fmt: skip
     s_ext = torch.zeros(nqb_s + 1, nkb_s + 1, dtype=torch.bool, device=dev)  # row / column nqb_s, nkb_s: padding
     s_ext[:nqb_s, :nkb_s] = sub.blocks.to(dev)
     if q_slot.shape[1] <= k_slot.shape[1]:
@@ -329,6 +350,7 @@ def boundary_keeps(
                 subs[(h, m, cfg)] = kp
 
     out: dict[int, list[SlotKeep]] = {}
+    memo: dict[tuple, object] = {}  # per layer: key masks per key-modality group; orders and incidences when shared
     k_idx = torch.arange(n_k, device=dev)
     for h, spec in specs.items():
         parts: list[SlotKeep] = []
@@ -343,26 +365,41 @@ def boundary_keeps(
             # m's rows in its own pattern's row order first, then the rest (ascending); every key in its own pair's
             # key order. Stable sorts on "not m" pick them without a host read (the count is a layout fact).
             n_m = rows_of[m]
-            sub_rows = own.q_order.to(dev, torch.int64)
-            mine = sub_rows[torch.sort((~row_ok[sub_rows]).to(torch.int8), stable=True).indices[:n_m]]
-            rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]
-            qo = torch.cat([mine, rest])
-            rank = torch.empty(n_k, dtype=torch.int64, device=dev)
-            for n, cfg in of_key.items():
-                ext = torch.cat([subs[(h, m, cfg)].k_order.to(dev, torch.int64), k_idx[end:]])
-                sel_n = kmod == int(n)
-                rank[sel_n] = _inverse(ext)[sel_n]
-            ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
-            kinv = _inverse(ko)
+            # every sub of the part keeps identity orders (no Grid): orders and incidences are the same for every
+            # head, computed once per layer (a Grid sub's orders come from its head's stride/phase estimate)
+            shared = not any(isinstance(c, Grid) for c in of_key.values())
+            if shared and ("orders", m) in memo:
+                mine, qo, ko, kinv = memo[("orders", m)]
+            else:
+                sub_rows = own.q_order.to(dev, torch.int64)
+                mine = sub_rows[torch.sort((~row_ok[sub_rows]).to(torch.int8), stable=True).indices[:n_m]]
+                rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]
+                qo = torch.cat([mine, rest])
+                rank = torch.empty(n_k, dtype=torch.int64, device=dev)
+                for n, cfg in of_key.items():
+                    ext = torch.cat([subs[(h, m, cfg)].k_order.to(dev, torch.int64), k_idx[end:]])
+                    sel_n = kmod == int(n)
+                    rank[sel_n] = _inverse(ext)[sel_n]
+                ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
+                kinv = _inverse(ko)
+                if shared:
+                    memo[("orders", m)] = (mine, qo, ko, kinv)
             nqb, nkb, nqb_m = _cdiv(n_q, block), _cdiv(n_k, block), _cdiv(n_m, block)
             blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)  # blocks past the part's rows stay empty
             columns: list[torch.Tensor] = []
             for cfg in dict.fromkeys(of_key.values()):
-                key_mask = torch.zeros(n_k, dtype=torch.bool, device=dev)
-                for n, c in of_key.items():
-                    if c == cfg:
-                        key_mask |= kmod == int(n)
-                tiles, cols = _round_group(subs[(h, m, cfg)], mine, n_q, key_mask, ko, kinv, prefix, block)
+                group = frozenset(int(n) for n, c in of_key.items() if c == cfg)
+                if ("keys", group) not in memo:
+                    memo[("keys", group)] = torch.isin(kmod, torch.tensor(sorted(group), device=dev))
+                key_mask = memo[("keys", group)]
+                sub = subs[(h, m, cfg)]
+                if shared and ("inc", m, group) in memo:
+                    inc = memo[("inc", m, group)]
+                else:
+                    inc = _incidences(sub, mine, n_q, key_mask, ko, prefix, block)
+                    if shared:
+                        memo[("inc", m, group)] = inc
+                tiles, cols = _round_group(sub, inc, key_mask, kinv, block)
                 blocks[:nqb_m] |= tiles
                 if cols is not None:
                     columns.append(cols)
