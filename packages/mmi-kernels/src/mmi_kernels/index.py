@@ -15,8 +15,8 @@ requests, every block ``block`` tokens of the slot's *permuted* order):
   costs one integer, not a list as long as the sequence. See docs/kernels/NOTES.md.
 - the lists are **ragged** (CSR, as flashinfer's BSR): stored back to back in (slot, query block) order, so
   ``block_start`` is the exclusive prefix sum of ``block_count`` and the index holds exactly its kept entries. A
-  fixed width per list (the first design) multiplied the widest list of any slot by every (slot, query block): a
-  28 GiB request (CUDA OOM) for one layer of 2D-boundary heads at 1M tokens.
+  fixed width per list (the first design) multiplied the widest list of any slot by every (slot, query block):
+  11.4 GB for one layer of Q-boundary heads at 1M tokens, 0.89 GB ragged (H200, docs/kernels/NOTES.md).
 - per (slot, request): ``q_order`` / ``k_order`` (int32, request-local): the token at permuted row ``p`` is
   ``order[p]``; queries of a request are the last ``n_q`` of its ``n_k`` keys (original position = prefix + index).
 - per (slot, request): ``q_rows``, how many leading rows of the slot's query order it computes: all ``n_q``, or
