@@ -39,8 +39,8 @@ layer (`_Incidences`); only the sub blocks and columns differ per head.
 
 Host reads per part: none for its row count (a layout fact); the two slot widths per incidence table (one ``.max()``
 each, once per layer when shared), the number of partly reached blocks when the split runs (one ``nonzero``), one
-``torch.equal`` on a sub's column lists (``torch.unique`` when they differ between query blocks; vertical-slash
-lists never do), plus what `estimate_layer_keeps` itself reads (Grid stride/phase, vertical-slash list lengths).
+``torch.equal`` on a sub's column lists unless they are an expanded view (vertical-slash lists are: no read), and
+``torch.unique`` when they differ between query blocks, plus what `estimate_layer_keeps` itself reads (Grid stride/phase, vertical-slash list lengths).
 None per token.
 """
 
@@ -265,7 +265,8 @@ def _round_group(
     if sub.column_ids is None or sub.column_ids.numel() == 0:
         return tiles, None
     cid = sub.column_ids.to(dev, torch.int64)
-    if torch.equal(cid, cid[:1].expand_as(cid)):  # one list for every query block (vertical-slash): no union needed
+    # one list for every query block (vertical-slash: an expanded view, known without a host read): no union needed
+    if cid.stride(0) == 0 or torch.equal(cid, cid[:1].expand_as(cid)):
         universe, member = cid[0], None
     else:
         universe = torch.unique(cid[cid >= 0])  # host sync: output size
