@@ -40,8 +40,8 @@ layer (`_Incidences`); only the sub blocks and columns differ per head.
 Host reads per part: none for its row count (a layout fact); the two slot widths per incidence table (one ``.max()``
 each, once per layer when shared), the number of partly reached blocks when the split runs (one ``nonzero``), one
 ``torch.equal`` on a sub's column lists unless they are an expanded view (vertical-slash lists are: no read), and
-``torch.unique`` when they differ between query blocks, plus what `estimate_layer_keeps` itself reads (Grid stride/phase, vertical-slash list lengths).
-None per token.
+``torch.unique`` when they differ between query blocks, plus what `estimate_layer_keeps` itself reads (Grid
+stride/phase, vertical-slash list lengths). None per token.
 """
 
 from __future__ import annotations
@@ -351,7 +351,10 @@ def boundary_keeps(
                 subs[(h, m, cfg)] = kp
 
     out: dict[int, list[SlotKeep]] = {}
-    memo: dict[tuple, object] = {}  # per layer: key masks per key-modality group; orders and incidences when shared
+    # per layer: key masks per key-modality group; orders and incidences of parts without a Grid sub (shared)
+    shared_orders: dict[Modality, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    shared_incidences: dict[tuple[Modality, frozenset[int]], _Incidences] = {}
+    key_masks: dict[frozenset[int], torch.Tensor] = {}
     k_idx = torch.arange(n_k, device=dev)
     for h, spec in specs.items():
         parts: list[SlotKeep] = []
@@ -369,8 +372,8 @@ def boundary_keeps(
             # every sub of the part keeps identity orders (no Grid): orders and incidences are the same for every
             # head, computed once per layer (a Grid sub's orders come from its head's stride/phase estimate)
             shared = not any(isinstance(c, Grid) for c in of_key.values())
-            if shared and ("orders", m) in memo:
-                mine, qo, ko, kinv = memo[("orders", m)]
+            if shared and m in shared_orders:
+                mine, qo, ko, kinv = shared_orders[m]
             else:
                 sub_rows = own.q_order.to(dev, torch.int64)
                 mine = sub_rows[torch.sort((~row_ok[sub_rows]).to(torch.int8), stable=True).indices[:n_m]]
@@ -384,22 +387,22 @@ def boundary_keeps(
                 ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
                 kinv = _inverse(ko)
                 if shared:
-                    memo[("orders", m)] = (mine, qo, ko, kinv)
+                    shared_orders[m] = (mine, qo, ko, kinv)
             nqb, nkb, nqb_m = _cdiv(n_q, block), _cdiv(n_k, block), _cdiv(n_m, block)
             blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)  # blocks past the part's rows stay empty
             columns: list[torch.Tensor] = []
             for cfg in dict.fromkeys(of_key.values()):
                 group = frozenset(int(n) for n, c in of_key.items() if c == cfg)
-                if ("keys", group) not in memo:
-                    memo[("keys", group)] = torch.isin(kmod, torch.tensor(sorted(group), device=dev))
-                key_mask = memo[("keys", group)]
+                if group not in key_masks:
+                    key_masks[group] = torch.isin(kmod, torch.tensor(sorted(group), device=dev))
+                key_mask = key_masks[group]
                 sub = subs[(h, m, cfg)]
-                if shared and ("inc", m, group) in memo:
-                    inc = memo[("inc", m, group)]
+                if shared and (m, group) in shared_incidences:
+                    inc = shared_incidences[(m, group)]
                 else:
                     inc = _incidences(sub, mine, n_q, key_mask, ko, prefix, block)
                     if shared:
-                        memo[("inc", m, group)] = inc
+                        shared_incidences[(m, group)] = inc
                 tiles, cols = _round_group(sub, inc, key_mask, kinv, block)
                 blocks[:nqb_m] |= tiles
                 if cols is not None:

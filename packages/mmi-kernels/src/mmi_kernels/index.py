@@ -443,14 +443,14 @@ def index_from_keeps(
             f"{where(ic, 'c_count')} keeps {nc} key columns, over the column capacity {column_capacity}"
         )
 
-    def cat(attr: str) -> torch.Tensor:  # [S, TQB] or [S, TK...]: slot-major, requests in order
-        return torch.stack([torch.cat([getattr(req[s], attr) for req in lists]) for s in range(n_slots)])
+    def cat(attr: str, dtype: torch.dtype = torch.int32) -> torch.Tensor:  # [S, ...]: requests in order per slot
+        return torch.stack([torch.cat([getattr(req[s], attr) for req in lists]) for s in range(n_slots)]).to(dtype)
 
     def starts(counts: torch.Tensor) -> torch.Tensor:  # exclusive prefix sums in (slot, query block) order
         c = counts.flatten()
         return (torch.cumsum(c, 0) - c).view_as(counts)
 
-    b_count, c_count = cat("b_count"), cat("c_count")
+    b_count, c_count = cat("b_count", torch.int64), cat("c_count", torch.int64)
     b_start, c_start = starts(b_count), starts(c_count)
     total_b, total_c = sum(f[3] for f in facts), sum(f[4] for f in facts)
     b_ids = torch.zeros(max(total_b, 1), dtype=torch.int32, device=dev)
@@ -483,15 +483,15 @@ def index_from_keeps(
         cu_qblocks=cum(nqbs),
         cu_kblocks=cum(nkbs),
         qblock_request=torch.repeat_interleave(torch.arange(len(seq_q), device=dev), i32(nqbs)).to(torch.int32),
-        q_order=cat("q_order").to(torch.int32),
-        k_order=cat("k_order").to(torch.int32),
+        q_order=cat("q_order"),
+        k_order=cat("k_order"),
         q_rows=torch.tensor(rows, dtype=torch.int32, device=dev).T.contiguous(),
-        q_pos_min=cat("q_min").to(torch.int32),
-        q_pos_max=cat("q_max").to(torch.int32),
-        k_pos_min=cat("k_min").to(torch.int32),
-        k_pos_max=cat("k_max").to(torch.int32),
-        k_blocks_by_pos=cat("k_by_pos").to(torch.int32),
-        block_prefix=cat("prefix").to(torch.int32),
+        q_pos_min=cat("q_min"),
+        q_pos_max=cat("q_max"),
+        k_pos_min=cat("k_min"),
+        k_pos_max=cat("k_max"),
+        k_blocks_by_pos=cat("k_by_pos"),
+        block_prefix=cat("prefix"),
         block_count=b_count.to(torch.int32),
         block_start=b_start,
         block_ids=b_ids,
