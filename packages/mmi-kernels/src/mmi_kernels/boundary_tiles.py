@@ -1,0 +1,119 @@
+"""The boundary planner's rounding core on few slots: which final tiles of a boundary part hold a kept pair, for a
+batch of heads in one pass.
+
+Per head ``h``, final row block ``X`` and final column block ``Y`` (`mmi_kernels.boundary_planner` explains the
+identity and where the slots come from):
+
+    T[h, X, Y] = OR over slots w, v of  S[h, r_slot[h, X, w], c_slot[h, Y, v]]  and  c_val[h, Y, v] <= r_val[h, X, w]
+
+``S`` is the head's sub-problem blocks with one all-False padding row and column (the id of an empty slot), so
+padding needs no test. One Triton program per (head, tile of rows, tile of columns) on CUDA or under
+``TRITON_INTERPRET=1`` (the ``Wr · Wc`` comparisons per output happen in registers; ``T`` is written once, nothing
+of size ``R · nc`` is materialised); the PyTorch expression below otherwise (per-row reach
+``A[h, X, c] = max r_val over X's slots keeping c``, then one gather per column slot), the reference of the tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["slot_tiles"]
+
+_BR, _BC = 16, 64
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _slot_tiles_kernel(
+    S, RS, RV, CS, CV, OUT,
+    n_rows, n_cols,
+    s_h, s_r, s_c,  # strides of S (any layout: the transposed problem passes a transposed view)
+    rs_h, rv_h, cs_h, cv_h,  # head strides of the slot tables (0: one table shared by every head)
+    wr, wc,  # slots per row / column (runtime: one compiled kernel for every width)
+    BR: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    h = tl.program_id(0).to(tl.int64)
+    x = tl.program_id(1).to(tl.int64) * BR + tl.arange(0, BR)
+    y = tl.program_id(2).to(tl.int64) * BC + tl.arange(0, BC)
+    mx, my = x < n_rows, y < n_cols
+    m = mx[:, None] & my[None, :]
+    acc = tl.zeros([BR, BC], tl.int32)
+    for w in range(wr):
+        rs = tl.load(RS + h * rs_h + x * wr + w, mask=mx, other=0)
+        rv = tl.load(RV + h * rv_h + x * wr + w, mask=mx, other=0)
+        for v in range(wc):
+            cs = tl.load(CS + h * cs_h + y * wc + v, mask=my, other=0)
+            cv = tl.load(CV + h * cv_h + y * wc + v, mask=my, other=0)
+            s = tl.load(S + h * s_h + rs[:, None] * s_r + cs[None, :] * s_c, mask=m, other=0)
+            acc = acc | ((s != 0) & (cv[None, :] <= rv[:, None])).to(tl.int32)
+    tl.store(OUT + (h * n_rows + x[:, None]) * n_cols + y[None, :], acc.to(tl.uint8), mask=m)
+
+
+def _check(
+    s_ext: torch.Tensor, r_slot: torch.Tensor, r_val: torch.Tensor, c_slot: torch.Tensor, c_val: torch.Tensor
+) -> None:
+    if s_ext.dim() != 3 or s_ext.dtype != torch.bool:
+        raise ValueError(f"s_ext must be bool [H, nr + 1, nc + 1], got {s_ext.dtype} {tuple(s_ext.shape)}")
+    heads = s_ext.shape[0]
+    for name, t in (("r_slot", r_slot), ("r_val", r_val), ("c_slot", c_slot), ("c_val", c_val)):
+        if t.dim() != 3 or t.shape[0] != heads or t.device != s_ext.device:
+            raise ValueError(f"{name} must be [{heads}, N, W] on {s_ext.device}, got {tuple(t.shape)} on {t.device}")
+    if r_slot.shape != r_val.shape or c_slot.shape != c_val.shape:
+        raise ValueError(
+            f"slot ids and values must match: rows {tuple(r_slot.shape)} / {tuple(r_val.shape)}, "
+            f"columns {tuple(c_slot.shape)} / {tuple(c_val.shape)}"
+        )
+    if r_slot.dtype != torch.int64 or c_slot.dtype != torch.int64 or r_val.dtype != c_val.dtype:
+        raise ValueError(
+            f"slot ids must be int64 and both value tables one dtype, got {r_slot.dtype}, {c_slot.dtype}, "
+            f"{r_val.dtype}, {c_val.dtype}"
+        )
+
+
+def _head_stride(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A slot table with contiguous rows; head stride 0 kept (one table expanded over the heads: not copied)."""
+    if t.shape[0] > 1 and t.stride(0) == 0 and t[0].is_contiguous():
+        return t, 0
+    t = t.contiguous()
+    return t, t.stride(0)
+
+
+def slot_tiles(
+    s_ext: torch.Tensor, r_slot: torch.Tensor, r_val: torch.Tensor, c_slot: torch.Tensor, c_val: torch.Tensor
+) -> torch.Tensor:
+    """bool ``[H, R, C]``: ``T[h, X, Y]`` as in the module docstring.
+
+    ``s_ext`` bool ``[H, nr + 1, nc + 1]`` (any strides; row ``nr`` and column ``nc`` all False: the padding ids);
+    ``r_slot`` int64 / ``r_val`` ``[H, R, Wr]``; ``c_slot`` int64 / ``c_val`` ``[H, C, Wc]`` (ids in ``[0, nr]`` /
+    ``[0, nc]``; values int32 or int64, one dtype). A table expanded over the heads (head stride 0) is read in place.
+    Raises ValueError for other shapes, dtypes or devices. Meant for few slots (the planner's ``SLOT_LOOP_MAX``):
+    the work is ``H · R · C · Wr · Wc``.
+    """
+    _check(s_ext, r_slot, r_val, c_slot, c_val)
+    heads, n_rows, n_cols = s_ext.shape[0], r_slot.shape[1], c_slot.shape[1]
+    if not _use_triton(s_ext):
+        low = torch.iinfo(r_val.dtype).min
+        nc1 = s_ext.shape[2]
+        reach = torch.full((heads, n_rows, nc1), low, dtype=r_val.dtype, device=s_ext.device)  # A[h, X, c]
+        for w in range(r_slot.shape[2]):  # slots, not tokens
+            hit = torch.gather(s_ext, 1, r_slot[:, :, w, None].expand(heads, n_rows, nc1))
+            reach = torch.maximum(reach, torch.where(hit, r_val[:, :, w, None], low))
+        out = torch.zeros(heads, n_rows, n_cols, dtype=torch.bool, device=s_ext.device)
+        for v in range(c_slot.shape[2]):  # slots, not tokens
+            out |= torch.gather(reach, 2, c_slot[:, None, :, v].expand(heads, n_rows, n_cols)) >= c_val[:, None, :, v]
+        return out
+    out = torch.empty(heads, n_rows, n_cols, dtype=torch.uint8, device=s_ext.device)
+    if heads and n_rows and n_cols:
+        (rs, rs_h), (rv, rv_h), (cs, cs_h), (cv, cv_h) = map(_head_stride, (r_slot, r_val, c_slot, c_val))
+        s = s_ext.view(torch.uint8)
+        grid = (heads, triton.cdiv(n_rows, _BR), triton.cdiv(n_cols, _BC))
+        _slot_tiles_kernel[grid](s, rs, rv, cs, cv, out, n_rows, n_cols, *s.stride(), rs_h, rv_h, cs_h, cv_h,
+                                 r_slot.shape[2], c_slot.shape[2], BR=_BR, BC=_BC)  # fmt: skip
+    return out.view(torch.bool)

@@ -1,0 +1,83 @@
+"""`mmi_kernels.boundary_tiles.slot_tiles`: the Triton kernel (interpreted on a CPU) equals the PyTorch expression,
+and both equal the definition (an [H, R, Wr, C, Wc] brute force), on awkward sizes, ties, padding ids, shared
+(head-expanded) slot tables and transposed sub blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmi_kernels.boundary_tiles import slot_tiles
+
+
+def _case(heads: int, nr: int, nc: int, n_rows: int, n_cols: int, wr: int, wc: int, seed: int, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(seed)
+    s_ext = torch.rand(heads, nr + 1, nc + 1, generator=g) < 0.3
+    s_ext[:, nr], s_ext[:, :, nc] = False, False  # padding row / column
+    r_slot = torch.randint(0, nr + 1, (heads, n_rows, wr), generator=g)  # id nr: padding
+    c_slot = torch.randint(0, nc + 1, (heads, n_cols, wc), generator=g)
+    # small value range: many ties (a key at exactly the row's position is kept)
+    r_val = torch.randint(-3, 12, (heads, n_rows, wr), generator=g).to(dtype)
+    c_val = torch.randint(-3, 12, (heads, n_cols, wc), generator=g).to(dtype)
+    return s_ext, r_slot, r_val, c_slot, c_val
+
+
+def _brute(s_ext, r_slot, r_val, c_slot, c_val) -> torch.Tensor:
+    h = torch.arange(s_ext.shape[0])[:, None, None, None, None]
+    hit = s_ext[h, r_slot[:, :, :, None, None], c_slot[:, None, None, :, :]]  # [H, R, Wr, C, Wc]
+    return (hit & (c_val[:, None, None] <= r_val[:, :, :, None, None])).any(4).any(2)
+
+
+@pytest.mark.parametrize("w", range(1, 9))
+@pytest.mark.parametrize(("heads", "n_rows", "n_cols"), [(1, 1, 1), (3, 17, 65), (2, 33, 7)])
+def test_slot_tiles_kernel_equals_torch(w: int, heads: int, n_rows: int, n_cols: int, monkeypatch) -> None:
+    dtype = torch.int32 if w % 2 else torch.int64
+    args = _case(heads, 5, 9, n_rows, n_cols, wr=max(1, w // 2), wc=w, seed=w * 100 + n_rows, dtype=dtype)
+    want = _brute(*args)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ref = slot_tiles(*args)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = slot_tiles(*args)
+    assert ref.dtype == out.dtype == torch.bool and ref.shape == (heads, n_rows, n_cols)
+    assert torch.equal(ref, want) and torch.equal(out, want)
+    if n_rows * n_cols > 1:
+        assert want.any() and not want.all()
+
+
+@pytest.mark.parametrize("triton", ["0", "1"])
+def test_slot_tiles_shared_tables_and_transposed_blocks(triton: str, monkeypatch) -> None:
+    """Slot tables expanded over the heads (stride 0, read in place) and a transposed view of the sub blocks give
+    the same tiles as contiguous copies."""
+    monkeypatch.setenv("TRITON_INTERPRET", triton)
+    s_ext, r_slot, r_val, c_slot, c_val = _case(3, 6, 4, 19, 70, wr=2, wc=3, seed=7, dtype=torch.int32)
+    r_slot, r_val = r_slot[:1].expand(3, -1, -1), r_val[:1].expand(3, -1, -1)
+    s_t = s_ext.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major storage
+    want = _brute(s_ext, r_slot.contiguous(), r_val.contiguous(), c_slot, c_val)
+    assert torch.equal(slot_tiles(s_t, r_slot, r_val, c_slot, c_val), want)
+    assert torch.equal(slot_tiles(s_ext, r_slot.contiguous(), r_val.contiguous(), c_slot, c_val), want)
+
+
+def test_slot_tiles_ties_and_padding() -> None:
+    """A key at exactly the row's value is kept; a padding id never is, whatever its value."""
+    s_ext = torch.tensor([[[True, False], [False, False]]])
+    r_slot, c_slot = torch.tensor([[[0], [0], [1]]]), torch.tensor([[[0, 1], [0, 1]]])
+    r_val, c_val = torch.tensor([[[5], [4], [99]]]), torch.tensor([[[5, -9], [6, -9]]])
+    want = torch.tensor([[[True, False], [False, False], [False, False]]])
+    for triton in ("0", "1"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TRITON_INTERPRET", triton)
+            assert torch.equal(slot_tiles(s_ext, r_slot, r_val, c_slot, c_val), want)
+
+
+def test_slot_tiles_errors() -> None:
+    s_ext, r_slot, r_val, c_slot, c_val = _case(2, 3, 3, 4, 5, wr=1, wc=2, seed=0, dtype=torch.int32)
+    with pytest.raises(ValueError, match="s_ext must be bool"):
+        slot_tiles(s_ext[0], r_slot, r_val, c_slot, c_val)
+    with pytest.raises(ValueError, match="r_slot must be"):
+        slot_tiles(s_ext, r_slot[:1], r_val, c_slot, c_val)
+    with pytest.raises(ValueError, match="slot ids and values must match"):
+        slot_tiles(s_ext, r_slot, r_val, c_slot, c_val[:, :, :1])
+    with pytest.raises(ValueError, match="one dtype"):
+        slot_tiles(s_ext, r_slot, r_val, c_slot, c_val.long())
+    empty = slot_tiles(s_ext, r_slot[:, :0], r_val[:, :0], c_slot, c_val)
+    assert empty.shape == (2, 0, 5)
