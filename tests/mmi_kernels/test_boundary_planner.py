@@ -286,32 +286,34 @@ def test_boundary_keeps_random_layouts(seed: int, monkeypatch) -> None:
 
 @pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping"])
 def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
-    """`_tiles` (the rounding core) against its definition, on each of its paths: one gather per slot, the
-    full/partial split (sub-block value ranges disjoint: few partial blocks), and overlapping ranges (the split gives
-    up and loops)."""
+    """`_tiles` (the rounding core, two heads with their own sub blocks and slots) against its definition, on each
+    of its paths: `slot_tiles` (few column slots), the full/partial split (sub-block value ranges disjoint: few
+    partial blocks), and overlapping ranges (the split gives up and calls `slot_tiles`)."""
     from mmi_kernels import boundary_planner
 
     if case == "loop":
         monkeypatch.setattr(boundary_planner, "SLOT_LOOP_MAX", 64)
-    block, nr, nc, n_rows, n_cols = 8, 9, 11, 13, 17
+    block, nr, nc, n_rows, n_cols, heads = 8, 9, 11, 13, 17, 2
     g = torch.Generator().manual_seed(len(case))
-    s_ext = torch.rand(nr + 1, nc + 1, generator=g) < 0.4
-    s_ext[nr], s_ext[:, nc] = False, False
-    r_slot = torch.randint(0, nr + 1, (n_rows, 3), generator=g)
-    r_val = torch.randint(0, 10 * nc, (n_rows, 3), generator=g)
+    s_ext = torch.rand(heads, nr + 1, nc + 1, generator=g) < 0.4
+    s_ext[:, nr], s_ext[:, :, nc] = False, False
+    r_slot = torch.randint(0, nr + 1, (heads, n_rows, 3), generator=g)
+    r_val = torch.randint(0, 10 * nc, (heads, n_rows, 3), generator=g)
     # column slots: each sub block id at most `block` times, values inside its own range [10c, 10c + 9] unless
     # overlapping; padding id nc
-    ids = torch.arange(nc).repeat_interleave(block)[torch.randperm(nc * block, generator=g)][: n_cols * 12]
-    c_slot = torch.full((n_cols * 12,), nc)
-    c_slot[: ids.numel()] = ids
-    c_slot = c_slot.view(n_cols, 12)
+    c_slot = torch.full((heads, n_cols * 12), nc)
+    for h in range(heads):
+        ids = torch.arange(nc).repeat_interleave(block)[torch.randperm(nc * block, generator=g)][: n_cols * 12]
+        c_slot[h, : ids.numel()] = ids
+    c_slot = c_slot.view(heads, n_cols, 12)
     spread = 10 if case != "overlapping" else 10 * nc
     c_val = torch.where(
         c_slot < nc, 10 * c_slot * (case != "overlapping") + torch.randint(0, spread, c_slot.shape, generator=g), 10**9
     )
     got = boundary_planner._tiles(s_ext, r_slot, r_val, c_slot, c_val, block)
-    hit = s_ext[r_slot[:, :, None, None], c_slot[None, None, :, :]]  # [R, Wr, C, Wc]
-    want = (hit & (c_val[None, None] <= r_val[:, :, None, None])).any(3).any(1)
+    hd = torch.arange(heads)[:, None, None, None, None]
+    hit = s_ext[hd, r_slot[:, :, :, None, None], c_slot[:, None, None, :, :]]  # [H, R, Wr, C, Wc]
+    want = (hit & (c_val[:, None, None] <= r_val[:, :, :, None, None])).any(4).any(2)
     assert torch.equal(got, want)
     assert want.any() and not want.all()
 
@@ -326,7 +328,8 @@ def test_tiles_core_ties_count(loop_max: int, monkeypatch) -> None:
     r_slot, c_slot = torch.tensor([[0], [0]]), torch.tensor([[0, 1], [0, 1]])
     r_val, c_val = torch.tensor([[5], [4]]), torch.tensor([[5, 0], [6, 0]])
     want = torch.tensor([[True, False], [False, False]])
-    assert torch.equal(boundary_planner._tiles(s_ext, r_slot, r_val, c_slot, c_val, 16), want)
+    got = boundary_planner._tiles(s_ext[None], r_slot[None], r_val[None], c_slot[None], c_val[None], 16)
+    assert torch.equal(got[0], want)
 
 
 def test_boundary_keeps_dense_and_errors() -> None:

@@ -52,6 +52,7 @@ import torch
 
 from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig
 from mmi_core.boundary import modality_last_rows, sub_problem
+from mmi_kernels.boundary_tiles import slot_tiles
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import LayoutTensors, dense_keep
 
@@ -118,8 +119,9 @@ def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) 
 
 
 SLOT_LOOP_MAX = 8
-"""Up to this many key-side slots the tiles come from one gather per slot; beyond (a sub order that scatters the
-final blocks, typically identity-ordered keys against grid-ordered video keys) from `_tiles`' full/partial split."""
+"""Up to this many column slots the tiles come from `slot_tiles` (O(Wr · Wc) per tile, all heads at once); beyond (a
+sub order that scatters the final blocks, typically identity-ordered keys against grid-ordered video keys) from
+`_split_tiles`' full/partial split, head by head."""
 
 
 def _tiles(
@@ -130,37 +132,46 @@ def _tiles(
     c_val: torch.Tensor,
     block: int,
 ) -> torch.Tensor:
-    """bool [R, C]: ``T[X, Y] = OR over slots w, v of S[r_slot[X, w], c_slot[Y, v]] and c_val[Y, v] <= r_val[X, w]``.
+    """bool [H, R, C]: per head ``T[X, Y] = OR over slots w, v of S[r_slot[X, w], c_slot[Y, v]] and
+    c_val[Y, v] <= r_val[X, w]``.
 
-    ``s_ext`` bool [nr + 1, nc + 1] (sub blocks; last row / column: the padding id, all False); ``r_slot``,
-    ``r_val`` [R, Wr]; ``c_slot``, ``c_val`` [C, Wc] (ids int64, values int32 or int64); every sub block id occurs
-    in at most ``block`` slots of ``c_slot``. Call it with the side of few slots as rows: the reach
-    ``A[X, c] = max r_val`` over X's slots that keep ``c`` costs one [R, nc] pass per row slot.
+    ``s_ext`` bool [H, nr + 1, nc + 1] (sub blocks per head; last row / column: the padding id, all False);
+    ``r_slot``, ``r_val`` [H, R, Wr]; ``c_slot``, ``c_val`` [H, C, Wc] (ids int64, values int32 or int64; a table
+    expanded over the heads is read in place); every sub block id occurs in at most ``block`` slots of a head's
+    ``c_slot``. Call it with the side of few slots as rows. Few column slots: `mmi_kernels.boundary_tiles.slot_tiles`
+    (one fused pass for all heads). Many: `_split_tiles` head by head.
+    """
+    if c_slot.shape[2] <= SLOT_LOOP_MAX:
+        return slot_tiles(s_ext, r_slot, r_val, c_slot, c_val)
+    return torch.stack(
+        [_split_tiles(s_ext[i], r_slot[i], r_val[i], c_slot[i], c_val[i], block) for i in range(s_ext.shape[0])]
+    )
 
-    Many column slots: per sub block c, its column incidences sorted by value; ``h[c, X]`` = how many of them X
-    reaches (a prefix). Blocks reached in full (h = all) give ``full @ incidence`` (one matmul of 0/1 values:
-    all terms >= 0, so ``> 0`` is exact in any float type); partly reached ones (h strictly between) are few when
-    the sub order agrees with the final one on the row side (at most Wr per X: the values lie inside one
-    block's range each), and are scattered one incidence at a time. Too many partial blocks (sub orders that
-    overlap, e.g. a grid-ordered sub against another order): the per-slot loop instead. One host read (count).
+
+def _split_tiles(
+    s_ext: torch.Tensor,
+    r_slot: torch.Tensor,
+    r_val: torch.Tensor,
+    c_slot: torch.Tensor,
+    c_val: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """One head of `_tiles` with many column slots (shapes without the head dimension): the reach
+    ``A[X, c] = max r_val`` over X's slots that keep ``c`` (one [R, nc] pass per row slot), then per sub block c
+    its column incidences sorted by value; ``h[c, X]`` = how many of them X reaches (a prefix). Blocks reached in
+    full (h = all) give ``full @ incidence`` (one matmul of 0/1 values: all terms >= 0, so ``> 0`` is exact in any
+    float type); partly reached ones (h strictly between) are few when the sub order agrees with the final one on
+    the row side (at most Wr per X: the values lie inside one block's range each), and are scattered one incidence
+    at a time. Too many partial blocks (sub orders that overlap, e.g. a grid-ordered sub against another order):
+    `slot_tiles` instead (O(Wr · Wc) per tile). One host read (count).
     """
     dev = s_ext.device
-    nr, nc = s_ext.shape[0] - 1, s_ext.shape[1] - 1
+    nc = s_ext.shape[1] - 1
     n_rows, n_cols = r_slot.shape[0], c_slot.shape[0]
     low = torch.iinfo(r_val.dtype).min
     reach = torch.full((n_rows, nc + 1), low, dtype=r_val.dtype, device=dev)  # A[X, c]; column nc stays `low`
     for w in range(r_slot.shape[1]):  # slots, not tokens
         reach = torch.maximum(reach, torch.where(s_ext[r_slot[:, w]], r_val[:, w : w + 1], low))
-    del nr
-
-    def slot_loop() -> torch.Tensor:
-        out = torch.zeros(n_rows, n_cols, dtype=torch.bool, device=dev)
-        for v in range(c_slot.shape[1]):  # slots, not tokens
-            out |= reach.index_select(1, c_slot[:, v]) >= c_val[:, v][None, :]
-        return out
-
-    if c_slot.shape[1] <= SLOT_LOOP_MAX:
-        return slot_loop()
     # column incidences grouped by sub block, ascending value inside each (padding id nc sorts last)
     inc_c, inc_y, inc_v = (
         c_slot.flatten(),
@@ -185,7 +196,7 @@ def _tiles(
     partial = (h > 0) & (h < count[:, None])
     pc, px = partial.nonzero(as_tuple=True)  # host sync: the number of partly reached blocks
     if pc.numel() * block > max(n_rows * n_cols, 1):
-        return slot_loop()
+        return slot_tiles(s_ext[None], r_slot[None], r_val[None], c_slot[None], c_val[None])[0]
     incidence = torch.zeros(nc + 1, n_cols + 1, dtype=torch.bool, device=dev)
     incidence[inc_c, torch.where(real, inc_y, n_cols)] = True
     mm = torch.float16 if dev.type == "cuda" else torch.float32
@@ -245,45 +256,84 @@ def _incidences(
     return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
 
 
-def _round_group(
-    sub: SlotKeep, inc: _Incidences, key_mask: torch.Tensor, kinv: torch.Tensor, block: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One group's pairs rounded onto the final orders, over the part's own query blocks only (its rows lead its
-    query order; the blocks after them hold none): (bool [ceil(rows / block), nkb] tiles, int64 [same, C] final
-    key-permuted column ids with -1 padding, or None). ``kinv``: the inverse of the final key order."""
-    dev, b = kinv.device, block
-    q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s = (
-        inc.q_slot, inc.q_pmax, inc.k_slot, inc.k_min, inc.nqb_s, inc.nkb_s
-    )  # fmt: skip
-    s_ext = torch.zeros(nqb_s + 1, nkb_s + 1, dtype=torch.bool, device=dev)  # row / column nqb_s, nkb_s: padding
-    s_ext[:nqb_s, :nkb_s] = sub.blocks.to(dev)
-    if q_slot.shape[1] <= k_slot.shape[1]:
-        tiles = _tiles(s_ext, q_slot, q_pmax, k_slot, k_min, b)
-    else:  # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem
-        tiles = _tiles(s_ext.t(), k_slot, -k_min, q_slot, -q_pmax, b).t()
+def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int) -> torch.Tensor:
+    """One group's sub blocks of H heads (bool [H, nqb_s, nkb_s], sharing ``inc``) rounded onto the final orders,
+    over the part's own query blocks only (its rows lead its query order; the blocks after them hold none): bool
+    [H, ceil(rows / block), nkb], possibly a transposed view."""
+    heads = sub_blocks.shape[0]
+    s_ext = torch.zeros(heads, inc.nqb_s + 1, inc.nkb_s + 1, dtype=torch.bool, device=sub_blocks.device)
+    s_ext[:, : inc.nqb_s, : inc.nkb_s] = sub_blocks  # row / column nqb_s, nkb_s: padding
 
-    if sub.column_ids is None or sub.column_ids.numel() == 0:
-        return tiles, None
-    cid = sub.column_ids.to(dev, torch.int64)
-    # one list for every query block (vertical-slash: an expanded view, known without a host read): no union needed
-    if cid.stride(0) == 0 or torch.equal(cid, cid[:1].expand_as(cid)):
-        universe, member = cid[0], None
-    else:
+    def per_head(t: torch.Tensor) -> torch.Tensor:  # one table for every head: an expanded view, not a copy
+        return t[None].expand(heads, *t.shape)
+
+    q_slot, q_pmax, k_slot, k_min = map(per_head, (inc.q_slot, inc.q_pmax, inc.k_slot, inc.k_min))
+    if q_slot.shape[2] <= k_slot.shape[2]:
+        return _tiles(s_ext, q_slot, q_pmax, k_slot, k_min, block)
+    # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem
+    return _tiles(s_ext.transpose(1, 2), k_slot, -k_min, q_slot, -q_pmax, block).transpose(1, 2)
+
+
+def _round_columns(
+    cids: list[torch.Tensor | None],
+    k_order: torch.Tensor,
+    inc: _Incidences,
+    key_mask: torch.Tensor,
+    kinv: torch.Tensor,
+    nqb: int,
+) -> list[torch.Tensor | None]:
+    """The column lists of one group's subs (one per head, all with key order ``k_order`` and sharing ``inc``) as
+    final key-permuted column ids per final query block: int64 [nqb, C] (-1 padding; rows past the part's blocks
+    all -1), or None for a sub without columns. Lists that are one list for every sub query block (vertical-slash:
+    an expanded view, known without a host read) are done for all heads at once, padded to the longest."""
+    dev = kinv.device
+    nqb_m = inc.q_slot.shape[0]
+    out: list[torch.Tensor | None] = [None] * len(cids)
+    one: list[int] = []
+    for i, cid in enumerate(cids):
+        if cid is None or cid.numel() == 0:
+            continue
+        if cid.stride(0) == 0 or torch.equal(cid, cid[:1].expand_as(cid)):
+            one.append(i)
+            continue
+        # lists that differ between sub query blocks: their union, each final block reaching a column through the
+        # sub blocks that list it
+        cid = cid.to(dev, torch.int64)
         universe = torch.unique(cid[cid >= 0])  # host sync: output size
-        member = torch.zeros(nqb_s + 1, universe.numel(), dtype=torch.bool, device=dev)
-        rows = torch.arange(nqb_s, device=dev)[:, None].expand_as(cid)
+        member = torch.zeros(inc.nqb_s + 1, universe.numel(), dtype=torch.bool, device=dev)
+        rows = torch.arange(inc.nqb_s, device=dev)[:, None].expand_as(cid)
         valid = cid >= 0
         member[rows[valid], torch.searchsorted(universe, cid[valid])] = True
-        member[nqb_s] = False
-    if member is None:
-        col_reach = q_pmax.amax(1, keepdim=True)  # [nqb, 1]: the group's last row of each final block
-    else:
-        col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=q_pmax.dtype, device=dev)
-        for w in range(q_slot.shape[1]):  # slots, W <= block
-            col_reach = torch.maximum(col_reach, torch.where(member[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
-    pos = sub.k_order.to(dev, torch.int64)[universe.clamp(min=0)]  # original position of each column
-    keep = (universe >= 0)[None, :] & key_mask[pos][None, :] & (pos[None, :] <= col_reach)
-    return tiles, torch.where(keep, kinv[pos][None, :].expand_as(keep), -1)
+        col_reach = torch.full((nqb_m, universe.numel()), -1, dtype=inc.q_pmax.dtype, device=dev)
+        for w in range(inc.q_slot.shape[1]):  # slots, W <= block
+            col_reach = torch.maximum(col_reach, torch.where(member[inc.q_slot[:, w]], inc.q_pmax[:, w : w + 1], -1))
+        out[i] = _final_columns(universe[None], k_order, key_mask, kinv, col_reach[None], nqb)[0]
+    if one:
+        lists = [cids[i][0].to(dev, torch.int64) for i in one]  # type: ignore[index]
+        universe = torch.nn.utils.rnn.pad_sequence(lists, batch_first=True, padding_value=-1)  # [H', U]
+        col_reach = inc.q_pmax.amax(1)[None, :, None]  # [1, nqb_m, 1]: the group's last row of each final block
+        for i, c in zip(one, _final_columns(universe, k_order, key_mask, kinv, col_reach, nqb), strict=True):
+            out[i] = c
+    return out
+
+
+def _final_columns(
+    universe: torch.Tensor,
+    k_order: torch.Tensor,
+    key_mask: torch.Tensor,
+    kinv: torch.Tensor,
+    col_reach: torch.Tensor,
+    nqb: int,
+) -> torch.Tensor:
+    """int64 [H, nqb, U]: sub column ``universe[h, u]`` (sub key-permuted id, -1 padding) as a final key-permuted
+    id where the final block's rows reach it (``pos <= col_reach[h, X, u]``, broadcastable [H, nqb_m, U]) and it is
+    one of the group's keys, else -1; rows from ``nqb_m`` on: -1."""
+    pos = k_order.to(kinv.device, torch.int64)[universe.clamp(min=0)]  # original position of each column
+    keep = ((universe >= 0) & key_mask[pos])[:, None, :] & (pos[:, None, :] <= col_reach)
+    nqb_m = keep.shape[1]
+    out = torch.full((universe.shape[0], nqb, universe.shape[1]), -1, dtype=torch.int64, device=kinv.device)
+    out[:, :nqb_m] = torch.where(keep, kinv[pos][:, None, :], -1)
+    return out
 
 
 def _pairs_of(spec: HeadSpec, m: Modality, layout_modalities: tuple[Modality, ...]) -> dict[Modality, PatternConfig]:
@@ -350,69 +400,69 @@ def boundary_keeps(
             for h, kp in zip(heads, _sub_keeps(q, k, lt, cfg, end, rows, block, scale, heads, group), strict=True):
                 subs[(h, m, cfg)] = kp
 
-    out: dict[int, list[SlotKeep]] = {}
-    # per layer: key masks per key-modality group; orders and incidences of parts without a Grid sub (shared)
-    shared_orders: dict[Modality, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    shared_incidences: dict[tuple[Modality, frozenset[int]], _Incidences] = {}
+    # per query modality: the part of every head. Heads whose subs of the part are all non-Grid (identity orders)
+    # share the part's orders and incidences and are rounded together; a Grid sub's orders come from its head's
+    # stride/phase estimate, so such heads are rounded one by one.
+    parts: dict[int, list[SlotKeep]] = {h: [] for h in specs}
     key_masks: dict[frozenset[int], torch.Tensor] = {}
     k_idx = torch.arange(n_k, device=dev)
-    for h, spec in specs.items():
-        parts: list[SlotKeep] = []
-        for m in Modality:
-            if m not in last:
-                parts.append(_empty_part(n_q, n_k, block, dev))
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    for m in Modality:
+        if m not in last:
+            for h in specs:
+                parts[h].append(_empty_part(n_q, n_k, block, dev))
+            continue
+        end = last[m][0]
+        n_m = rows_of[m]  # a layout fact: no host read
+        of_key = {h: _pairs_of(spec, m, mods) for h, spec in specs.items()}
+        shared = [h for h in specs if not any(isinstance(c, Grid) for c in of_key[h].values())]
+        for batch in [shared] + [[h] for h in specs if h not in shared]:
+            if not batch:
                 continue
-            end = last[m][0]
-            of_key = _pairs_of(spec, m, mods)
-            own = subs[(h, m, of_key[m])]
-            row_ok = qmod == int(m)  # every m row lies before `end`
+            h0 = batch[0]
             # m's rows in its own pattern's row order first, then the rest (ascending); every key in its own pair's
             # key order. Stable sorts on "not m" pick them without a host read (the count is a layout fact).
-            n_m = rows_of[m]
-            # every sub of the part keeps identity orders (no Grid): orders and incidences are the same for every
-            # head, computed once per layer (a Grid sub's orders come from its head's stride/phase estimate)
-            shared = not any(isinstance(c, Grid) for c in of_key.values())
-            if shared and m in shared_orders:
-                mine, qo, ko, kinv = shared_orders[m]
-            else:
-                sub_rows = own.q_order.to(dev, torch.int64)
-                mine = sub_rows[torch.sort((~row_ok[sub_rows]).to(torch.int8), stable=True).indices[:n_m]]
-                rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]
-                qo = torch.cat([mine, rest])
-                rank = torch.empty(n_k, dtype=torch.int64, device=dev)
-                for n, cfg in of_key.items():
-                    ext = torch.cat([subs[(h, m, cfg)].k_order.to(dev, torch.int64), k_idx[end:]])
-                    sel_n = kmod == int(n)
-                    rank[sel_n] = _inverse(ext)[sel_n]
-                ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
-                kinv = _inverse(ko)
-                if shared:
-                    shared_orders[m] = (mine, qo, ko, kinv)
-            nqb, nkb, nqb_m = _cdiv(n_q, block), _cdiv(n_k, block), _cdiv(n_m, block)
-            blocks = torch.zeros(nqb, nkb, dtype=torch.bool, device=dev)  # blocks past the part's rows stay empty
-            columns: list[torch.Tensor] = []
-            for cfg in dict.fromkeys(of_key.values()):
-                group = frozenset(int(n) for n, c in of_key.items() if c == cfg)
+            row_ok = qmod == int(m)  # every m row lies before `end`
+            sub_rows = subs[(h0, m, of_key[h0][m])].q_order.to(dev, torch.int64)
+            mine = sub_rows[torch.sort((~row_ok[sub_rows]).to(torch.int8), stable=True).indices[:n_m]]
+            rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]
+            qo = torch.cat([mine, rest])
+            rank = torch.empty(n_k, dtype=torch.int64, device=dev)
+            for n, cfg in of_key[h0].items():
+                ext = torch.cat([subs[(h0, m, cfg)].k_order.to(dev, torch.int64), k_idx[end:]])
+                sel_n = kmod == int(n)
+                rank[sel_n] = _inverse(ext)[sel_n]
+            ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
+            kinv = _inverse(ko)
+
+            nqb_m = _cdiv(n_m, block)
+            blocks = torch.zeros(len(batch), nqb, nkb, dtype=torch.bool, device=dev)  # past the rows: empty
+            columns: dict[int, list[torch.Tensor]] = {h: [] for h in batch}
+            # the heads of the batch by key-modality group (heads of one spec: one batch per group)
+            groups: dict[frozenset[int], list[int]] = {}
+            for i, h in enumerate(batch):
+                for cfg in dict.fromkeys(of_key[h].values()):
+                    groups.setdefault(frozenset(int(n) for n, c in of_key[h].items() if c == cfg), []).append(i)
+            for group, idx in groups.items():
                 if group not in key_masks:
                     key_masks[group] = torch.isin(kmod, torch.tensor(sorted(group), device=dev))
                 key_mask = key_masks[group]
-                sub = subs[(h, m, cfg)]
-                if shared and (m, group) in shared_incidences:
-                    inc = shared_incidences[(m, group)]
+                gsubs = [subs[(batch[i], m, of_key[batch[i]][Modality(min(group))])] for i in idx]
+                inc = _incidences(gsubs[0], mine, n_q, key_mask, ko, prefix, block)
+                tiles = _round_tiles(torch.stack([sub.blocks.to(dev) for sub in gsubs]), inc, block)
+                if len(idx) == len(batch):
+                    blocks[:, :nqb_m] |= tiles
                 else:
-                    inc = _incidences(sub, mine, n_q, key_mask, ko, prefix, block)
-                    if shared:
-                        shared_incidences[(m, group)] = inc
-                tiles, cols = _round_group(sub, inc, key_mask, kinv, block)
-                blocks[:nqb_m] |= tiles
-                if cols is not None:
-                    columns.append(cols)
+                    at = torch.tensor(idx, device=dev)
+                    blocks[at, :nqb_m] |= tiles
+                cids = [sub.column_ids for sub in gsubs]
+                for i, c in zip(idx, _round_columns(cids, gsubs[0].k_order, inc, key_mask, kinv, nqb), strict=True):
+                    if c is not None:
+                        columns[batch[i]].append(c)
             own_rows = torch.arange(n_m, device=dev)
-            blocks[own_rows // block, kinv[mine + prefix] // block] = True  # every row keeps its own position
-            cid = None
-            if columns:
-                cid = torch.full((nqb, sum(c.shape[1] for c in columns)), -1, dtype=torch.int64, device=dev)
-                cid[:nqb_m] = torch.cat(columns, dim=1)
-            parts.append(SlotKeep(qo, ko, blocks, cid, n_m))
-        out[h] = parts
-    return out
+            blocks[:, own_rows // block, kinv[mine + prefix] // block] = True  # every row keeps its own position
+            for i, h in enumerate(batch):
+                cols = columns[h]
+                cid = None if not cols else cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
+                parts[h].append(SlotKeep(qo, ko, blocks[i], cid, n_m))
+    return {h: parts[h] for h in specs}
