@@ -64,9 +64,16 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _inverse(order: torch.Tensor) -> torch.Tensor:
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel(), device=order.device)
-    return inv
+    """Inverse permutation of each row of ``order`` (int64 [H, n])."""
+    idx = torch.arange(order.shape[1], device=order.device)
+    return torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
+
+
+def _rows(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """Rows ``idx`` of a per-head table ``t`` [Hs, ...]; a table of one row (shared by every head) stays as it is."""
+    if t.shape[0] == 1 or idx == list(range(t.shape[0])):
+        return t
+    return t[torch.tensor(idx, device=t.device)]
 
 
 def _sub_keeps(
@@ -207,17 +214,28 @@ def _split_tiles(
     return out[:, :n_cols]
 
 
+def _orders(keeps: list[SlotKeep], kind: str, dev: torch.device) -> torch.Tensor:
+    """int64 [len(keeps), n]: the query (``kind`` "q") or key orders of sub keep sets of one length."""
+    return torch.stack([kp.q_order if kind == "q" else kp.k_order for kp in keeps]).to(dev, torch.int64)
+
+
 def _pad_view(x: torch.Tensor, block: int, value: int) -> torch.Tensor:
-    """int64 [n] -> [ceil(n / block), block], padded with ``value``."""
-    nb = _cdiv(x.numel(), block)
-    return torch.nn.functional.pad(x, (0, nb * block - x.numel()), value=value).view(nb, block)
+    """int64 [H, n] -> [H, ceil(n / block), block], padded with ``value``."""
+    nb = _cdiv(x.shape[1], block)
+    return torch.nn.functional.pad(x, (0, nb * block - x.shape[1]), value=value).view(x.shape[0], nb, block)
+
+
+def _gather(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``src[h, index[h, ...]]`` for ``src`` [H, n] and ``index`` [H, ...]."""
+    return torch.gather(src, 1, index.reshape(index.shape[0], -1)).view(index.shape)
 
 
 @dataclass(frozen=True)
 class _Incidences:
-    """(sub block, final block) incidences of one group of a part (`_slots` outputs): query side ``[nqb_m, Wq]``,
-    key side ``[nkb, Wk]``, and the sub's block counts. They depend on the orders, the part's rows and the group's
-    keys only, so heads whose sub-problems have identity orders (every pattern but Grid) share them."""
+    """(sub block, final block) incidences of one group of a part (`_slots` outputs), per head: query side
+    ``[Hs, nqb_m, Wq]``, key side ``[Hs, nkb, Wk]``, and the sub's block counts. They depend on the orders, the
+    part's rows and the group's keys only, so heads whose sub-problems have identity orders (every pattern but Grid)
+    share one (``Hs = 1``)."""
 
     q_slot: torch.Tensor
     q_pmax: torch.Tensor
@@ -228,44 +246,54 @@ class _Incidences:
 
 
 def _incidences(
-    sub: SlotKeep, mine: torch.Tensor, n_q: int, key_mask: torch.Tensor, ko: torch.Tensor, prefix: int, block: int
+    q_sub: torch.Tensor,
+    k_sub: torch.Tensor,
+    mine: torch.Tensor,
+    n_q: int,
+    key_mask: torch.Tensor,
+    ko: torch.Tensor,
+    prefix: int,
+    block: int,
 ) -> _Incidences:
-    """``mine`` int64 [rows]: the part's rows (query indices of modality m, all inside the sub chunk) in the final
-    query order; ``key_mask`` bool [n_k]: the group's keys; ``ko``: the final key order."""
-    dev, b = ko.device, block
-    n_k = ko.numel()
-    n_q_sub, end = sub.q_order.numel(), sub.k_order.numel()
+    """Per head (row) of the int64 tables: ``q_sub`` [Hs, n_q_sub] / ``k_sub`` [Hs, end] the sub's orders; ``mine``
+    [Hs, rows] the part's rows (query indices of modality m, all inside the sub chunk) in the final query order;
+    ``ko`` [Hs, n_k] the final key order; ``key_mask`` bool [n_k]: the group's keys. Two host reads (the widths, one
+    for all heads)."""
+    b, heads = block, ko.shape[0]
+    n_k = ko.shape[1]
+    n_q_sub, end = q_sub.shape[1], k_sub.shape[1]
     nqb_s, nkb_s = _cdiv(n_q_sub, b), _cdiv(end, b)
-    qs_inv = _inverse(sub.q_order.to(dev, torch.int64))
-    ks_inv = _inverse(sub.k_order.to(dev, torch.int64))
+    qs_inv, ks_inv = _inverse(q_sub), _inverse(k_sub)
 
     # (sub query block, final query block) incidences: max original position of the group's rows in both
-    r = _pad_view(mine, b, n_q)  # [nqb_m, b] query index at each final row of the part
+    r = _pad_view(mine, b, n_q)  # [Hs, nqb_m, b] query index at each final row of the part
     ok = r < n_q
-    r_sub = r.clamp(max=n_q_sub - 1)
-    q_ids = torch.where(ok, qs_inv[r_sub] // b, nqb_s)
+    q_ids = torch.where(ok, _gather(qs_inv, r.clamp(max=n_q_sub - 1)) // b, nqb_s)
     pos32 = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
-    q_slot, q_pmax = _slots(q_ids, torch.where(ok, r + prefix, -1).to(pos32), nqb_s, largest=True)
+    q_vals = torch.where(ok, r + prefix, -1).to(pos32)
+    q_slot, q_pmax = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, largest=True)
 
     # (sub key block, final key block) incidences: min position of the group's keys in both
-    c = _pad_view(ko, b, n_k)  # [nkb, b] key position at each final key index
+    c = _pad_view(ko, b, n_k)  # [Hs, nkb, b] key position at each final key index
     ok = (c < end) & key_mask[c.clamp(max=n_k - 1)]
-    k_ids = torch.where(ok, ks_inv[c.clamp(max=end - 1)] // b, nkb_s)
+    k_ids = torch.where(ok, _gather(ks_inv, c.clamp(max=end - 1)) // b, nkb_s)
     big = torch.iinfo(pos32).max
-    k_slot, k_min = _slots(k_ids, torch.where(ok, c, big).to(pos32), nkb_s, largest=False)
+    k_slot, k_min = _slots(k_ids.flatten(0, 1), torch.where(ok, c, big).to(pos32).flatten(0, 1), nkb_s, largest=False)
+    q_slot, q_pmax = q_slot.view(heads, -1, q_slot.shape[1]), q_pmax.view(heads, -1, q_pmax.shape[1])
+    k_slot, k_min = k_slot.view(heads, -1, k_slot.shape[1]), k_min.view(heads, -1, k_min.shape[1])
     return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
 
 
 def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int) -> torch.Tensor:
-    """One group's sub blocks of H heads (bool [H, nqb_s, nkb_s], sharing ``inc``) rounded onto the final orders,
-    over the part's own query blocks only (its rows lead its query order; the blocks after them hold none): bool
-    [H, ceil(rows / block), nkb], possibly a transposed view."""
+    """One group's sub blocks of H heads (bool [H, nqb_s, nkb_s]; ``inc`` per head or one for all) rounded onto the
+    final orders, over the part's own query blocks only (its rows lead its query order; the blocks after them hold
+    none): bool [H, ceil(rows / block), nkb], possibly a transposed view."""
     heads = sub_blocks.shape[0]
     s_ext = torch.zeros(heads, inc.nqb_s + 1, inc.nkb_s + 1, dtype=torch.bool, device=sub_blocks.device)
     s_ext[:, : inc.nqb_s, : inc.nkb_s] = sub_blocks  # row / column nqb_s, nkb_s: padding
 
     def per_head(t: torch.Tensor) -> torch.Tensor:  # one table for every head: an expanded view, not a copy
-        return t[None].expand(heads, *t.shape)
+        return t.expand(heads, *t.shape[1:])
 
     q_slot, q_pmax, k_slot, k_min = map(per_head, (inc.q_slot, inc.q_pmax, inc.k_slot, inc.k_min))
     if q_slot.shape[2] <= k_slot.shape[2]:
@@ -276,18 +304,18 @@ def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int) -> torc
 
 def _round_columns(
     cids: list[torch.Tensor | None],
-    k_order: torch.Tensor,
+    k_sub: torch.Tensor,
     inc: _Incidences,
     key_mask: torch.Tensor,
     kinv: torch.Tensor,
     nqb: int,
 ) -> list[torch.Tensor | None]:
-    """The column lists of one group's subs (one per head, all with key order ``k_order`` and sharing ``inc``) as
-    final key-permuted column ids per final query block: int64 [nqb, C] (-1 padding; rows past the part's blocks
-    all -1), or None for a sub without columns. Lists that are one list for every sub query block (vertical-slash:
-    an expanded view, known without a host read) are done for all heads at once, padded to the longest."""
+    """The column lists of one group's subs (one per head) as final key-permuted column ids per final query block:
+    int64 [nqb, C] (-1 padding; rows past the part's blocks all -1), or None for a sub without columns. ``k_sub``
+    [Hs, end]: the subs' key orders, ``kinv`` [Hs, n_k]: the inverse final key orders, ``inc``: per head or one
+    for all (``Hs = 1``). Lists that are one list for every sub query block (vertical-slash: an expanded view, known
+    without a host read) are done for all heads at once, padded to the longest."""
     dev = kinv.device
-    nqb_m = inc.q_slot.shape[0]
     out: list[torch.Tensor | None] = [None] * len(cids)
     one: list[int] = []
     for i, cid in enumerate(cids):
@@ -298,28 +326,31 @@ def _round_columns(
             continue
         # lists that differ between sub query blocks: their union, each final block reaching a column through the
         # sub blocks that list it
+        q_slot, q_pmax = _rows(inc.q_slot, [i])[0], _rows(inc.q_pmax, [i])[0]
         cid = cid.to(dev, torch.int64)
         universe = torch.unique(cid[cid >= 0])  # host sync: output size
         member = torch.zeros(inc.nqb_s + 1, universe.numel(), dtype=torch.bool, device=dev)
         rows = torch.arange(inc.nqb_s, device=dev)[:, None].expand_as(cid)
         valid = cid >= 0
         member[rows[valid], torch.searchsorted(universe, cid[valid])] = True
-        col_reach = torch.full((nqb_m, universe.numel()), -1, dtype=inc.q_pmax.dtype, device=dev)
-        for w in range(inc.q_slot.shape[1]):  # slots, W <= block
-            col_reach = torch.maximum(col_reach, torch.where(member[inc.q_slot[:, w]], inc.q_pmax[:, w : w + 1], -1))
-        out[i] = _final_columns(universe[None], k_order, key_mask, kinv, col_reach[None], nqb)[0]
+        col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=q_pmax.dtype, device=dev)
+        for w in range(q_slot.shape[1]):  # slots, W <= block
+            col_reach = torch.maximum(col_reach, torch.where(member[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
+        final = _final_columns(universe[None], _rows(k_sub, [i]), key_mask, _rows(kinv, [i]), col_reach[None], nqb)
+        out[i] = final[0]
     if one:
         lists = [cids[i][0].to(dev, torch.int64) for i in one]  # type: ignore[index]
         universe = torch.nn.utils.rnn.pad_sequence(lists, batch_first=True, padding_value=-1)  # [H', U]
-        col_reach = inc.q_pmax.amax(1)[None, :, None]  # [1, nqb_m, 1]: the group's last row of each final block
-        for i, c in zip(one, _final_columns(universe, k_order, key_mask, kinv, col_reach, nqb), strict=True):
+        col_reach = _rows(inc.q_pmax, one).amax(2)[:, :, None]  # [H' or 1, nqb_m, 1]: each block's last group row
+        final = _final_columns(universe, _rows(k_sub, one), key_mask, _rows(kinv, one), col_reach, nqb)
+        for i, c in zip(one, final, strict=True):
             out[i] = c
     return out
 
 
 def _final_columns(
     universe: torch.Tensor,
-    k_order: torch.Tensor,
+    k_sub: torch.Tensor,
     key_mask: torch.Tensor,
     kinv: torch.Tensor,
     col_reach: torch.Tensor,
@@ -327,12 +358,13 @@ def _final_columns(
 ) -> torch.Tensor:
     """int64 [H, nqb, U]: sub column ``universe[h, u]`` (sub key-permuted id, -1 padding) as a final key-permuted
     id where the final block's rows reach it (``pos <= col_reach[h, X, u]``, broadcastable [H, nqb_m, U]) and it is
-    one of the group's keys, else -1; rows from ``nqb_m`` on: -1."""
-    pos = k_order.to(kinv.device, torch.int64)[universe.clamp(min=0)]  # original position of each column
+    one of the group's keys, else -1; rows from ``nqb_m`` on: -1. ``k_sub`` [H or 1, end], ``kinv`` [H or 1, n_k]."""
+    heads = universe.shape[0]
+    pos = _gather(k_sub.expand(heads, -1), universe.clamp(min=0))  # original position of each column
     keep = ((universe >= 0) & key_mask[pos])[:, None, :] & (pos[:, None, :] <= col_reach)
     nqb_m = keep.shape[1]
-    out = torch.full((universe.shape[0], nqb, universe.shape[1]), -1, dtype=torch.int64, device=kinv.device)
-    out[:, :nqb_m] = torch.where(keep, kinv[pos][:, None, :], -1)
+    out = torch.full((heads, nqb, universe.shape[1]), -1, dtype=torch.int64, device=kinv.device)
+    out[:, :nqb_m] = torch.where(keep, _gather(kinv.expand(heads, -1), pos)[:, None, :], -1)
     return out
 
 
@@ -400,9 +432,9 @@ def boundary_keeps(
             for h, kp in zip(heads, _sub_keeps(q, k, lt, cfg, end, rows, block, scale, heads, group), strict=True):
                 subs[(h, m, cfg)] = kp
 
-    # per query modality: the part of every head. Heads whose subs of the part are all non-Grid (identity orders)
-    # share the part's orders and incidences and are rounded together; a Grid sub's orders come from its head's
-    # stride/phase estimate, so such heads are rounded one by one.
+    # per query modality: the part of every head, in two batches. Heads whose subs of the part are all non-Grid
+    # (identity orders) share the part's orders and incidences (tables of one row, expanded); heads with a Grid sub
+    # (orders from each head's stride/phase estimate) get per-head tables, one row each, computed together.
     parts: dict[int, list[SlotKeep]] = {h: [] for h in specs}
     key_masks: dict[frozenset[int], torch.Tensor] = {}
     k_idx = torch.arange(n_k, device=dev)
@@ -413,33 +445,33 @@ def boundary_keeps(
                 parts[h].append(_empty_part(n_q, n_k, block, dev))
             continue
         end = last[m][0]
-        n_m = rows_of[m]  # a layout fact: no host read
+        n_m, nqb_m = rows_of[m], _cdiv(rows_of[m], block)  # a layout fact: no host read
+        row_ok = qmod == int(m)  # every m row lies before `end`
+        rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]  # the other rows, ascending
         of_key = {h: _pairs_of(spec, m, mods) for h, spec in specs.items()}
-        shared = [h for h in specs if not any(isinstance(c, Grid) for c in of_key[h].values())]
-        for batch in [shared] + [[h] for h in specs if h not in shared]:
+        grid = [h for h in specs if any(isinstance(c, Grid) for c in of_key[h].values())]
+        for batch, hs in (([h for h in specs if h not in grid], 1), (grid, len(grid))):
             if not batch:
                 continue
-            h0 = batch[0]
+            heads = len(batch)
+
             # m's rows in its own pattern's row order first, then the rest (ascending); every key in its own pair's
             # key order. Stable sorts on "not m" pick them without a host read (the count is a layout fact).
-            row_ok = qmod == int(m)  # every m row lies before `end`
-            sub_rows = subs[(h0, m, of_key[h0][m])].q_order.to(dev, torch.int64)
-            mine = sub_rows[torch.sort((~row_ok[sub_rows]).to(torch.int8), stable=True).indices[:n_m]]
-            rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]
-            qo = torch.cat([mine, rest])
-            rank = torch.empty(n_k, dtype=torch.int64, device=dev)
-            for n, cfg in of_key[h0].items():
-                ext = torch.cat([subs[(h0, m, cfg)].k_order.to(dev, torch.int64), k_idx[end:]])
-                sel_n = kmod == int(n)
-                rank[sel_n] = _inverse(ext)[sel_n]
-            ko = torch.sort(rank).indices  # ranks are distinct: sub orders permute only inside segments
+            sub_rows = _orders([subs[(h, m, of_key[h][m])] for h in batch[:hs]], "q", dev)
+            mine = _gather(sub_rows, torch.sort((~row_ok[sub_rows]).to(torch.int8), dim=1, stable=True).indices)
+            mine = mine[:, :n_m]
+            qo = torch.cat([mine, rest.expand(hs, -1)], dim=1)
+            rank = torch.empty(hs, n_k, dtype=torch.int64, device=dev)
+            for n in mods:
+                k_sub = _orders([subs[(h, m, of_key[h][n])] for h in batch[:hs]], "k", dev)
+                ext = torch.cat([k_sub, k_idx[end:].expand(hs, -1)], 1)
+                rank = torch.where(kmod == int(n), _inverse(ext), rank)
+            ko = torch.sort(rank, dim=1).indices  # ranks are distinct: sub orders permute only inside segments
             kinv = _inverse(ko)
 
-            nqb_m = _cdiv(n_m, block)
-            blocks = torch.zeros(len(batch), nqb, nkb, dtype=torch.bool, device=dev)  # past the rows: empty
+            blocks = torch.zeros(heads, nqb, nkb, dtype=torch.bool, device=dev)  # past the part's rows: empty
             columns: dict[int, list[torch.Tensor]] = {h: [] for h in batch}
-            # the heads of the batch by key-modality group (heads of one spec: one batch per group)
-            groups: dict[frozenset[int], list[int]] = {}
+            groups: dict[frozenset[int], list[int]] = {}  # key-modality group -> the batch's heads that have it
             for i, h in enumerate(batch):
                 for cfg in dict.fromkeys(of_key[h].values()):
                     groups.setdefault(frozenset(int(n) for n, c in of_key[h].items() if c == cfg), []).append(i)
@@ -447,22 +479,32 @@ def boundary_keeps(
                 if group not in key_masks:
                     key_masks[group] = torch.isin(kmod, torch.tensor(sorted(group), device=dev))
                 key_mask = key_masks[group]
-                gsubs = [subs[(batch[i], m, of_key[batch[i]][Modality(min(group))])] for i in idx]
-                inc = _incidences(gsubs[0], mine, n_q, key_mask, ko, prefix, block)
+                cfg_of = {batch[i]: of_key[batch[i]][Modality(min(group))] for i in idx}
+                gsubs = [subs[(h, m, cfg)] for h, cfg in cfg_of.items()]
+                rows = idx[:hs]
+                q_sub, k_sub = _orders(gsubs[:hs], "q", dev), _orders(gsubs[:hs], "k", dev)
+                sub_ko, sub_kinv = _rows(ko, rows), _rows(kinv, rows)
+                inc = _incidences(q_sub, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block)
                 tiles = _round_tiles(torch.stack([sub.blocks.to(dev) for sub in gsubs]), inc, block)
-                if len(idx) == len(batch):
+                if len(idx) == heads:
                     blocks[:, :nqb_m] |= tiles
                 else:
                     at = torch.tensor(idx, device=dev)
                     blocks[at, :nqb_m] |= tiles
                 cids = [sub.column_ids for sub in gsubs]
-                for i, c in zip(idx, _round_columns(cids, gsubs[0].k_order, inc, key_mask, kinv, nqb), strict=True):
+                for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv, nqb), strict=True):
                     if c is not None:
                         columns[batch[i]].append(c)
-            own_rows = torch.arange(n_m, device=dev)
-            blocks[:, own_rows // block, kinv[mine + prefix] // block] = True  # every row keeps its own position
+            # every row keeps its own position
+            own_rows = (torch.arange(n_m, device=dev) // block).expand(hs, n_m)
+            own_keys = _gather(kinv, mine + prefix) // block
+            if hs == 1:
+                blocks[:, own_rows[0], own_keys[0]] = True
+            else:
+                blocks[torch.arange(hs, device=dev)[:, None], own_rows, own_keys] = True
             for i, h in enumerate(batch):
                 cols = columns[h]
                 cid = None if not cols else cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
-                parts[h].append(SlotKeep(qo, ko, blocks[i], cid, n_m))
+                j = i if hs > 1 else 0
+                parts[h].append(SlotKeep(qo[j], ko[j], blocks[i], cid, n_m))
     return {h: parts[h] for h in specs}
