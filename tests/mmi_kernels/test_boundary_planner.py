@@ -284,16 +284,19 @@ def test_boundary_keeps_random_layouts(seed: int, monkeypatch) -> None:
     _planner_vs_reference(layout, spec, block, prefix, seed=seed)
 
 
-@pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping"])
+@pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping", "chunked"])
 def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
-    """`_tiles` (the rounding core, two heads with their own sub blocks and slots) against its definition, on each
-    of its paths: `slot_tiles` (few column slots), the full/partial split (sub-block value ranges disjoint: few
-    partial blocks), and overlapping ranges (the split gives up and calls `slot_tiles`)."""
+    """`_tiles` (the rounding core, three heads with their own sub blocks and slots) against its definition, on
+    each of its paths: `slot_tiles` (few column slots), the full/partial split (sub-block value ranges disjoint: few
+    partial blocks) for all heads at once or in chunks of two heads, and overlapping ranges (the split gives up and
+    calls `slot_tiles`)."""
     from mmi_kernels import boundary_planner
 
     if case == "loop":
         monkeypatch.setattr(boundary_planner, "SLOT_LOOP_MAX", 64)
-    block, nr, nc, n_rows, n_cols, heads = 8, 9, 11, 13, 17, 2
+    block, nr, nc, n_rows, n_cols, heads = 8, 9, 11, 13, 17, 3
+    if case == "chunked":
+        monkeypatch.setattr(boundary_planner, "SPLIT_CHUNK", 2 * (nc + 1) * (n_rows + n_cols + 1))
     g = torch.Generator().manual_seed(len(case))
     s_ext = torch.rand(heads, nr + 1, nc + 1, generator=g) < 0.4
     s_ext[:, nr], s_ext[:, :, nc] = False, False

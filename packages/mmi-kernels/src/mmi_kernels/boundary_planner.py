@@ -128,7 +128,12 @@ def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) 
 SLOT_LOOP_MAX = 8
 """Up to this many column slots the tiles come from `slot_tiles` (O(Wr · Wc) per tile, all heads at once); beyond (a
 sub order that scatters the final blocks, typically identity-ordered keys against grid-ordered video keys) from
-`_split_tiles`' full/partial split, head by head."""
+`_split_tiles`' full/partial split (heads batched)."""
+
+
+SPLIT_CHUNK = 1 << 27
+"""Elements of the per-head [R, nc] and [nc, C] tables of `_split_tiles` per call: heads are split into chunks of at
+most this many (at least one head), bounding its memory (int32 reach and counts, fp16 matmul operands)."""
 
 
 def _tiles(
@@ -146,13 +151,17 @@ def _tiles(
     ``r_slot``, ``r_val`` [H, R, Wr]; ``c_slot``, ``c_val`` [H, C, Wc] (ids int64, values int32 or int64; a table
     expanded over the heads is read in place); every sub block id occurs in at most ``block`` slots of a head's
     ``c_slot``. Call it with the side of few slots as rows. Few column slots: `mmi_kernels.boundary_tiles.slot_tiles`
-    (one fused pass for all heads). Many: `_split_tiles` head by head.
+    (one fused pass for all heads). Many: `_split_tiles`, heads in chunks of `SPLIT_CHUNK` elements.
     """
     if c_slot.shape[2] <= SLOT_LOOP_MAX:
         return slot_tiles(s_ext, r_slot, r_val, c_slot, c_val)
-    return torch.stack(
-        [_split_tiles(s_ext[i], r_slot[i], r_val[i], c_slot[i], c_val[i], block) for i in range(s_ext.shape[0])]
-    )
+    heads, n_rows, n_cols = s_ext.shape[0], r_slot.shape[1], c_slot.shape[1]
+    nc1 = s_ext.shape[2]
+    step = max(1, SPLIT_CHUNK // max(nc1 * (n_rows + n_cols + 1), 1))
+    if step >= heads:
+        return _split_tiles(s_ext, r_slot, r_val, c_slot, c_val, block)
+    chunks = [slice(a, a + step) for a in range(0, heads, step)]
+    return torch.cat([_split_tiles(s_ext[c], r_slot[c], r_val[c], c_slot[c], c_val[c], block) for c in chunks])
 
 
 def _split_tiles(
@@ -163,55 +172,54 @@ def _split_tiles(
     c_val: torch.Tensor,
     block: int,
 ) -> torch.Tensor:
-    """One head of `_tiles` with many column slots (shapes without the head dimension): the reach
-    ``A[X, c] = max r_val`` over X's slots that keep ``c`` (one [R, nc] pass per row slot), then per sub block c
-    its column incidences sorted by value; ``h[c, X]`` = how many of them X reaches (a prefix). Blocks reached in
-    full (h = all) give ``full @ incidence`` (one matmul of 0/1 values: all terms >= 0, so ``> 0`` is exact in any
-    float type); partly reached ones (h strictly between) are few when the sub order agrees with the final one on
-    the row side (at most Wr per X: the values lie inside one block's range each), and are scattered one incidence
-    at a time. Too many partial blocks (sub orders that overlap, e.g. a grid-ordered sub against another order):
-    `slot_tiles` instead (O(Wr · Wc) per tile). One host read (count).
+    """`_tiles` with many column slots, all heads of the call at once: the reach ``A[h, X, c] = max r_val`` over
+    X's slots that keep ``c`` (one [H, R, nc] pass per row slot), then per sub block c its column incidences sorted
+    by value; ``n[h, c, X]`` = how many of them X reaches (a prefix). Blocks reached in full (n = all) give
+    ``full @ incidence`` (one batched matmul of 0/1 values: all terms >= 0, so ``> 0`` is exact in any float type);
+    partly reached ones (n strictly between) are few when the sub order agrees with the final one on the row side
+    (at most Wr per X: the values lie inside one block's range each), and are scattered one incidence at a time. Too
+    many partial blocks (sub orders that overlap, e.g. a grid-ordered sub against another order): `slot_tiles`
+    instead (O(Wr · Wc) per tile). One host read (the number of partial blocks of all heads).
     """
     dev = s_ext.device
-    nc = s_ext.shape[1] - 1
-    n_rows, n_cols = r_slot.shape[0], c_slot.shape[0]
+    heads, nc = s_ext.shape[0], s_ext.shape[2] - 1
+    n_rows, n_cols, wc = r_slot.shape[1], c_slot.shape[1], c_slot.shape[2]
     low = torch.iinfo(r_val.dtype).min
-    reach = torch.full((n_rows, nc + 1), low, dtype=r_val.dtype, device=dev)  # A[X, c]; column nc stays `low`
-    for w in range(r_slot.shape[1]):  # slots, not tokens
-        reach = torch.maximum(reach, torch.where(s_ext[r_slot[:, w]], r_val[:, w : w + 1], low))
+    reach = torch.full((heads, n_rows, nc + 1), low, dtype=r_val.dtype, device=dev)  # column nc stays `low`
+    for w in range(r_slot.shape[2]):  # slots, not tokens
+        hit = torch.gather(s_ext, 1, r_slot[:, :, w, None].expand(heads, n_rows, nc + 1))
+        reach = torch.maximum(reach, torch.where(hit, r_val[:, :, w, None], low))
     # column incidences grouped by sub block, ascending value inside each (padding id nc sorts last)
-    inc_c, inc_y, inc_v = (
-        c_slot.flatten(),
-        torch.arange(n_cols, device=dev).repeat_interleave(c_slot.shape[1]),
-        c_val.flatten(),
-    )
-    order = torch.sort(inc_v, stable=True).indices
-    order = order[torch.sort(inc_c[order], stable=True).indices]
-    inc_c, inc_y, inc_v = inc_c[order], inc_y[order], inc_v[order]
-    count = torch.zeros(nc + 1, dtype=torch.int64, device=dev).scatter_add_(0, inc_c, torch.ones_like(inc_c))
-    rank = torch.arange(inc_c.numel(), device=dev) - (torch.cumsum(count, 0) - count)[inc_c]
+    inc_c, inc_v = c_slot.reshape(heads, -1), c_val.reshape(heads, -1)
+    inc_y = torch.arange(n_cols, device=dev).repeat_interleave(wc).expand(heads, -1)
+    order = torch.sort(inc_v, dim=1, stable=True).indices
+    order = order.gather(1, torch.sort(inc_c.gather(1, order), dim=1, stable=True).indices)
+    inc_c, inc_y, inc_v = inc_c.gather(1, order), inc_y.gather(1, order), inc_v.gather(1, order)
+    count = torch.zeros(heads, nc + 1, dtype=torch.int64, device=dev).scatter_add_(1, inc_c, torch.ones_like(inc_c))
+    rank = torch.arange(inc_c.shape[1], device=dev) - (torch.cumsum(count, 1) - count).gather(1, inc_c)
     real = inc_c < nc
+    hd = torch.arange(heads, device=dev)[:, None].expand_as(inc_c)
     big = torch.iinfo(c_val.dtype).max
-    tab_v = torch.full((nc + 1, block + 1), big, dtype=c_val.dtype, device=dev)  # [c, rank]; column block: trash
-    tab_y = torch.full((nc + 1, block + 1), n_cols, dtype=torch.int64, device=dev)
+    tab_v = torch.full((heads, nc + 1, block + 1), big, dtype=c_val.dtype, device=dev)  # [h, c, rank]; block: trash
+    tab_y = torch.full((heads, nc + 1, block + 1), n_cols, dtype=torch.int64, device=dev)
     slot = torch.where(real, rank.clamp(max=block), block)
-    tab_v[inc_c, slot] = torch.where(real, inc_v, big)
-    tab_y[inc_c, slot] = torch.where(real, inc_y, n_cols)
-    tab_v, tab_y, count = tab_v[:nc, :block].contiguous(), tab_y[:nc, :block], count[:nc]
-    h = torch.searchsorted(tab_v, reach[:, :nc].t().contiguous(), right=True, out_int32=True)  # [nc, R] reached
-    full = (h == count[:, None]) & (count[:, None] > 0)
-    partial = (h > 0) & (h < count[:, None])
-    pc, px = partial.nonzero(as_tuple=True)  # host sync: the number of partly reached blocks
-    if pc.numel() * block > max(n_rows * n_cols, 1):
-        return slot_tiles(s_ext[None], r_slot[None], r_val[None], c_slot[None], c_val[None])[0]
-    incidence = torch.zeros(nc + 1, n_cols + 1, dtype=torch.bool, device=dev)
-    incidence[inc_c, torch.where(real, inc_y, n_cols)] = True
+    tab_v[hd, inc_c, slot] = torch.where(real, inc_v, big)
+    tab_y[hd, inc_c, slot] = torch.where(real, inc_y, n_cols)
+    tab_v, tab_y, count = tab_v[:, :nc, :block].contiguous(), tab_y[:, :nc, :block], count[:, :nc, None]
+    reached = torch.searchsorted(tab_v, reach[:, :, :nc].transpose(1, 2).contiguous(), right=True, out_int32=True)
+    full = (reached == count) & (count > 0)  # [H, nc, R]
+    partial = (reached > 0) & (reached < count)
+    ph, pc, px = partial.nonzero(as_tuple=True)  # host sync: the number of partly reached blocks
+    if pc.numel() * block > max(heads * n_rows * n_cols, 1):
+        return slot_tiles(s_ext, r_slot, r_val, c_slot, c_val)
+    incidence = torch.zeros(heads, nc + 1, n_cols + 1, dtype=torch.bool, device=dev)
+    incidence[hd, inc_c, torch.where(real, inc_y, n_cols)] = True
     mm = torch.float16 if dev.type == "cuda" else torch.float32
-    out = torch.zeros(n_rows, n_cols + 1, dtype=torch.bool, device=dev)
-    out[:, :n_cols] = (full.t().to(mm) @ incidence[:nc, :n_cols].to(mm)) > 0
-    ys = torch.where(torch.arange(block, device=dev)[None, :] < h[pc, px][:, None], tab_y[pc], n_cols)
-    out[px[:, None].expand_as(ys), ys] = True  # column n_cols: not reached
-    return out[:, :n_cols]
+    out = torch.zeros(heads, n_rows, n_cols + 1, dtype=torch.bool, device=dev)
+    out[:, :, :n_cols] = torch.bmm(full.transpose(1, 2).to(mm), incidence[:, :nc, :n_cols].to(mm)) > 0
+    ys = torch.where(torch.arange(block, device=dev)[None, :] < reached[ph, pc, px][:, None], tab_y[ph, pc], n_cols)
+    out[ph[:, None].expand_as(ys), px[:, None].expand_as(ys), ys] = True  # column n_cols: not reached
+    return out[:, :, :n_cols]
 
 
 def _orders(keeps: list[SlotKeep], kind: str, dev: torch.device) -> torch.Tensor:
