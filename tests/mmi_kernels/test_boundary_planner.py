@@ -93,10 +93,18 @@ def _slot_selections(sels: list, slots: list[tuple[int, int]], dense):
     return out
 
 
-@pytest.mark.parametrize("name", list(MIXED))
-@pytest.mark.parametrize("prefix", [0, 37])
-def test_boundary_keeps_equal_mmi_core(name: str, prefix: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "prefix", "grid_heads_per_chunk"),
+    [(name, prefix, None) for name in MIXED for prefix in (0, 37)] + [("t_i_v_t_v_t", 37, 1)],
+)
+def test_boundary_keeps_equal_mmi_core(name: str, prefix: int, grid_heads_per_chunk: int | None, monkeypatch) -> None:
+    """The whole layer (several boundary heads, Grid and identity-order parts batched over heads; the Grid heads
+    also one per chunk) through the index equals mmi_core's selections."""
     layout = MIXED[name]
+    if grid_heads_per_chunk is not None:
+        from mmi_kernels import boundary_planner
+
+        monkeypatch.setattr(boundary_planner, "GRID_CHUNK", grid_heads_per_chunk * layout.num_tokens)
     n_k = layout.num_tokens
     g = torch.Generator().manual_seed(prefix + n_k)
     q = torch.randn(n_k - prefix, 8, 16, generator=g)
@@ -313,7 +321,8 @@ def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
     c_val = torch.where(
         c_slot < nc, 10 * c_slot * (case != "overlapping") + torch.randint(0, spread, c_slot.shape, generator=g), 10**9
     )
-    got = boundary_planner._tiles(s_ext, r_slot, r_val, c_slot, c_val, block)
+    got = torch.zeros(heads, n_rows, n_cols, dtype=torch.bool)
+    boundary_planner._tiles(s_ext, r_slot, r_val, c_slot, c_val, block, got)
     hd = torch.arange(heads)[:, None, None, None, None]
     hit = s_ext[hd, r_slot[:, :, :, None, None], c_slot[:, None, None, :, :]]  # [H, R, Wr, C, Wc]
     want = (hit & (c_val[:, None, None] <= r_val[:, :, :, None, None])).any(4).any(2)
@@ -331,7 +340,8 @@ def test_tiles_core_ties_count(loop_max: int, monkeypatch) -> None:
     r_slot, c_slot = torch.tensor([[0], [0]]), torch.tensor([[0, 1], [0, 1]])
     r_val, c_val = torch.tensor([[5], [4]]), torch.tensor([[5, 0], [6, 0]])
     want = torch.tensor([[True, False], [False, False]])
-    got = boundary_planner._tiles(s_ext[None], r_slot[None], r_val[None], c_slot[None], c_val[None], 16)
+    got = torch.zeros(1, 2, 2, dtype=torch.bool)
+    boundary_planner._tiles(s_ext[None], r_slot[None], r_val[None], c_slot[None], c_val[None], 16, got)
     assert torch.equal(got[0], want)
 
 

@@ -81,3 +81,24 @@ def test_slot_tiles_errors() -> None:
         slot_tiles(s_ext, r_slot, r_val, c_slot, c_val.long())
     empty = slot_tiles(s_ext, r_slot[:, :0], r_val[:, :0], c_slot, c_val)
     assert empty.shape == (2, 0, 5)
+
+
+@pytest.mark.parametrize("triton", ["0", "1"])
+def test_slot_tiles_ors_into_a_strided_out(triton: str, monkeypatch) -> None:
+    """``out`` (here a transposed slice of a larger tensor, partly True already) gets the tiles ORed in, in place;
+    the rest of the larger tensor is untouched."""
+    monkeypatch.setenv("TRITON_INTERPRET", triton)
+    args = _case(2, 5, 6, 21, 13, wr=2, wc=2, seed=3, dtype=torch.int64)
+    g = torch.Generator().manual_seed(1)
+    big = torch.rand(2, 15, 25, generator=g) < 0.2  # [H, C + 2, R + 4]
+    before = big.clone()
+    out = big[:, 1:14, 2:23].transpose(1, 2)  # [H, R, C], strided
+    prior = out.clone()
+    got = slot_tiles(*args, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(out, prior | _brute(*args))
+    mask = torch.ones_like(big)
+    mask[:, 1:14, 2:23] = False
+    assert torch.equal(big[mask], before[mask])
+    with pytest.raises(ValueError, match="out must be bool"):
+        slot_tiles(*args, out=torch.zeros(2, 21, 12, dtype=torch.bool))

@@ -143,6 +143,11 @@ SPLIT_CHUNK = 1 << 27
 most this many (at least one head), bounding its memory (int32 reach and counts, fp16 matmul operands)."""
 
 
+GRID_CHUNK = 1 << 24
+"""Heads with Grid subs are rounded in chunks of at most ``GRID_CHUNK // n_k`` heads (at least one): their per-head
+int64 orders and incidence tables take ~10 ``[heads, n_k]`` temporaries (16M elements each at most: 128 MiB)."""
+
+
 def _tiles(
     s_ext: torch.Tensor,
     r_slot: torch.Tensor,
@@ -150,9 +155,10 @@ def _tiles(
     c_slot: torch.Tensor,
     c_val: torch.Tensor,
     block: int,
-) -> torch.Tensor:
-    """bool [H, R, C]: per head ``T[X, Y] = OR over slots w, v of S[r_slot[X, w], c_slot[Y, v]] and
-    c_val[Y, v] <= r_val[X, w]``.
+    out: torch.Tensor,
+) -> None:
+    """OR into ``out`` (bool [H, R, C], any strides) per head ``T[X, Y] = OR over slots w, v of
+    S[r_slot[X, w], c_slot[Y, v]] and c_val[Y, v] <= r_val[X, w]``.
 
     ``s_ext`` bool [H, nr + 1, nc + 1] (sub blocks per head; last row / column: the padding id, all False);
     ``r_slot``, ``r_val`` [H, R, Wr]; ``c_slot``, ``c_val`` [H, C, Wc] (ids int64, values int32 or int64; a table
@@ -161,14 +167,13 @@ def _tiles(
     (one fused pass for all heads). Many: `_split_tiles`, heads in chunks of `SPLIT_CHUNK` elements.
     """
     if c_slot.shape[2] <= SLOT_LOOP_MAX:
-        return slot_tiles(s_ext, r_slot, r_val, c_slot, c_val)
+        slot_tiles(s_ext, r_slot, r_val, c_slot, c_val, out=out)
+        return
     heads, n_rows, n_cols = s_ext.shape[0], r_slot.shape[1], c_slot.shape[1]
-    nc1 = s_ext.shape[2]
-    step = max(1, SPLIT_CHUNK // max(nc1 * (n_rows + n_cols + 1), 1))
-    if step >= heads:
-        return _split_tiles(s_ext, r_slot, r_val, c_slot, c_val, block)
-    chunks = [slice(a, a + step) for a in range(0, heads, step)]
-    return torch.cat([_split_tiles(s_ext[c], r_slot[c], r_val[c], c_slot[c], c_val[c], block) for c in chunks])
+    step = max(1, SPLIT_CHUNK // max(s_ext.shape[2] * (n_rows + n_cols + 1), 1))
+    for a in range(0, heads, step):
+        c = slice(a, a + step)
+        out[c] |= _split_tiles(s_ext[c], r_slot[c], r_val[c], c_slot[c], c_val[c], block)
 
 
 def _split_tiles(
@@ -299,10 +304,10 @@ def _incidences(
     return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
 
 
-def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int) -> torch.Tensor:
+def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int, out: torch.Tensor) -> None:
     """One group's sub blocks of H heads (bool [H, nqb_s, nkb_s]; ``inc`` per head or one for all) rounded onto the
-    final orders, over the part's own query blocks only (its rows lead its query order; the blocks after them hold
-    none): bool [H, ceil(rows / block), nkb], possibly a transposed view."""
+    final orders and ORed into ``out`` (bool [H, ceil(rows / block), nkb], any strides): the part's own query blocks
+    only (its rows lead its query order; the blocks after them hold none)."""
     heads = sub_blocks.shape[0]
     s_ext = torch.zeros(heads, inc.nqb_s + 1, inc.nkb_s + 1, dtype=torch.bool, device=sub_blocks.device)
     s_ext[:, : inc.nqb_s, : inc.nkb_s] = sub_blocks  # row / column nqb_s, nkb_s: padding
@@ -312,9 +317,9 @@ def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int) -> torc
 
     q_slot, q_pmax, k_slot, k_min = map(per_head, (inc.q_slot, inc.q_pmax, inc.k_slot, inc.k_min))
     if q_slot.shape[2] <= k_slot.shape[2]:
-        return _tiles(s_ext, q_slot, q_pmax, k_slot, k_min, block)
-    # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem
-    return _tiles(s_ext.transpose(1, 2), k_slot, -k_min, q_slot, -q_pmax, block).transpose(1, 2)
+        _tiles(s_ext, q_slot, q_pmax, k_slot, k_min, block, out)
+    else:  # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem
+        _tiles(s_ext.transpose(1, 2), k_slot, -k_min, q_slot, -q_pmax, block, out.transpose(1, 2))
 
 
 def _round_columns(
@@ -378,8 +383,10 @@ def _final_columns(
     pos = _gather(k_sub.expand(heads, -1), universe.clamp(min=0))  # original position of each column
     keep = ((universe >= 0) & key_mask[pos])[:, None, :] & (pos[:, None, :] <= col_reach)
     nqb_m = keep.shape[1]
-    out = torch.full((heads, nqb, universe.shape[1]), -1, dtype=torch.int64, device=kinv.device)
-    out[:, :nqb_m] = torch.where(keep, _gather(kinv.expand(heads, -1), pos)[:, None, :], -1)
+    out = torch.empty(heads, nqb, universe.shape[1], dtype=torch.int64, device=kinv.device)
+    out[:, nqb_m:] = -1
+    out[:, :nqb_m] = _gather(kinv.expand(heads, -1), pos)[:, None, :]
+    out[:, :nqb_m].masked_fill_(~keep, -1)
     return out
 
 
@@ -465,7 +472,10 @@ def boundary_keeps(
         rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]  # the other rows, ascending
         of_key = {h: _pairs_of(spec, m, mods) for h, spec in specs.items()}
         grid = [h for h in specs if any(isinstance(c, Grid) for c in of_key[h].values())]
-        for batch, hs in (([h for h in specs if h not in grid], 1), (grid, len(grid))):
+        step = max(1, GRID_CHUNK // n_k)
+        batches = [([h for h in specs if h not in grid], 1)]
+        batches += [(grid[a : a + step], len(grid[a : a + step])) for a in range(0, len(grid), step)]
+        for batch, hs in batches:
             if not batch:
                 continue
             heads = len(batch)
@@ -500,12 +510,14 @@ def boundary_keeps(
                 q_sub, k_sub = _orders(gsubs[:hs], "q", dev), _orders(gsubs[:hs], "k", dev)
                 sub_ko, sub_kinv = _rows(ko, rows), _rows(kinv, rows)
                 inc = _incidences(q_sub, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block)
-                tiles = _round_tiles(torch.stack([sub.blocks.to(dev) for sub in gsubs]), inc, block)
-                if len(idx) == heads:
-                    blocks[:, :nqb_m] |= tiles
+                sub_blocks = torch.stack([sub.blocks.to(dev) for sub in gsubs])
+                if len(idx) == heads:  # in place
+                    _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m])
                 else:
                     at = torch.tensor(idx, device=dev)
-                    blocks[at, :nqb_m] |= tiles
+                    tiles = blocks[at, :nqb_m]  # a copy: ORed into, then written back
+                    _round_tiles(sub_blocks, inc, block, tiles)
+                    blocks[at, :nqb_m] = tiles
                 cids = [sub.column_ids for sub in gsubs]
                 for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv, nqb), strict=True):
                     if c is not None:

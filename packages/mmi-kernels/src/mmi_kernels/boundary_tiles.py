@@ -35,16 +35,20 @@ def _slot_tiles_kernel(
     S, RS, RV, CS, CV, OUT,
     n_rows, n_cols,
     s_h, s_r, s_c,  # strides of S (any layout: the transposed problem passes a transposed view)
+    o_h, o_r, o_c,  # strides of OUT (any layout, e.g. a transposed slice of the part's blocks)
     rs_h, rv_h, cs_h, cv_h,  # head strides of the slot tables (0: one table shared by every head)
     wr, wc,  # slots per row / column (runtime: one compiled kernel for every width)
-    BR: tl.constexpr, BC: tl.constexpr,
+    ACCUMULATE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0).to(tl.int64)
     x = tl.program_id(1).to(tl.int64) * BR + tl.arange(0, BR)
     y = tl.program_id(2).to(tl.int64) * BC + tl.arange(0, BC)
     mx, my = x < n_rows, y < n_cols
     m = mx[:, None] & my[None, :]
+    at = OUT + h * o_h + x[:, None] * o_r + y[None, :] * o_c
     acc = tl.zeros([BR, BC], tl.int32)
+    if ACCUMULATE:  # OR into what is there
+        acc = (tl.load(at, mask=m, other=0) != 0).to(tl.int32)
     for w in range(wr):
         rs = tl.load(RS + h * rs_h + x * wr + w, mask=mx, other=0)
         rv = tl.load(RV + h * rv_h + x * wr + w, mask=mx, other=0)
@@ -53,7 +57,7 @@ def _slot_tiles_kernel(
             cv = tl.load(CV + h * cv_h + y * wc + v, mask=my, other=0)
             s = tl.load(S + h * s_h + rs[:, None] * s_r + cs[None, :] * s_c, mask=m, other=0)
             acc = acc | ((s != 0) & (cv[None, :] <= rv[:, None])).to(tl.int32)
-    tl.store(OUT + (h * n_rows + x[:, None]) * n_cols + y[None, :], acc.to(tl.uint8), mask=m)
+    tl.store(at, acc.to(tl.uint8), mask=m)
 
 
 def _check(
@@ -86,9 +90,15 @@ def _head_stride(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def slot_tiles(
-    s_ext: torch.Tensor, r_slot: torch.Tensor, r_val: torch.Tensor, c_slot: torch.Tensor, c_val: torch.Tensor
+    s_ext: torch.Tensor,
+    r_slot: torch.Tensor,
+    r_val: torch.Tensor,
+    c_slot: torch.Tensor,
+    c_val: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """bool ``[H, R, C]``: ``T[h, X, Y]`` as in the module docstring.
+    """bool ``[H, R, C]``: ``T[h, X, Y]`` as in the module docstring, ORed into ``out`` when given (bool
+    ``[H, R, C]``, any strides, e.g. a slice of a larger tensor: no temporary of its size), which is returned.
 
     ``s_ext`` bool ``[H, nr + 1, nc + 1]`` (any strides; row ``nr`` and column ``nc`` all False: the padding ids);
     ``r_slot`` int64 / ``r_val`` ``[H, R, Wr]``; ``c_slot`` int64 / ``c_val`` ``[H, C, Wc]`` (ids in ``[0, nr]`` /
@@ -98,22 +108,34 @@ def slot_tiles(
     """
     _check(s_ext, r_slot, r_val, c_slot, c_val)
     heads, n_rows, n_cols = s_ext.shape[0], r_slot.shape[1], c_slot.shape[1]
+    if out is not None and (
+        out.shape != (heads, n_rows, n_cols) or out.dtype != torch.bool or out.device != s_ext.device
+    ):
+        raise ValueError(
+            f"out must be bool [{heads}, {n_rows}, {n_cols}] on {s_ext.device}, got {out.dtype} {tuple(out.shape)}"
+        )
     if not _use_triton(s_ext):
-        low = torch.iinfo(r_val.dtype).min
         nc1 = s_ext.shape[2]
-        reach = torch.full((heads, n_rows, nc1), low, dtype=r_val.dtype, device=s_ext.device)  # A[h, X, c]
+        reach = None  # A[h, X, c]: the largest row value reaching sub block c (the dtype's minimum: none)
         for w in range(r_slot.shape[2]):  # slots, not tokens
             hit = torch.gather(s_ext, 1, r_slot[:, :, w, None].expand(heads, n_rows, nc1))
-            reach = torch.maximum(reach, torch.where(hit, r_val[:, :, w, None], low))
-        out = torch.zeros(heads, n_rows, n_cols, dtype=torch.bool, device=s_ext.device)
+            a = torch.where(hit, r_val[:, :, w, None], torch.iinfo(r_val.dtype).min)
+            reach = a if reach is None else torch.maximum(reach, a)
+        if out is None:
+            out = torch.zeros(heads, n_rows, n_cols, dtype=torch.bool, device=s_ext.device)
+        if reach is None:
+            return out
         for v in range(c_slot.shape[2]):  # slots, not tokens
             out |= torch.gather(reach, 2, c_slot[:, None, :, v].expand(heads, n_rows, n_cols)) >= c_val[:, None, :, v]
         return out
-    out = torch.empty(heads, n_rows, n_cols, dtype=torch.uint8, device=s_ext.device)
+    accumulate = out is not None
+    if out is None:
+        out = torch.empty(heads, n_rows, n_cols, dtype=torch.bool, device=s_ext.device)
     if heads and n_rows and n_cols:
         (rs, rs_h), (rv, rv_h), (cs, cs_h), (cv, cv_h) = map(_head_stride, (r_slot, r_val, c_slot, c_val))
-        s = s_ext.view(torch.uint8)
+        s, o = s_ext.view(torch.uint8), out.view(torch.uint8)
         grid = (heads, triton.cdiv(n_rows, _BR), triton.cdiv(n_cols, _BC))
-        _slot_tiles_kernel[grid](s, rs, rv, cs, cv, out, n_rows, n_cols, *s.stride(), rs_h, rv_h, cs_h, cv_h,
-                                 r_slot.shape[2], c_slot.shape[2], BR=_BR, BC=_BC)  # fmt: skip
-    return out.view(torch.bool)
+        _slot_tiles_kernel[grid](s, rs, rv, cs, cv, o, n_rows, n_cols, *s.stride(), *o.stride(), rs_h, rv_h, cs_h,
+                                 cv_h, r_slot.shape[2], c_slot.shape[2], ACCUMULATE=accumulate, BR=_BR,
+                                 BC=_BC)  # fmt: skip
+    return out
