@@ -292,6 +292,36 @@ def test_boundary_keeps_random_layouts(seed: int, monkeypatch) -> None:
     _planner_vs_reference(layout, spec, block, prefix, seed=seed)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_boundary_keeps_batched_heads_equal_heads_alone(seed: int, monkeypatch) -> None:
+    """One call for six heads of mixed specs (identity-order and Grid parts batched over heads, key groups shared
+    by some heads only, Grid heads two per chunk) equals one call per head, through the index."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from mmi_kernels import boundary_planner
+
+    rng = random.Random(100 + seed)
+    layout, block, prefixes = PLANNER_LAYOUTS[rng.choice(["t_i_v", "i_t_v_t", "t_v_t_i_v"])]
+    prefix = rng.choice(prefixes)
+    n_k = layout.num_tokens
+    monkeypatch.setattr(boundary_planner, "GRID_CHUNK", 2 * n_k)
+    specs = _planner_specs(block)
+    names = [rng.choice(list(specs)) for _ in range(6)]
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n_k - prefix, 6, 16, generator=g)
+    k = torch.randn(n_k, 3, 16, generator=g)
+    lt = LayoutTensors(layout, "cpu")
+    try:
+        together = boundary_keeps(q, k, lt, {h: specs[n] for h, n in enumerate(names)}, scale=0.3)
+    except ValueError:  # a Grid 'frame' sub without video (the same error as the reference: tested above)
+        pytest.skip("layout without video before a modality's last rows")
+    slots = [(0, 1)] * 3
+    for h, name in enumerate(names):
+        alone = boundary_keeps(q[:, h : h + 1], k[:, h // 2 : h // 2 + 1], lt, {0: specs[name]}, scale=0.3)
+        got = index_from_keeps([together[h]], block=block, num_q_heads=1, num_kv_heads=1, slot_heads=slots)
+        want = index_from_keeps([alone[0]], block=block, num_q_heads=1, num_kv_heads=1, slot_heads=slots)
+        assert_same_index(got, want)
+
+
 @pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping", "chunked"])
 def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
     """`_tiles` (the rounding core, three heads with their own sub blocks and slots) against its definition, on
