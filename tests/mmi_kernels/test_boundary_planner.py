@@ -322,6 +322,23 @@ def test_boundary_keeps_batched_heads_equal_heads_alone(seed: int, monkeypatch) 
         assert_same_index(got, want)
 
 
+def test_boundary_keeps_all_heads_gqa_views_equal_reference() -> None:
+    """Every head of a GQA layer one boundary spec, statistics in Triton (the interpreter): the sub-problems are
+    estimated on views of q and k with their own grouping (no per-head copies); each head equals the reference."""
+    layout, block, _ = PLANNER_LAYOUTS["v_t"]
+    prefix, n_k = 17, layout.num_tokens
+    spec = _planner_specs(block)["2d_mixed"]  # Grid, block-sparse, A-shape and vertical-slash subs
+    g = torch.Generator().manual_seed(11)
+    q, k = torch.randn(n_k - prefix, 4, 16, generator=g), torch.randn(n_k, 2, 16, generator=g)
+    parts = boundary_keeps(q, k, LayoutTensors(layout, "cpu"), dict.fromkeys(range(4), spec), scale=0.3)
+    slots = [(0, 1)] * 3
+    for h in range(4):
+        sel = boundary_selection(q[:, h : h + 1], k[:, h // 2 : h // 2 + 1], layout, spec, scale=0.3)
+        ref = index_from_selections([list(sel.parts)], num_q_heads=1, num_kv_heads=1, slot_heads=slots)
+        got = index_from_keeps([parts[h]], block=block, num_q_heads=1, num_kv_heads=1, slot_heads=slots)
+        assert_same_index(got, ref)
+
+
 @pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping", "chunked"])
 def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
     """`_tiles` (the rounding core, three heads with their own sub blocks and slots) against its definition, on

@@ -11,19 +11,15 @@ tests.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from mmi_kernels.dispatch import triton_runs
+
 __all__ = ["block_ids", "lead_and_count"]
 
 _CHUNK = 1024
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _kept(blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor) -> torch.Tensor:
@@ -83,7 +79,7 @@ def lead_and_count(
     in first-position order). Returns int64 ``(lead [nqb], count [nqb])``: the kept leading run's length and the
     number of other kept blocks."""
     nqb, nkb = blocks.shape
-    if not _use_triton(blocks):
+    if not triton_runs(blocks):
         kept = _kept(blocks, k_min, q_max)
         lead = torch.where(kept, nkb, rank[None, :]).amin(1) if nkb else torch.zeros(nqb, dtype=torch.int64)
         return lead, (kept & (rank[None, :] >= lead[:, None])).sum(1)
@@ -108,7 +104,7 @@ def block_ids(
     ``out[start[qb] : start[qb] + count[qb]]`` (``start`` int64 [nqb]; ``count`` from `lead_and_count`, whose room
     the caller reserved). Arguments as `lead_and_count`, ``lead`` its first output."""
     nqb, nkb = blocks.shape
-    if not _use_triton(blocks):
+    if not triton_runs(blocks):
         listed = _kept(blocks, k_min, q_max) & (rank[None, :] >= lead[:, None])
         at = start[:, None] + torch.cumsum(listed, 1) - 1
         ids = torch.arange(nkb, device=blocks.device, dtype=out.dtype).expand_as(listed)

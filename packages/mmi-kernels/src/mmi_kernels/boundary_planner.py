@@ -60,6 +60,7 @@ import torch
 from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig
 from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.boundary_tiles import slot_tiles
+from mmi_kernels.dispatch import triton_runs
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import LayoutTensors, dense_keep
 
@@ -97,7 +98,9 @@ def _sub_keeps(
 ) -> list[SlotKeep]:
     """`mmi_core.boundary._sub_selection` of every head in ``heads`` in one batched estimate: the keep set of
     ``cfg`` on queries ``[prefix, end)`` and keys ``[0, end)`` (sub coordinates = global ones), ``last_q`` clamped to
-    ``rows``. Each query head is estimated alone (its own KV head, no GQA pooling), as in the reference."""
+    ``rows``. Each query head is estimated alone (its own KV head, no GQA pooling), as in the reference. When the
+    heads are all of them and the statistics run in Triton, q and k go in as views with their GQA grouping (the
+    kernels compute per query head); otherwise one copy of each head's q and KV head."""
     from mmi_kernels.estimate import estimate_layer_keeps  # local: estimate dispatches boundary heads to us
 
     prefix = lt.layout.num_tokens - q.shape[0]
@@ -105,6 +108,11 @@ def _sub_keeps(
     sub_layout, cfg = sub_problem(lt.layout, cfg, end, rows)
     if isinstance(cfg, Dense):
         return [dense_keep(n_q_sub, end, block, q.device)] * len(heads)
+    if heads == list(range(q.shape[1])) and triton_runs(q):
+        # every head: views of q and k with their own GQA grouping, no [n, heads, D] copies. Exact: the Triton
+        # last-query statistics compute each query head alone, and the per-head estimators read its KV head
+        hc = HeadConfigs.uniform(1, q.shape[1], k.shape[1], cfg, gqa="head")
+        return estimate_layer_keeps(q[:n_q_sub], k[:end], lt.truncated(sub_layout), hc, 0, scale=scale)
     hc = HeadConfigs.uniform(1, len(heads), len(heads), cfg, gqa="head")
     hq = torch.tensor(heads, device=q.device)
     qs = q[:n_q_sub].index_select(1, hq)

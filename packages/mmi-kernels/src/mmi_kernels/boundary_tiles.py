@@ -15,19 +15,15 @@ of size ``R · nc`` is materialised); the PyTorch expression below otherwise (pe
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from mmi_kernels.dispatch import triton_runs
+
 __all__ = ["slot_tiles"]
 
 _BR, _BC = 16, 64
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -114,7 +110,7 @@ def slot_tiles(
         raise ValueError(
             f"out must be bool [{heads}, {n_rows}, {n_cols}] on {s_ext.device}, got {out.dtype} {tuple(out.shape)}"
         )
-    if not _use_triton(s_ext):
+    if not triton_runs(s_ext):
         nc1 = s_ext.shape[2]
         reach = None  # A[h, X, c]: the largest row value reaching sub block c (the dtype's minimum: none)
         for w in range(r_slot.shape[2]):  # slots, not tokens

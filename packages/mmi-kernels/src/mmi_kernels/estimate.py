@@ -15,7 +15,6 @@ each in its own orders; a modality without rows in a request leaves its slot emp
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 
 import torch
@@ -30,6 +29,7 @@ from mmi_core.estimation import (
     vertical_slash_scores,
 )
 from mmi_kernels.boundary_planner import boundary_keeps
+from mmi_kernels.dispatch import triton_runs
 from mmi_kernels.index import SlotKeep
 from mmi_kernels.keep_planner import (
     LayoutTensors,
@@ -103,7 +103,7 @@ def last_query_stats(
     (`mmi_kernels.last_query`). Otherwise PyTorch: exactly mmi_core's functions up to ``chunk`` keys; beyond, two
     passes over key chunks (row log-sum-exp, then the three sums), equal to fp32 rounding, in O(Hq · L · chunk) memory.
     """
-    if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_runs(q):
         st = last_query_stats_triton(q, k, last_q, scale=scale, need_slash=need_slash)
         return st.vertical, st.slash, st.log_mean
     n_q, hq, d = q.shape

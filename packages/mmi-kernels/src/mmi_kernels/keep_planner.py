@@ -13,7 +13,6 @@ key-permuted index up to the row's own key — one interval per row, turned into
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +21,7 @@ import triton.language as tl
 
 from mmi_core import AShape, BlockSparse, Grid, Modality, ModalityLayout, VerticalSlash
 from mmi_core.estimation import grid_key_mask
+from mmi_kernels.dispatch import triton_runs
 from mmi_kernels.index import SlotKeep
 
 __all__ = [
@@ -271,7 +271,7 @@ def grid_blocks(
     One Triton program per query block on CUDA or under the interpreter (a row's scan, three comparisons and the
     store in one pass over ``nqb · nkb``); the PyTorch expression otherwise (the reference of the tests)."""
     nqb, nkb = q_max.numel(), k_min.numel()
-    if not (diff.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not triton_runs(diff):
         return (diff.cumsum(1)[:, :nkb] > 0) | (col_min[None, :] <= q_max[:, None]) | (k_min[None, :] <= h_max[:, None])
     out = torch.empty(nqb, nkb, dtype=torch.uint8, device=diff.device)
     if nqb and nkb:

@@ -14,7 +14,6 @@ the index is executed by the PyTorch reference (`index_keep_mask` + softmax), sm
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from mmi_core import HeadConfigs, Modality, ModalityLayout
+from mmi_kernels.dispatch import triton_runs
 from mmi_kernels.estimate import estimate_layer_keeps, layer_block, layer_slots
 from mmi_kernels.index import SparseIndex, index_from_keeps, index_keep_mask
 from mmi_kernels.keep_planner import LayoutTensors
@@ -235,7 +235,7 @@ class SparsePrefillWrapper:
         out[self._cu_q[r] : self._cu_q[r + 1]] = dense_causal_attention(qr, kr, vr, scale)
 
     def _attend(self, q, k, v, index: SparseIndex, scale: float, out: torch.Tensor | None, **paged) -> torch.Tensor:
-        if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        if triton_runs(q):
             return sparse_attention(q, k, v, index, scale=scale, out=out, config=self.kernel_config, **paged)
         o = index_attention_reference(q, k, v, index, scale, **paged)
         return o if out is None else out.copy_(o)
