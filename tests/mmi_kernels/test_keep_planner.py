@@ -25,12 +25,12 @@ from mmi_kernels import (
     ashape_keep,
     block_sparse_keep,
     estimate_layer_keeps,
-    grid_keep,
+    grid_keeps,
     index_from_keeps,
     index_from_selections,
     last_query_stats,
     layer_slots,
-    vertical_slash_keep,
+    vertical_slash_keeps,
 )
 
 
@@ -71,7 +71,7 @@ def test_grid_keep_equals_mmi_core(layout_name, prefix_frac, cfg, stride, residu
     n_k = layout.num_tokens
     n_q = n_k - int(prefix_frac * n_k)
     sel = grid_selection(layout, n_q, cfg, stride, residues)
-    keep = grid_keep(LayoutTensors(layout, "cpu"), n_q, cfg, stride, torch.tensor(residues))
+    keep = grid_keeps(LayoutTensors(layout, "cpu"), n_q, cfg, stride, torch.tensor([residues]))[0]
     assert_same_keep(keep, sel)
 
 
@@ -87,8 +87,9 @@ def test_identity_order_keeps_equal_mmi_core(n_q, n_k, block) -> None:
     cols = torch.rand(n_k, generator=g) < 0.1
     offs = torch.rand(n_k, generator=g) < 0.1
     sel = vertical_slash_selection(n_q, n_k, vs, torch.nonzero(cols).flatten(), torch.nonzero(offs).flatten())
-    keep = vertical_slash_keep(n_q, n_k, vs, cols, offs)
-    assert_same_keep(keep, sel)
+    for width in (None, int((cols | (torch.arange(n_k) < 3)).sum())):
+        keep = vertical_slash_keeps(n_q, n_k, vs, cols[None], offs[None], width=width)[0]
+        assert_same_keep(keep, sel)
     bs = BlockSparse(top_k=2, block=block)
     nqb, nkb = -(-n_q // block), -(-n_k // block)
     top = torch.randint(-1, nkb, (nqb, 3), generator=g)
@@ -122,7 +123,43 @@ def test_grid_keep_tensor_stride_equals_int_stride(cfg) -> None:
     lt = LayoutTensors(layout, "cpu")
     n_q = layout.num_tokens - 20
     sel = grid_selection(layout, n_q, cfg, 14, [5, 2])
-    assert_same_keep(grid_keep(lt, n_q, cfg, torch.tensor(14), torch.tensor([5, 2])), sel)
+    assert_same_keep(grid_keeps(lt, n_q, cfg, torch.tensor([14]), torch.tensor([[5, 2]]))[0], sel)
+
+
+@pytest.mark.parametrize("chunk", ["all", "one"])
+@pytest.mark.parametrize("prefix", [0, 23])
+def test_grid_keeps_units_each_equal_mmi_core(chunk, prefix, monkeypatch) -> None:
+    """Units with their own strides and lines built in one call (or one unit per chunk) equal mmi_core unit by unit:
+    a unit reading another's stride, phase or blocks would differ."""
+    import mmi_kernels.keep_planner as kpl
+
+    if chunk == "one":
+        monkeypatch.setattr(kpl, "GRID_CHUNK_ELEMENTS", 1)
+    layout = LAYOUTS["two_videos"]
+    n_q = layout.num_tokens - prefix
+    cfg = Grid(stride=8, block=16, local=1, sink=4)
+    strides, residues = [16, 7, 17], [[3, 1], [0, 5], [6, 2]]
+    got = grid_keeps(LayoutTensors(layout, "cpu"), n_q, cfg, torch.tensor(strides), torch.tensor(residues))
+    assert len(got) == 3
+    for keep, st, res in zip(got, strides, residues, strict=True):
+        assert_same_keep(keep, grid_selection(layout, n_q, cfg, st, res))
+
+
+@pytest.mark.parametrize("n_q,n_k,block", [(100, 100, 16), (37, 150, 32), (1, 65, 16), (130, 200, 64)])
+def test_vertical_slash_keeps_heads_each_equal_mmi_core(n_q, n_k, block) -> None:
+    """Heads with their own columns and diagonals in one call equal mmi_core head by head (the block-diagonal view
+    and the partial last query block included)."""
+    g = torch.Generator().manual_seed(n_q + n_k)
+    vs = VerticalSlash(vertical=8, slash=6, sink=2, local=3, block=block)
+    cols = torch.rand(4, n_k, generator=g) < 0.05
+    offs = torch.rand(4, n_k, generator=g) < 0.05
+    offs[1] = False  # a head with the local diagonals only
+    cols[2] = False
+    width = int((cols | (torch.arange(n_k) < vs.sink)).sum(1).max()) + 3  # a loose bound pads with -1
+    got = vertical_slash_keeps(n_q, n_k, vs, cols, offs, width=width)
+    for h, keep in enumerate(got):
+        sel = vertical_slash_selection(n_q, n_k, vs, torch.nonzero(cols[h]).flatten(), torch.nonzero(offs[h]).flatten())
+        assert_same_keep(keep, sel)
 
 
 @pytest.mark.parametrize(
@@ -226,9 +263,11 @@ def test_grid_blocks_kernel_equals_torch(nqb, nkb, monkeypatch) -> None:
     from mmi_kernels.keep_planner import grid_blocks
 
     g = torch.Generator().manual_seed(nqb * nkb)
-    diff = torch.randint(-1, 2, (nqb, nkb + 1), generator=g, dtype=torch.int32)
-    col_min, k_min = torch.randint(0, 5000, (nkb,), generator=g), torch.randint(0, 5000, (nkb,), generator=g)
-    q_max, h_max = torch.randint(0, 5000, (nqb,), generator=g), torch.randint(-1, 5000, (nqb,), generator=g)
+    units = 3  # per-unit facts: a unit reading another's would differ
+    diff = torch.randint(-1, 2, (units, nqb, nkb + 1), generator=g, dtype=torch.int32)
+    col_min = torch.randint(0, 5000, (units, nkb), generator=g)
+    k_min = torch.randint(0, 5000, (units, nkb), generator=g)
+    q_max, h_max = torch.randint(0, 5000, (units, nqb), generator=g), torch.randint(-1, 5000, (units, nqb), generator=g)
     got = grid_blocks(diff, col_min, q_max, k_min, h_max)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     ref = grid_blocks(diff, col_min, q_max, k_min, h_max)

@@ -33,8 +33,8 @@ from mmi_kernels.keep_planner import (
     ashape_keep,
     block_sparse_keep,
     dense_keep,
-    grid_keep,
-    vertical_slash_keep,
+    grid_keeps,
+    vertical_slash_keeps,
 )
 from mmi_kernels.sparse_attention import KernelConfig, sparse_attention, sparse_attention_fwd
 from mmi_kernels.wrapper import PrefillPlan, SparsePrefillWrapper, dense_causal_attention, sparse_prefill
@@ -62,7 +62,7 @@ __all__: list[str] = [
     "flex_permute",
     "flex_sparse_attention",
     "flex_unpermute",
-    "grid_keep",
+    "grid_keeps",
     "index_from_keeps",
     "index_from_selections",
     "index_keep_mask",
@@ -75,5 +75,5 @@ __all__: list[str] = [
     "sparse_attention",
     "sparse_attention_fwd",
     "sparse_prefill",
-    "vertical_slash_keep",
+    "vertical_slash_keeps",
 ]

@@ -30,15 +30,15 @@ from mmi_core.estimation import (
 )
 from mmi_kernels.boundary_planner import boundary_keeps
 from mmi_kernels.dispatch import triton_runs
-from mmi_kernels.index import SlotKeep
+from mmi_kernels.index import SlotKeep, pattern_capacity
 from mmi_kernels.keep_planner import (
     LayoutTensors,
     ashape_keep,
     block_sparse_keep,
     dense_keep,
-    grid_keep,
+    grid_keeps,
     union_keeps,
-    vertical_slash_keep,
+    vertical_slash_keeps,
 )
 from mmi_kernels.last_query import last_query_stats_triton
 
@@ -190,8 +190,10 @@ def estimate_layer_keeps(
             forced_s = (idx < cfg.local).expand(len(heads), n_k)
             cols = stable_top(vertical, cfg.vertical, forced=forced_c, coverage=cfg.coverage)
             offs = stable_top(slash, cfg.slash, forced=forced_s, coverage=cfg.coverage)
-            for i, h in enumerate(heads):
-                keep[h] = vertical_slash_keep(n_q, n_k, cfg, cols[i], offs[i])
+            # the column budget bounds every head's list: no host read for its width
+            width = pattern_capacity(cfg, n_k)[1]
+            for h, kp in zip(heads, vertical_slash_keeps(n_q, n_k, cfg, cols, offs, width=width), strict=True):
+                keep[h] = kp
         elif isinstance(cfg, BlockSparse):
             kv = k.index_select(1, torch.tensor([h // g for h in heads], device=dev))
             top = estimate_block_sparse(q.index_select(1, torch.tensor(heads, device=dev)), kv, cfg, scale=scale)
@@ -220,14 +222,18 @@ def estimate_layer_keeps(
             )
             # stride and residues stay on the device: the planner computes the permutation from them in closed form
             stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row, masks=masks)
+            # heads of one unit with one config share one keep set; the units of each config are built together
+            needs: dict[Grid, list[int]] = defaultdict(list)  # config -> the units (positions in `us`) using it
             for i, u in enumerate(us):
-                shared: dict[PatternConfig, SlotKeep] = {}  # heads of one unit with one config share one keep set
-                for h in units[u]:
-                    cfg_h = patterns[h]
-                    assert isinstance(cfg_h, Grid)
-                    if cfg_h not in shared:
-                        shared[cfg_h] = grid_keep(lt, n_q, cfg_h, stride[i], residues[i])
-                    keep[h] = shared[cfg_h]
+                for cfg_h in dict.fromkeys(patterns[h] for h in units[u]):
+                    needs[cfg_h].append(i)  # type: ignore[index]
+            for cfg_h, at in needs.items():
+                sel = torch.tensor(at, device=stride.device)
+                built = dict(zip(at, grid_keeps(lt, n_q, cfg_h, stride[sel], residues[sel]), strict=True))
+                for i in at:
+                    for h in units[us[i]]:
+                        if patterns[h] == cfg_h:
+                            keep[h] = built[i]
 
     out: list[SlotKeep] = []
     slots = layer_slots(head_configs, layer)

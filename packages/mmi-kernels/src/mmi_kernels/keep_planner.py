@@ -30,10 +30,10 @@ __all__ = [
     "block_sparse_keep",
     "dense_keep",
     "grid_blocks",
-    "grid_keep",
+    "grid_keeps",
     "grid_order",
     "union_keeps",
-    "vertical_slash_keep",
+    "vertical_slash_keeps",
 ]
 
 
@@ -112,28 +112,54 @@ def ashape_keep(n_q: int, n_k: int, cfg: AShape, device: torch.device | str) -> 
     return SlotKeep(qo, ko, blocks)
 
 
-def vertical_slash_keep(
-    n_q: int, n_k: int, cfg: VerticalSlash, columns: torch.Tensor, offsets: torch.Tensor
-) -> SlotKeep:
-    """`mmi_core.vertical_slash_selection` from bool masks ``columns [n_k]`` (key positions) and ``offsets [n_k]``
-    (diagonal offsets), sinks and local diagonals added here. A diagonal spans ``block`` consecutive keys of a query
-    block, so it touches at most two key blocks: ``(first - d) // block`` and ``(last - d) // block``."""
-    dev, b = columns.device, cfg.block
+def vertical_slash_keeps(
+    n_q: int, n_k: int, cfg: VerticalSlash, columns: torch.Tensor, offsets: torch.Tensor, *, width: int | None = None
+) -> list[SlotKeep]:
+    """`mmi_core.vertical_slash_selection` of ``H`` heads sharing ``cfg``, from bool masks ``columns [H, n_k]`` (key
+    positions) and ``offsets [H, n_k]`` (diagonal offsets); sinks and local diagonals are added here. One keep per
+    head, all built by the same few launches and without a host read when ``width`` is given.
+
+    Slashes: a diagonal at offset ``d`` crosses query block ``[first, last]`` on keys ``[first - d, last - d]`` (at
+    most two key blocks), so key block ``kb`` is kept iff some kept offset lies in
+    ``[max(first - kb·b - b + 1, 0), last - kb·b]``: a range count on the offsets' prefix sums. For full query
+    blocks the range depends on ``qb - kb`` only, so one vector over block diagonals gives every row (a Toeplitz
+    view, materialised once); the last, possibly partial, query block is computed on its own.
+
+    Columns: each head's kept positions (sinks included) as one list, ``-1`` padded to ``width`` entries — an upper
+    bound the caller knows from the budget (`pattern_capacity`; `stable_top` never returns more), or None to read
+    the widest head's count (one host read for all heads). Raises ValueError on mismatched masks."""
+    if columns.dim() != 2 or columns.shape != offsets.shape or columns.shape[1] != n_k:
+        raise ValueError(
+            f"columns and offsets must both be bool [H, {n_k}], got {tuple(columns.shape)} and {tuple(offsets.shape)}"
+        )
+    dev, b, heads = columns.device, cfg.block, columns.shape[0]
     qo, ko = _identity(n_q, n_k, dev)
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    prefix = n_k - n_q
     idx = torch.arange(n_k, device=dev)
-    offs = idx[offsets | (idx < cfg.local)]  # one host sync for the list length; see wrapper notes
-    first, last = _own_blocks(n_q, n_k, b, dev)
-    lo = torch.clamp(first[:, None] - offs[None, :], min=0) // b  # [nqb, n_off]
-    hi = last[:, None] - offs[None, :]
-    valid = hi >= 0
-    hi = torch.clamp(hi, min=0) // b
-    blocks = torch.zeros(nqb, nkb + 1, dtype=torch.bool, device=dev)  # column nkb swallows invalid diagonals
-    sink = torch.full_like(lo, nkb)
-    blocks.scatter_(1, torch.where(valid, lo, sink), True)
-    blocks.scatter_(1, torch.where(valid, hi, sink), True)
-    cols = idx[columns | (idx < cfg.sink)]
-    return SlotKeep(qo, ko, blocks[:, :nkb], cols[None, :].expand(nqb, cols.numel()))
+    kept = torch.zeros(heads, n_k + 1, dtype=torch.int32, device=dev)  # kept[:, i] = kept offsets below i
+    torch.cumsum(offsets | (idx < cfg.local), 1, out=kept[:, 1:])
+
+    def any_in(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # [H, len]: a kept offset in [lo, hi]?
+        ok = hi >= lo  # lo >= 0, so also hi >= 0
+        lo_, hi_ = torch.where(ok, lo, 0), torch.where(ok, hi + 1, 0)
+        return ok & (kept[:, hi_] > kept[:, lo_])
+
+    # full query blocks: first - kb·b = prefix + (qb - kb)·b, over qb - kb = delta in [-(nkb - 1), nqb - 1]
+    t = prefix + torch.arange(-(nkb - 1), nqb, device=dev) * b
+    diag = any_in(torch.clamp(t - b + 1, min=0), torch.clamp(t + b - 1, max=n_k - 1))  # [H, nqb + nkb - 1]
+    rev = diag.flip(1).contiguous()  # rev[:, nqb - 1 - qb + kb] = diag[:, qb - kb + nkb - 1]
+    blocks = rev.as_strided((heads, nqb, nkb), (rev.shape[1], 1, 1)).flip(1)
+    first_last = prefix + (nqb - 1) * b - torch.arange(nkb, device=dev) * b  # last query block (maybe partial)
+    blocks[:, -1] = any_in(torch.clamp(first_last - b + 1, min=0), (n_k - 1) - torch.arange(nkb, device=dev) * b)
+
+    cols = columns | (idx < cfg.sink)
+    if width is None:
+        width = int(cols.sum(1).max()) if heads else 0
+    rank = torch.cumsum(cols, 1) - 1
+    at = torch.where(cols & (rank < width), rank, width)  # entry `width` swallows the rest (none when width holds)
+    ids = torch.full((heads, width + 1), -1, dtype=torch.int64, device=dev).scatter_(1, at, idx.expand(heads, n_k))
+    return [SlotKeep(qo, ko, blocks[h], ids[h, None, :width].expand(nqb, width)) for h in range(heads)]
 
 
 def block_sparse_keep(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> SlotKeep:
@@ -152,6 +178,17 @@ def block_sparse_keep(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Te
     return SlotKeep(qo, ko, blocks | extra[:, :nkb])
 
 
+GRID_CHUNK_ELEMENTS = 2**28
+"""Bound on one chunk of `grid_keeps`' per-unit difference arrays (int32 ``[units, nqb, nkb + 1]``: 1 GiB): at 1M
+tokens (8,192 blocks of 128) four units at a time, at 128K every unit of a layer at once."""
+
+
+def _column(x: int | torch.Tensor, units: int, dev: torch.device) -> torch.Tensor:
+    """int64 ``[units, 1]`` from an int, a 0-dim tensor or a ``[units]`` tensor (kept on the device: no host read)."""
+    t = torch.as_tensor(x, device=dev).to(torch.int64)
+    return t.reshape(-1, 1).expand(units, 1) if t.numel() == 1 else t.reshape(units, 1)
+
+
 def grid_order(
     lt: LayoutTensors, stride: int | torch.Tensor, phase: int | torch.Tensor, start: int = 0
 ) -> torch.Tensor:
@@ -163,14 +200,14 @@ def grid_order(
     in its class). A class ``c`` holds ``L // stride`` tokens plus one when ``(c - r0) mod stride < L mod stride``
     (``L = b - a``, ``r0`` the first token's class), so the count below ``c`` is ``c · (L // stride)`` plus the
     overlap of ``[0, c)`` with the cyclic run ``r0 … r0 + L mod stride - 1``."""
-    return _grid_inverse(lt, stride, phase, start)[1]
+    return _grid_inverse(lt, _column(stride, 1, lt.device), _column(phase, 1, lt.device), start)[1][0]
 
 
 def _grid_inverse(
-    lt: LayoutTensors, stride: int | torch.Tensor, phase: int | torch.Tensor, start: int
+    lt: LayoutTensors, stride: torch.Tensor, phase: torch.Tensor, start: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inverse, order) of the grid order of tokens ``[start, n)``, both int64 ``[n - start]``, indices relative to
-    ``start``: ``order[inverse[i]] = i``."""
+    """(inverse, order) of the grid orders of tokens ``[start, n)`` for ``U`` units (``stride``, ``phase`` int64
+    ``[U, 1]``), both int64 ``[U, n - start]``, indices relative to ``start``: ``order[u, inverse[u, i]] = i``."""
     n = lt.layout.num_tokens
     p = torch.arange(start, n, device=lt.device)
     a = torch.clamp(lt.segment_start[start:], min=start)
@@ -184,98 +221,131 @@ def _grid_inverse(
     extra = extra + torch.clamp(torch.minimum(c, r0 + rem - stride), min=0)
     rank = torch.div(p - a, stride, rounding_mode="floor")  # the class's tokens before p: one per stride step
     inv = torch.where(lt.is_video[start:], a + c * full + extra + rank, p) - start
-    order = torch.empty_like(inv)
-    order[inv] = p - start
+    order = torch.empty_like(inv).scatter_(1, inv, (p - start).expand_as(inv))
     return inv, order
 
 
-def grid_keep(lt: LayoutTensors, n_q: int, cfg: Grid, stride: int | torch.Tensor, residues: torch.Tensor) -> SlotKeep:
-    """`mmi_core.grid_selection` for ``stride`` (an int, or a 0-dim device tensor: no host read) and kept lines
-    ``residues`` (int [lines], ``[0]`` the phase)."""
+def grid_keeps(
+    lt: LayoutTensors, n_q: int, cfg: Grid, stride: int | torch.Tensor, residues: torch.Tensor
+) -> list[SlotKeep]:
+    """`mmi_core.grid_selection` of ``U`` units (heads, or GQA groups pooled into one estimate) sharing ``cfg``: one
+    keep per unit. ``stride``: an int, or int ``[U]`` on the device (an online estimate: never read on the host);
+    ``residues`` int ``[U, lines]``, column 0 the phase. Units are built together, `GRID_CHUNK_ELEMENTS` at a time."""
     dev, b, n_k = lt.device, cfg.block, lt.layout.num_tokens
-    res = residues.to(dev, torch.int64).flatten()
-    stride = stride.to(dev, torch.int64) if isinstance(stride, torch.Tensor) else stride
-    phase = res[0]
+    res = residues.to(dev, torch.int64)
+    if res.dim() != 2:
+        raise ValueError(f"residues must be int [units, lines], got {tuple(res.shape)}")
+    units = res.shape[0]
+    strides = _column(stride, units, dev)
+    nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    step = max(1, GRID_CHUNK_ELEMENTS // (nqb * (nkb + 1)))
+    return [
+        kp for u in range(0, units, step) for kp in _grid_keeps(lt, n_q, cfg, strides[u : u + step], res[u : u + step])
+    ]
+
+
+def _grid_keeps(lt: LayoutTensors, n_q: int, cfg: Grid, stride: torch.Tensor, res: torch.Tensor) -> list[SlotKeep]:
+    """`grid_keeps` of one chunk of units: ``stride`` int64 ``[U, 1]``, ``res`` int64 ``[U, lines]``."""
+    dev, b, n_k = lt.device, cfg.block, lt.layout.num_tokens
+    units = res.shape[0]
     prefix = n_k - n_q
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
-    kinv, ko = _grid_inverse(lt, stride, phase, 0)
-    qo = _grid_inverse(lt, stride, phase, prefix)[1]
+    kinv, ko = _grid_inverse(lt, stride, res[:, :1], 0)  # [U, n_k]
+    qo = _grid_inverse(lt, stride, res[:, :1], prefix)[1]  # [U, n_q]
     pos = torch.arange(n_k, device=dev)
     big = n_k  # "no such key" position
-    on_line = lt.is_video & (torch.remainder(pos, stride)[:, None] == torch.remainder(res, stride)[None, :]).any(1)
+    line_res = torch.remainder(res, stride)  # [U, lines]
+    on_line = lt.is_video & (torch.remainder(pos, stride)[:, :, None] == line_res[:, None, :]).any(2)  # [U, n_k]
     kpos = ko  # original position at each key-permuted index
-    kmin = torch.nn.functional.pad(kpos, (0, nkb * b - n_k), value=big).view(nkb, b).amin(1)
+
+    def block_reduce(x: torch.Tensor, nb: int, fill: int, op: str) -> torch.Tensor:  # [U, n] -> [U, nb] per block
+        blocks = torch.nn.functional.pad(x, (0, nb * b - x.shape[1]), value=fill).view(units, nb, b)
+        return blocks.amin(2) if op == "min" else blocks.amax(2)
+
+    kmin = block_reduce(kpos, nkb, big, "min")
 
     def min_where(mask_k: torch.Tensor) -> torch.Tensor:  # per key block: smallest position among keys in mask
-        m = torch.where(mask_k[kpos], kpos, big)
-        return torch.nn.functional.pad(m, (0, nkb * b - n_k), value=big).view(nkb, b).amin(1)
+        return block_reduce(torch.where(mask_k.gather(1, kpos), kpos, big), nkb, big, "min")
 
     q_pos = qo + prefix  # original position of each query-permuted row
-    q_block = torch.arange(n_q, device=dev) // b
-    q_max = torch.full((nqb,), -1, dtype=torch.int64, device=dev).scatter_reduce(0, q_block, q_pos, "amax")
+    q_max = block_reduce(q_pos, nqb, -1, "max")
     # key blocks kept whole: those holding a sink or vline key causal for some row of the query block
-    col_min = torch.full((nkb,), big, dtype=torch.int64, device=dev)
+    col_min = torch.full((units, nkb), big, dtype=torch.int64, device=dev)
     if cfg.sink:
-        col_min = torch.minimum(col_min, min_where(pos < cfg.sink))
+        col_min = torch.minimum(col_min, min_where((pos < cfg.sink).expand(units, n_k)))
     if cfg.vline:
         col_min = torch.minimum(col_min, min_where(on_line))
-    h_max = torch.full((nqb,), -1, dtype=torch.int64, device=dev)  # hline: the last line row of each query block
+    h_max = torch.full((units, nqb), -1, dtype=torch.int64, device=dev)  # hline: the last line row per query block
     if cfg.hline:
-        h_max = h_max.scatter_reduce(0, q_block, torch.where(on_line[q_pos], q_pos, -1), "amax")
-    own = kinv[q_pos] // b  # key block of each row's own key
+        h_max = block_reduce(torch.where(on_line.gather(1, q_pos), q_pos, -1), nqb, -1, "max")
+    q_key = kinv.gather(1, q_pos)  # key-permuted index of each row's own key
+    own = q_key // b
     # rows' intervals in key-permuted order, as [lo, own] key blocks: own key always; own class up to itself
     # (slash); the `local` key blocks before the own one
-    lo = own.clone()
+    lo = own
     if cfg.slash:
         # first key-permuted index of each row's (segment, residue) class: its key index minus its rank in the class
-        s0 = lt.segment_start[q_pos]
-        rank = torch.div(q_pos - s0, stride, rounding_mode="floor")  # the class's keys before the row's own
-        lo = torch.where(lt.is_video[q_pos], (kinv[q_pos] - rank) // b, own)
+        rank = torch.div(q_pos - lt.segment_start[q_pos], stride, rounding_mode="floor")  # the class's keys before it
+        lo = torch.where(lt.is_video[q_pos], (q_key - rank) // b, own)
     if cfg.local:
         lo = torch.minimum(lo, torch.clamp(own - cfg.local, min=0))
-    # interval starts and ends per (query block, key block); integer sums, so the atomics are exact
-    diff = torch.zeros(nqb * (nkb + 1), dtype=torch.int32, device=dev)
+    # interval starts and ends per (unit, query block, key block); integer sums, so the atomics are exact
+    diff = torch.zeros(units, nqb * (nkb + 1), dtype=torch.int32, device=dev)
+    row = (torch.arange(n_q, device=dev) // b) * (nkb + 1)
     ones = torch.ones_like(lo, dtype=torch.int32)
-    diff.scatter_add_(0, q_block * (nkb + 1) + lo, ones)
-    diff.scatter_add_(0, q_block * (nkb + 1) + own + 1, -ones)
-    blocks = grid_blocks(diff.view(nqb, nkb + 1), col_min, q_max, kmin, h_max)
-    return SlotKeep(qo, ko, blocks)
+    diff.scatter_add_(1, row + lo, ones)
+    diff.scatter_add_(1, row + own + 1, -ones)
+    blocks = grid_blocks(diff.view(units, nqb, nkb + 1), col_min, q_max, kmin, h_max)
+    return [SlotKeep(qo[u], ko[u], blocks[u]) for u in range(units)]
 
 
 @triton.jit
-def _grid_blocks_kernel(DIFF, COL_MIN, Q_MAX, K_MIN, H_MAX, OUT, nkb, BK: tl.constexpr):
+def _grid_blocks_kernel(DIFF, COL_MIN, Q_MAX, K_MIN, H_MAX, OUT, nqb, nkb, BK: tl.constexpr):
     qb = tl.program_id(0).to(tl.int64)
-    q_max = tl.load(Q_MAX + qb)
-    h_max = tl.load(H_MAX + qb)
+    u = tl.program_id(1).to(tl.int64)
+    q_max = tl.load(Q_MAX + u * nqb + qb)
+    h_max = tl.load(H_MAX + u * nqb + qb)
+    row = u * nqb + qb
     carry = tl.zeros([], tl.int32)
     for c0 in range(0, nkb, BK):
         kb = c0 + tl.arange(0, BK)
         m = kb < nkb
-        d = tl.load(DIFF + qb * (nkb + 1) + kb, mask=m, other=0)
+        d = tl.load(DIFF + row * (nkb + 1) + kb, mask=m, other=0)
         cover = tl.cumsum(d, 0) + carry
         carry += tl.sum(d, 0)
-        keep = (cover > 0) | (tl.load(COL_MIN + kb, mask=m, other=0) <= q_max)
-        keep = keep | (tl.load(K_MIN + kb, mask=m, other=0) <= h_max)
-        tl.store(OUT + qb * nkb + kb, keep.to(tl.uint8), mask=m)
+        keep = (cover > 0) | (tl.load(COL_MIN + u * nkb + kb, mask=m, other=0) <= q_max)
+        keep = keep | (tl.load(K_MIN + u * nkb + kb, mask=m, other=0) <= h_max)
+        tl.store(OUT + row * nkb + kb, keep.to(tl.uint8), mask=m)
 
 
 def grid_blocks(
     diff: torch.Tensor, col_min: torch.Tensor, q_max: torch.Tensor, k_min: torch.Tensor, h_max: torch.Tensor
 ) -> torch.Tensor:
-    """Grid key blocks bool ``[nqb, nkb]`` from per-block facts: ``diff`` int32 ``[nqb, nkb + 1]`` (+1 where a row's
-    interval starts, -1 after it ends: covered where the running sum is positive), ``col_min`` / ``k_min`` int64
-    ``[nkb]`` (smallest sink-or-vline / any key position of each key block), ``q_max`` / ``h_max`` int64 ``[nqb]``
-    (largest row / line-row position of each query block). Kept: covered, or ``col_min <= q_max``, or
-    ``k_min <= h_max``.
+    """Grid key blocks bool ``[U, nqb, nkb]`` of ``U`` units from per-block facts: ``diff`` int32
+    ``[U, nqb, nkb + 1]`` (+1 where a row's interval starts, -1 after it ends: covered where the running sum is
+    positive), ``col_min`` / ``k_min`` int64 ``[U, nkb]`` (smallest sink-or-vline / any key position of each key
+    block), ``q_max`` / ``h_max`` int64 ``[U, nqb]`` (largest row / line-row position of each query block). Kept:
+    covered, or ``col_min <= q_max``, or ``k_min <= h_max``.
 
-    One Triton program per query block on CUDA or under the interpreter (a row's scan, three comparisons and the
-    store in one pass over ``nqb · nkb``); the PyTorch expression otherwise (the reference of the tests)."""
-    nqb, nkb = q_max.numel(), k_min.numel()
+    One Triton program per (query block, unit) on CUDA or under the interpreter (a row's scan, three comparisons
+    and the store in one pass over ``nkb``); the PyTorch expression otherwise (the reference of the tests)."""
+    units, nqb, nkb = q_max.shape[0], q_max.shape[1], k_min.shape[1]
     if not triton_runs(diff):
-        return (diff.cumsum(1)[:, :nkb] > 0) | (col_min[None, :] <= q_max[:, None]) | (k_min[None, :] <= h_max[:, None])
-    out = torch.empty(nqb, nkb, dtype=torch.uint8, device=diff.device)
-    if nqb and nkb:
-        _grid_blocks_kernel[(nqb,)](diff.contiguous(), col_min, q_max, k_min, h_max, out, nkb, BK=1024)
+        cover = diff.cumsum(2)[:, :, :nkb] > 0
+        return cover | (col_min[:, None, :] <= q_max[:, :, None]) | (k_min[:, None, :] <= h_max[:, :, None])
+    out = torch.empty(units, nqb, nkb, dtype=torch.uint8, device=diff.device)
+    if units and nqb and nkb:
+        _grid_blocks_kernel[(nqb, units)](
+            diff.contiguous(),
+            col_min.contiguous(),
+            q_max.contiguous(),
+            k_min.contiguous(),
+            h_max.contiguous(),
+            out,
+            nqb,
+            nkb,
+            BK=1024,
+        )
     return out.view(torch.bool)
 
 
