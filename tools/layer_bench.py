@@ -307,7 +307,8 @@ def time_layer(q, k, v, layout, hc: HeadConfigs, args, row: dict, out: Path) -> 
         f" layer {row['layer_ms']:.1f} ms"
     )
     o = out_box[0]  # the last timed run's output (deterministic; one more interpreted run saved on a CPU)
-    rows = torch.sort(torch.randperm(n, device=dev)[: args.rows - 1]).values
+    # the same rows for every config of a length and in every run: recalls compare row for row
+    rows = torch.sort(torch.randperm(n, generator=torch.Generator().manual_seed(n))[: args.rows - 1]).values.to(dev)
     rows = torch.cat([rows, torch.tensor([n - 1], device=dev)])
     row.update(accuracy(q, k, v, o, index, slots, rows))
     log(
