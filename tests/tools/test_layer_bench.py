@@ -51,13 +51,15 @@ def test_mixed_dry_run_writes_rows_for_every_config(lb, tmp_path: Path, monkeypa
     assert set(rows) == {"none", "q", "2d"}
     for r in rows.values():
         assert r["workload"] == "mixed" and 0.15 <= r["text_share"] <= 0.35 and r["segments"].endswith("T")
-        for key in ("estimate_ms", "index_ms", "kernel_ms", "layer_ms"):
+        for key in ("estimate_ms", "index_ms", "kernel_ms", "layer_ms", "layer_pipelined_ms"):
             assert r[key] > 0
         assert 0 < r["density"] <= 1 and 0 < r["recall_mean"] <= 1 + 1e-6
         assert 0 <= r["output_error_mean"] < 0.05  # the kernel's output against fp32 dense on sampled rows
     for c in ("q", "2d"):
         assert rows[c]["boundary_cost"] == pytest.approx(rows[c]["layer_ms"] / rows["none"]["layer_ms"])
         assert rows[c]["density_none"] == rows["none"]["density"]
+        ratio = rows[c]["layer_pipelined_ms"] / rows["none"]["layer_pipelined_ms"]
+        assert rows[c]["boundary_cost_pipelined"] == pytest.approx(ratio)
 
 
 def test_mixed_head_configs(lb) -> None:
