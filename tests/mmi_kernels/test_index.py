@@ -54,6 +54,35 @@ def test_two_requests_and_query_head_slots() -> None:
             assert torch.equal(index_keep_mask(idx, r, s), keep_mask(sel)), f"request {r} slot {s}"
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 30_000], ids=["slot_per_chunk", "some_slots_per_chunk"])
+def test_chunked_build_equals_one_pass(chunk_bytes: int, monkeypatch) -> None:
+    """The list pass over slots in chunks of INDEX_CHUNK_BYTES (each chunk one contiguous range of the ragged
+    arrays, its own host read) builds the same index as one pass over all slots: two requests, column and
+    grid slots mixed, every field equal."""
+    import dataclasses
+
+    import mmi_kernels.index as index_mod
+
+    lay_a, lay_b = video_layout(frames=4), video_layout(frames=2, text_before=5, text_after=50)
+    reqs = []
+    for lay, prefix in ((lay_a, 0), (lay_b, 29)):
+        n_k = lay.num_tokens
+        kinds = ["vs", "grid", "blocks", "vs", "ashape", "grid"]
+        reqs.append([selection(k, n_k - prefix, n_k, seed=h, layout=lay, phase=h % 2) for h, k in enumerate(kinds)])
+    one = index_from_selections(reqs, num_q_heads=6, num_kv_heads=2)
+    monkeypatch.setattr(index_mod, "INDEX_CHUNK_BYTES", chunk_bytes)
+    chunks = index_mod._slot_chunks([[SlotKeep.from_selection(x) for x in r] for r in reqs], 6)
+    assert len(chunks) == 6 if chunk_bytes == 1 else 1 < len(chunks) < 6
+    many = index_from_selections(reqs, num_q_heads=6, num_kv_heads=2)
+    for f in dataclasses.fields(one):
+        a, b = getattr(one, f.name), getattr(many, f.name)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f.name
+    assert int(one.column_count.sum()) > 0  # the column path ran
+    for r, req in enumerate(reqs):
+        for s, sel in enumerate(req):
+            assert torch.equal(index_keep_mask(many, r, s), keep_mask(sel)), f"request {r} slot {s}"
+
+
 def test_bsr_matches_selection_blocks_and_columns() -> None:
     layout = video_layout()
     n_k = layout.num_tokens
@@ -175,22 +204,22 @@ def test_bad_inputs_name_the_problem() -> None:
         index_from_selections([[sel, sel], [sel]], num_q_heads=2, num_kv_heads=2)
 
 
-@pytest.mark.parametrize("nqb,nkb,gap", [(1, 1, 0), (6, 1500, 7), (13, 40, 0)])
-def test_block_lists_kernels_equal_torch(nqb, nkb, gap, monkeypatch) -> None:
-    """The index builder's Triton row scans (interpreter) equal their PyTorch expressions: leading run, counts and
-    ascending ids written at each query block's start of the ragged array (``gap`` unused entries between lists
-    stay untouched), chunk boundaries included."""
+@pytest.mark.parametrize("slots,nqb,nkb,gap", [(1, 1, 1, 0), (2, 6, 1500, 7), (3, 13, 40, 0)])
+def test_block_lists_kernels_equal_torch(slots, nqb, nkb, gap, monkeypatch) -> None:
+    """The index builder's Triton row scans (interpreter, one program per (query block, slot)) equal their PyTorch
+    expressions: leading run, counts and ascending ids written at each list's start of the ragged array (``gap``
+    unused entries between lists stay untouched), chunk boundaries included."""
     from mmi_kernels.block_lists import block_ids, lead_and_count
 
     g = torch.Generator().manual_seed(nqb * nkb)
-    blocks = torch.rand(nqb, nkb, generator=g) < 0.7
-    k_min = torch.randint(0, 9000, (nkb,), generator=g)
-    q_max = torch.randint(0, 9000, (nqb,), generator=g)
-    q_max[1::3] = -1  # query blocks without a computed row (past a row-group slot's rows)
-    rank = torch.empty(nkb, dtype=torch.int64)
-    rank[torch.sort(k_min, stable=True).indices] = torch.arange(nkb)
+    blocks = torch.rand(slots, nqb, nkb, generator=g) < 0.7
+    k_min = torch.randint(0, 9000, (slots, nkb), generator=g)
+    q_max = torch.randint(0, 9000, (slots, nqb), generator=g)
+    q_max[:, 1::3] = -1  # query blocks without a computed row (past a row-group slot's rows)
+    rank = torch.empty(slots, nkb, dtype=torch.int64)
+    rank.scatter_(1, torch.sort(k_min, dim=1, stable=True).indices, torch.arange(nkb).expand(slots, nkb))
     lead, count = lead_and_count(blocks, k_min, q_max, rank)
-    start = torch.cumsum(count + gap, 0) - count - gap
+    start = (torch.cumsum((count + gap).flatten(), 0) - count.flatten() - gap).view_as(count)
     out = torch.full((int((count + gap).sum()) + 1,), -7, dtype=torch.int32)
     block_ids(blocks, k_min, q_max, rank, lead, start, out)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -199,4 +228,4 @@ def test_block_lists_kernels_equal_torch(nqb, nkb, gap, monkeypatch) -> None:
     ref = torch.full_like(out, -7)
     block_ids(blocks, k_min, q_max, rank, ref_lead, start, ref)
     assert torch.equal(out, ref)
-    assert int((ref == -7).sum()) == gap * nqb + 1
+    assert int((ref == -7).sum()) == gap * nqb * slots + 1

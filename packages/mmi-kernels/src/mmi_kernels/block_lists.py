@@ -1,10 +1,10 @@
-"""Key-block lists of one head slot from its keep set: the index builder's only pass over ``[nqb, nkb]``.
+"""Key-block lists of head slots from their keep sets: the index builder's only pass over ``[S, nqb, nkb]``.
 
-Per query block ``qb`` a key block ``kb`` is *kept* when the keep set has it and it holds a causal pair
+Per slot and query block ``qb`` a key block ``kb`` is *kept* when the keep set has it and it holds a causal pair
 (``k_min[kb] <= q_max[qb]``). The kept blocks that lead the slot's key blocks sorted by first position become one
 integer, ``lead`` (the smallest position-order ``rank`` of a block NOT kept); the other kept blocks, ascending, are
 the list, written into the index's ragged (CSR) id array at the query block's start. Both functions run one Triton
-program per query block on CUDA or under ``TRITON_INTERPRET=1`` (a few chunked scans of one row: nothing of size
+program per (query block, slot) on CUDA or under ``TRITON_INTERPRET=1`` (a few chunked scans of one row: nothing of size
 ``nqb · nkb`` is written but the lists), and the PyTorch expressions below otherwise; those are the reference of the
 tests.
 """
@@ -23,12 +23,19 @@ _CHUNK = 1024
 
 
 def _kept(blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor) -> torch.Tensor:
-    return blocks & (k_min[None, :] <= q_max[:, None])
+    return blocks & (k_min[:, None, :] <= q_max[:, :, None])
 
 
 @triton.jit
-def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nkb, CHUNK: tl.constexpr):
+def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nqb, nkb, CHUNK: tl.constexpr):
+    s = tl.program_id(1).to(tl.int64)
     qb = tl.program_id(0).to(tl.int64)
+    BLOCKS += s * nqb * nkb
+    K_MIN += s * nkb
+    RANK += s * nkb
+    Q_MAX += s * nqb
+    LEAD += s * nqb
+    COUNT += s * nqb
     q_max = tl.load(Q_MAX + qb)
     if q_max < 0:  # no computed row (past a row-group slot's rows): nothing kept, so the run is empty
         tl.store(LEAD + qb, tl.zeros([], tl.int64))
@@ -53,8 +60,15 @@ def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nkb, CHUNK: tl.c
 
 
 @triton.jit
-def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, START, IDS, nkb, CHUNK: tl.constexpr):
+def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, START, IDS, nqb, nkb, CHUNK: tl.constexpr):
+    s = tl.program_id(1).to(tl.int64)
     qb = tl.program_id(0).to(tl.int64)
+    BLOCKS += s * nqb * nkb
+    K_MIN += s * nkb
+    RANK += s * nkb
+    Q_MAX += s * nqb
+    LEAD += s * nqb
+    START += s * nqb
     q_max = tl.load(Q_MAX + qb)
     if q_max < 0:  # no computed row: no list
         return
@@ -73,21 +87,23 @@ def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, START, IDS, nkb, CHUNK: tl.con
 def lead_and_count(
     blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor, rank: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``blocks`` bool ``[nqb, nkb]``, ``k_min`` int64 ``[nkb]`` (first original position of each key block),
-    ``q_max`` int64 ``[nqb]`` (last position of each query block; -1: no computed row, e.g. past a row-group
-    slot's rows: those rows are skipped), ``rank`` int64 ``[nkb]`` (each key block's place
-    in first-position order). Returns int64 ``(lead [nqb], count [nqb])``: the kept leading run's length and the
-    number of other kept blocks."""
-    nqb, nkb = blocks.shape
+    """Per slot ``s`` (every argument contiguous with a leading slot dimension ``S``): ``blocks`` bool
+    ``[S, nqb, nkb]``, ``k_min`` int64 ``[S, nkb]`` (first original position of each key block), ``q_max`` int64
+    ``[S, nqb]`` (last position of each query block; -1: no computed row, e.g. past a row-group slot's rows: those
+    rows are skipped), ``rank`` int64 ``[S, nkb]`` (each key block's place in first-position order). Returns int64
+    ``(lead [S, nqb], count [S, nqb])``: the kept leading run's length and the number of other kept blocks."""
+    n_s, nqb, nkb = blocks.shape
     if not triton_runs(blocks):
         kept = _kept(blocks, k_min, q_max)
-        lead = torch.where(kept, nkb, rank[None, :]).amin(1) if nkb else torch.zeros(nqb, dtype=torch.int64)
-        return lead, (kept & (rank[None, :] >= lead[:, None])).sum(1)
-    lead = torch.empty(nqb, dtype=torch.int64, device=blocks.device)
-    count = torch.empty(nqb, dtype=torch.int64, device=blocks.device)
-    if nqb:
-        _lead_count_kernel[(nqb,)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, count, nkb,
-                                   CHUNK=_CHUNK)  # fmt: skip
+        if not nkb:
+            return torch.zeros(n_s, nqb, dtype=torch.int64), torch.zeros(n_s, nqb, dtype=torch.int64)
+        lead = torch.where(kept, nkb, rank[:, None, :]).amin(2)
+        return lead, (kept & (rank[:, None, :] >= lead[..., None])).sum(2)
+    lead = torch.empty(n_s, nqb, dtype=torch.int64, device=blocks.device)
+    count = torch.empty(n_s, nqb, dtype=torch.int64, device=blocks.device)
+    if nqb and n_s:
+        _lead_count_kernel[(nqb, n_s)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, count, nqb,
+                                       nkb, CHUNK=_CHUNK)  # fmt: skip
     return lead, count
 
 
@@ -100,16 +116,16 @@ def block_ids(
     start: torch.Tensor,
     out: torch.Tensor,
 ) -> None:
-    """Write the listed key blocks of each query block, ascending, into ``out`` (int32 [entries]) at
-    ``out[start[qb] : start[qb] + count[qb]]`` (``start`` int64 [nqb]; ``count`` from `lead_and_count`, whose room
-    the caller reserved). Arguments as `lead_and_count`, ``lead`` its first output."""
-    nqb, nkb = blocks.shape
+    """Write the listed key blocks of each (slot, query block), ascending, into ``out`` (int32 [entries]) at
+    ``out[start[s, qb] : start[s, qb] + count[s, qb]]`` (``start`` int64 [S, nqb]; ``count`` from `lead_and_count`,
+    whose room the caller reserved). Arguments as `lead_and_count`, ``lead`` its first output."""
+    n_s, nqb, nkb = blocks.shape
     if not triton_runs(blocks):
-        listed = _kept(blocks, k_min, q_max) & (rank[None, :] >= lead[:, None])
-        at = start[:, None] + torch.cumsum(listed, 1) - 1
+        listed = _kept(blocks, k_min, q_max) & (rank[:, None, :] >= lead[..., None])
+        at = start[..., None] + torch.cumsum(listed, 2) - 1
         ids = torch.arange(nkb, device=blocks.device, dtype=out.dtype).expand_as(listed)
         out[at[listed]] = ids[listed]
         return
-    if nqb:
-        _ids_kernel[(nqb,)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, start, out, nkb,
-                            CHUNK=_CHUNK)  # fmt: skip
+    if nqb and n_s:
+        _ids_kernel[(nqb, n_s)](blocks.contiguous().view(torch.uint8), k_min, q_max, rank, lead, start, out, nqb,
+                                nkb, CHUNK=_CHUNK)  # fmt: skip

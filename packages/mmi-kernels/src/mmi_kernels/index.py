@@ -281,14 +281,15 @@ def _check_slots(
 
 
 def _compact(key: torch.Tensor, keep: torch.Tensor, big: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the sorted unique ``key`` values where ``keep``: (count int64 [rows], ids int64 [rows, width])."""
+    """Per row (last dim), the sorted unique ``key`` values where ``keep``: (count int64 [...], ids int64 [...,
+    width])."""
     k = torch.where(keep, key, big)
-    k = torch.sort(k, dim=1).values
-    if k.shape[1] > 1:  # duplicates (possible in user column lists) -> big
+    k = torch.sort(k, dim=-1).values
+    if k.shape[-1] > 1:  # duplicates (possible in user column lists) -> big
         dup = torch.zeros_like(k, dtype=torch.bool)
-        dup[:, 1:] = k[:, 1:] == k[:, :-1]
-        k = torch.sort(torch.where(dup, big, k), dim=1).values
-    count = (k < big).sum(1)
+        dup[..., 1:] = k[..., 1:] == k[..., :-1]
+        k = torch.sort(torch.where(dup, big, k), dim=-1).values
+    count = (k < big).sum(-1)
     return count, k
 
 
@@ -304,11 +305,18 @@ def _mask_to_lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return count, ids[:, :width]
 
 
+# Bound on the keep sets of one chunk of slots stacked for the batched list pass (bool blocks + int64 orders of
+# every request): ~1 GiB. At 131K tokens all slots of a layer fit one chunk; at 1M (8 MB orders and 64 MB blocks
+# per slot at block 128) ~15 slots do, so a layer takes a handful of chunks, each with one host read.
+INDEX_CHUNK_BYTES = 2**30
+
+
 @dataclass(frozen=True)
 class _SlotLists:
+    """One request's chunk of slots, every tensor with a leading slot dimension."""
+
     q_order: torch.Tensor
     k_order: torch.Tensor
-    rows: int
     q_min: torch.Tensor
     q_max: torch.Tensor
     k_min: torch.Tensor
@@ -316,56 +324,105 @@ class _SlotLists:
     k_by_pos: torch.Tensor
     prefix: torch.Tensor
     b_count: torch.Tensor
-    blocks: torch.Tensor  # the keep set's [nqb, nkb] blocks and the key blocks' first-position ranks: the lists'
-    rank: torch.Tensor  # input, compacted once the batch's list width is known
+    rank: torch.Tensor  # each key block's place in first-position order: the block lists' input with the blocks
     c_count: torch.Tensor
     c_ids: torch.Tensor
 
 
 def _block_minmax(pos: torch.Tensor, block: int, n_k: int, nb: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest and largest of each of ``nb`` (default: enough) blocks of ``pos`` (positions in [0, n_k)); padding
-    never wins: a block without positions gets (n_k, -1)."""
-    n = pos.numel()
+    """Smallest and largest of each of ``nb`` (default: enough) blocks of ``pos`` ([..., n] positions in [0, n_k)
+    or padding: n_k for the smallest, -1 for the largest never wins); a block without positions gets (n_k, -1)."""
+    n = pos.shape[-1]
     nb = _cdiv(n, block) if nb is None else nb
     pad = nb * block - n
-    lo = torch.nn.functional.pad(pos, (0, pad), value=n_k).view(nb, block).amin(1)
-    hi = torch.nn.functional.pad(pos, (0, pad), value=-1).view(nb, block).amax(1)
+    shape = (*pos.shape[:-1], nb, block)
+    lo = torch.nn.functional.pad(pos, (0, pad), value=n_k).view(shape).amin(-1)
+    hi = torch.nn.functional.pad(pos, (0, pad), value=-1).view(shape).amax(-1)
     return lo, hi
 
 
-def _slot_lists(keep: SlotKeep, block: int, device: torch.device) -> _SlotLists:
-    qo = keep.q_order.to(device, torch.int64)
-    ko = keep.k_order.to(device, torch.int64)
-    n_q, n_k = qo.numel(), ko.numel()
-    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+def _check_keep(keep: SlotKeep, block: int, n_q: int, n_k: int) -> int:
+    """Host-side shape checks of one (request, slot) keep set; returns its computed rows."""
+    if keep.q_order.numel() != n_q or keep.k_order.numel() != n_k:
+        got = (keep.q_order.numel(), keep.k_order.numel())
+        raise ValueError(f"slots disagree on n_q / n_k: {got} vs the request's first slot {(n_q, n_k)}")
     if n_q < 1 or n_q > n_k:
         raise ValueError(f"a request needs 1 <= n_q <= n_k, got n_q={n_q}, n_k={n_k}")
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
     if tuple(keep.blocks.shape) != (nqb, nkb) or keep.blocks.dtype != torch.bool:
         raise ValueError(f"blocks must be bool [{nqb}, {nkb}], got {keep.blocks.dtype} {tuple(keep.blocks.shape)}")
+    cid = keep.column_ids
+    if cid is not None and cid.numel() and (cid.dim() != 2 or cid.shape[0] != nqb):
+        raise ValueError(f"column_ids must be [{nqb}, C], got {tuple(cid.shape)}")
     n_rows = n_q if keep.rows is None else keep.rows
     if not 0 <= n_rows <= n_q:
         raise ValueError(f"rows must be in [0, {n_q}], got {n_rows}")
-    q_min, q_max = _block_minmax((qo + (n_k - n_q))[:n_rows], block, n_k, nqb)  # computed rows only
+    return n_rows
+
+
+def _stack(ts: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One tensor [len(ts), ...]; a run of one tensor object (slots sharing an order) costs one expand-and-copy."""
+    if all(t is ts[0] for t in ts):
+        return ts[0].to(device, dtype)[None].expand(len(ts), *ts[0].shape).contiguous()
+    return torch.stack([t.to(device, dtype) for t in ts])
+
+
+def _slot_lists(
+    keeps: Sequence[SlotKeep], rows: Sequence[int], block: int, device: torch.device
+) -> tuple[_SlotLists, torch.Tensor]:
+    """Lists of one request's chunk of slots (checked by `_check_keep`), and their stacked [S, nqb, nkb] blocks."""
+    qo = _stack([k.q_order for k in keeps], device, torch.int64)
+    ko = _stack([k.k_order for k in keeps], device, torch.int64)
+    (s, n_q), n_k = qo.shape, ko.shape[1]
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    computed = torch.arange(n_q, device=device)[None, :] < torch.tensor(rows, device=device)[:, None]
+    pos = qo + (n_k - n_q)
+    q_min = _block_minmax(torch.where(computed, pos, n_k), block, n_k, nqb)[0]  # computed rows only
+    q_max = _block_minmax(torch.where(computed, pos, -1), block, n_k, nqb)[1]
     k_min, k_max = _block_minmax(ko, block, n_k)
-    blocks = keep.blocks.to(device)
-    k_by_pos = torch.sort(k_min, stable=True).indices
-    rank = torch.empty_like(k_by_pos)
-    rank[k_by_pos] = torch.arange(nkb, device=device)
+    blocks = _stack([k.blocks for k in keeps], device, torch.bool)
+    k_by_pos = torch.sort(k_min, dim=1, stable=True).indices
+    rank = torch.empty_like(k_by_pos).scatter_(1, k_by_pos, torch.arange(nkb, device=device).expand(s, nkb))
     lead, b_count = lead_and_count(blocks, k_min, q_max, rank)  # kept = in `blocks` and holding a causal pair
-    if keep.column_ids is not None and keep.column_ids.numel():
-        cid = keep.column_ids.to(device, torch.int64)
-        if cid.dim() != 2 or cid.shape[0] != nqb:
-            raise ValueError(f"column_ids must be [{nqb}, C], got {tuple(cid.shape)}")
+    cols = [k.column_ids if k.column_ids is not None and k.column_ids.numel() else None for k in keeps]
+    width = max((c.shape[1] for c in cols if c is not None), default=0)
+    if width:
+        none = torch.full((nqb, width), -1, dtype=torch.int64, device=device)
+
+        def pad(c: torch.Tensor | None) -> torch.Tensor:  # to the widest list of the chunk
+            if c is None or c.shape[1] == width:
+                return none if c is None else c
+            return torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-1)
+
+        cid = _stack([pad(c) for c in cols], device, torch.int64)  # [S, nqb, width], -1 padding
         ok = (cid >= 0) & (cid < n_k)
         safe = torch.where(ok, cid, 0)
         kb = safe // block
-        ok &= ~(torch.gather(blocks, 1, kb) & (k_min[kb] <= q_max[:, None]))  # inside a kept block: already counted
-        ok &= ko[safe] <= q_max[:, None]  # no causal pair for any row of the block
+        k_min_at = torch.gather(k_min, 1, kb.flatten(1)).view_as(kb)
+        ok &= ~(torch.gather(blocks, 2, kb) & (k_min_at <= q_max[..., None]))  # inside a kept block: counted there
+        ok &= torch.gather(ko, 1, safe.flatten(1)).view_as(safe) <= q_max[..., None]  # no causal pair in the block
         c_count, c_ids = _compact(safe, ok, n_k)
     else:
-        c_count = torch.zeros(nqb, dtype=torch.int64, device=device)
-        c_ids = torch.zeros(nqb, 0, dtype=torch.int64, device=device)
-    return _SlotLists(qo, ko, n_rows, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, blocks, rank, c_count, c_ids)
+        c_count = torch.zeros(s, nqb, dtype=torch.int64, device=device)
+        c_ids = torch.zeros(s, nqb, 0, dtype=torch.int64, device=device)
+    lists = _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, rank, c_count, c_ids)
+    return lists, blocks
+
+
+def _slot_chunks(keeps: Sequence[Sequence[SlotKeep]], n_slots: int) -> list[tuple[int, int]]:
+    """Ranges of slots whose stacked keep sets (all requests) stay within `INDEX_CHUNK_BYTES`."""
+    per_slot = sum(req[0].blocks.numel() + 8 * 4 * (req[0].q_order.numel() + req[0].k_order.numel()) for req in keeps)
+    step = max(1, INDEX_CHUNK_BYTES // max(per_slot, 1))
+    return [(s, min(s + step, n_slots)) for s in range(0, n_slots, step)]
+
+
+def _is_identity(order: torch.Tensor) -> torch.Tensor:
+    """int64 [S]: 1 where the slot's order ([S, n]) is the identity."""
+    return (order == torch.arange(order.shape[1], device=order.device)).all(1).long()
+
+
+def _cat(ts: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(list(ts), dim)
 
 
 def index_from_keeps(
@@ -385,6 +442,9 @@ def index_from_keeps(
     ``num_kv_heads`` slots) or the query heads (``num_q_heads`` slots). ``block_capacity`` / ``column_capacity``
     fix the list widths (plan time, e.g. from `pattern_capacity`); None = the exact maximum of this batch.
     Raises `IndexCapacityError` when a list would not fit (it is never truncated), ValueError on bad shapes.
+
+    All slots of a request go through one batched pass (stacked keep sets, in chunks of `INDEX_CHUNK_BYTES`); the
+    only host read is one per chunk (list sizes, to allocate the ragged arrays).
     """
     if not keeps:
         raise ValueError("index_from_keeps needs at least one request")
@@ -397,73 +457,70 @@ def index_from_keeps(
     if block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block}")
     dev = torch.device(device) if device is not None else keeps[0][0].blocks.device
-    lists = [[_slot_lists(k, block, dev) for k in req] for req in keeps]
-    seq_q = tuple(req[0].q_order.numel() for req in lists)
-    seq_k = tuple(req[0].k_order.numel() for req in lists)
-    for r, req in enumerate(lists):
-        if any(sl.q_order.numel() != seq_q[r] or sl.k_order.numel() != seq_k[r] for sl in req):
-            raise ValueError(f"request {r}: slots disagree on n_q / n_k")
-    rows = [[sl.rows for sl in req] for req in lists]
+    seq_q = tuple(req[0].q_order.numel() for req in keeps)
+    seq_k = tuple(req[0].k_order.numel() for req in keeps)
+    rows = [[_check_keep(k, block, seq_q[r], seq_k[r]) for k in req] for r, req in enumerate(keeps)]
     _check_slots(slots, rows, seq_q, num_q_heads, num_kv_heads)
-
-    # every host fact of the batch in ONE read: per (request, slot) the largest and total block / column count,
-    # whether the key order is the identity
-    flat = [sl for req in lists for sl in req]
-    zero = torch.zeros((), dtype=torch.int64, device=dev)
-    facts = torch.stack(
-        [
-            torch.stack(
-                [
-                    sl.b_count.max() if sl.b_count.numel() else zero,
-                    sl.c_count.max() if sl.c_count.numel() else zero,
-                    (sl.k_order == torch.arange(sl.k_order.numel(), device=dev)).all().to(torch.int64),
-                    sl.b_count.sum(),
-                    sl.c_count.sum(),
-                ]
-            )
-            for sl in flat
-        ]
-    ).tolist()
-
-    def need(col: int) -> tuple[int, int]:  # the largest count and the list it is in
-        i = max(range(len(flat)), key=lambda j: facts[j][col])
-        return facts[i][col], i
-
-    def where(i: int, attr: str) -> str:  # for the error message only (one more host read)
-        c = getattr(flat[i], attr)
-        return f"request {i // n_slots}, slot {i % n_slots}, query block {int(c.argmax())}"
-
-    (nb, ib), (nc, ic) = need(0), need(1)
-    if block_capacity is not None and nb > block_capacity:
-        raise IndexCapacityError(
-            f"{where(ib, 'b_count')} keeps {nb} key blocks, over the block capacity {block_capacity}"
-        )
-    if column_capacity is not None and nc > column_capacity:
-        raise IndexCapacityError(
-            f"{where(ic, 'c_count')} keeps {nc} key columns, over the column capacity {column_capacity}"
-        )
-
-    def cat(attr: str, dtype: torch.dtype = torch.int32) -> torch.Tensor:  # [S, ...]: requests in order per slot
-        return torch.stack([torch.cat([getattr(req[s], attr) for req in lists]) for s in range(n_slots)]).to(dtype)
+    qb_at = [0, *accumulate(_cdiv(n, block) for n in seq_q)]
 
     def starts(counts: torch.Tensor) -> torch.Tensor:  # exclusive prefix sums in (slot, query block) order
         c = counts.flatten()
         return (torch.cumsum(c, 0) - c).view_as(counts)
 
-    b_count, c_count = cat("b_count", torch.int64), cat("c_count", torch.int64)
-    b_start, c_start = starts(b_count), starts(c_count)
-    total_b, total_c = sum(f[3] for f in facts), sum(f[4] for f in facts)
-    b_ids = torch.zeros(max(total_b, 1), dtype=torch.int32, device=dev)
-    c_ids = torch.zeros(max(total_c, 1) + 1, dtype=torch.int32, device=dev)  # last entry: padding goes there
-    qb_at = [0, *accumulate(_cdiv(n, block) for n in seq_q)]
-    for s in range(n_slots):
-        for r, req in enumerate(lists):
-            sl, rows_of = req[s], slice(qb_at[r], qb_at[r + 1])
-            block_ids(sl.blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, b_start[s, rows_of], b_ids)
-            j = torch.arange(sl.c_ids.shape[1], device=dev)
-            valid = j[None, :] < sl.c_count[:, None]
-            at = torch.where(valid, c_start[s, rows_of, None] + j[None, :], c_ids.numel() - 1)
-            c_ids[at] = sl.c_ids.to(torch.int32)
+    # per chunk of slots, all requests: lists, ONE host read of their sizes, then the ragged arrays. Chunks are
+    # slot ranges, so each chunk's entries are one contiguous range of the (slot, query block)-ordered arrays.
+    chunks: list[list[_SlotLists]] = []
+    b_parts, c_parts, b_starts, c_starts = [], [], [], []
+    n_b = n_c = nb = nc = 0
+    keys_identity = True
+    for s0, s1 in _slot_chunks(keeps, n_slots):
+        done = [_slot_lists(req[s0:s1], rows[r][s0:s1], block, dev) for r, req in enumerate(keeps)]
+        lists = [sl for sl, _ in done]
+        facts = torch.stack(  # [R, chunk slots, 4]: largest block / column count, key order identity, column total
+            [
+                torch.stack([sl.b_count.amax(1), sl.c_count.amax(1), _is_identity(sl.k_order), sl.c_count.sum(1)], 1)
+                for sl in lists
+            ]
+        )
+        b_count = _cat([sl.b_count for sl in lists], 1)  # [chunk slots, TQB]
+        c_count = _cat([sl.c_count for sl in lists], 1)
+        facts = torch.cat([facts.flatten(), b_count.sum().view(1)]).tolist()
+        f = [facts[i : i + 4] for i in range(0, len(facts) - 1, 4)]  # (request, slot) major
+        total_b, total_c = facts[-1], sum(x[3] for x in f)
+        for col, cap, counts, what in ((0, block_capacity, b_count, "block"), (1, column_capacity, c_count, "column")):
+            i = max(range(len(f)), key=lambda j: f[j][col])
+            if cap is not None and f[i][col] > cap:
+                r, s = divmod(i, s1 - s0)
+                qb = int(counts[s, qb_at[r] : qb_at[r + 1]].argmax())  # for the message only (one more host read)
+                raise IndexCapacityError(
+                    f"request {r}, slot {s0 + s}, query block {qb} keeps {f[i][col]} key {what}s, over the "
+                    f"{what} capacity {cap}"
+                )
+        nb, nc = max([nb, *(x[0] for x in f)]), max([nc, *(x[1] for x in f)])
+        keys_identity &= all(x[2] == 1 for x in f)
+        b_start, c_start = starts(b_count), starts(c_count)
+        b_ids = torch.zeros(total_b, dtype=torch.int32, device=dev)
+        c_ids = torch.zeros(total_c + 1, dtype=torch.int32, device=dev)  # last entry: padding goes there
+        for r, (sl, blocks) in enumerate(done):
+            at_r = slice(qb_at[r], qb_at[r + 1])
+            block_ids(blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, b_start[:, at_r].contiguous(), b_ids)
+            j = torch.arange(sl.c_ids.shape[2], device=dev)
+            valid = j < sl.c_count[..., None]
+            c_ids[torch.where(valid, c_start[:, at_r, None] + j, total_c)] = sl.c_ids.to(torch.int32)
+        chunks.append(lists)  # the stacked blocks go out of scope with `done`
+        b_parts.append(b_ids)
+        c_parts.append(c_ids[:total_c])
+        b_starts.append(b_start + n_b)
+        c_starts.append(c_start + n_c)
+        n_b, n_c = n_b + total_b, n_c + total_c
+        del done
+
+    def cat(attr: str, dtype: torch.dtype = torch.int32) -> torch.Tensor:  # [S, ...]: requests in order per slot
+        return _cat([_cat([getattr(sl, attr) for sl in lists], 1) for lists in chunks], 0).to(dtype)
+
+    def ragged(parts: list[torch.Tensor]) -> torch.Tensor:  # at least one entry (an empty index still has one)
+        flat = _cat(parts, 0)
+        return flat if flat.numel() else torch.zeros(1, dtype=torch.int32, device=dev)
 
     i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=dev)
     cum = lambda xs: i32([0, *accumulate(xs)])
@@ -482,7 +539,11 @@ def index_from_keeps(
         cu_seqlens_k=cum(seq_k),
         cu_qblocks=cum(nqbs),
         cu_kblocks=cum(nkbs),
-        qblock_request=torch.repeat_interleave(torch.arange(len(seq_q), device=dev), i32(nqbs)).to(torch.int32),
+        qblock_request=torch.repeat_interleave(
+            torch.arange(len(seq_q), device=dev),
+            i32(nqbs),
+            output_size=sum(nqbs),  # no host read
+        ).to(torch.int32),
         q_order=cat("q_order"),
         k_order=cat("k_order"),
         q_rows=torch.tensor(rows, dtype=torch.int32, device=dev).T.contiguous(),
@@ -492,15 +553,15 @@ def index_from_keeps(
         k_pos_max=cat("k_max"),
         k_blocks_by_pos=cat("k_by_pos"),
         block_prefix=cat("prefix"),
-        block_count=b_count.to(torch.int32),
-        block_start=b_start,
-        block_ids=b_ids,
-        column_count=c_count.to(torch.int32),
-        column_start=c_start,
-        column_ids=c_ids[: max(total_c, 1)],
+        block_count=cat("b_count"),
+        block_start=_cat(b_starts, 0),
+        block_ids=ragged(b_parts),
+        column_count=cat("c_count"),
+        column_start=_cat(c_starts, 0),
+        column_ids=ragged(c_parts),
         block_capacity=max(block_capacity if block_capacity is not None else nb, 1),
         column_capacity=max(column_capacity if column_capacity is not None else nc, 1),
-        keys_identity=all(f[2] == 1 for f in facts),
+        keys_identity=keys_identity,
         one_slot_per_kv_head=sorted(f for f, _ in slots)
         == [j * (num_q_heads // num_kv_heads) for j in range(num_kv_heads)]
         and all(c == num_q_heads // num_kv_heads for _, c in slots),
