@@ -44,7 +44,7 @@ mixed layer of 28 Q- or 2D-boundary heads, block 64: 515–947 non-view aten ops
 and 60–144 reads when each head was rounded alone).
 
 Host reads per layer (none per head, none per token): per (query modality, batch, key group) the two slot widths of
-the incidence tables (one ``.max()`` each, for all heads of the batch), the number of partly reached blocks when
+the incidence tables (one read of both, for all heads of the batch), the number of partly reached blocks when
 the split runs (one ``nonzero`` per chunk of heads, `SPLIT_CHUNK`), one ``torch.equal`` per sub's column lists
 unless they are an expanded view (vertical-slash lists are: no read) and ``torch.unique`` when they differ between
 query blocks; the part's row count is a layout fact (no read). `estimate_layer_keeps` itself reads more for the
@@ -120,11 +120,13 @@ def _sub_keeps(
     return estimate_layer_keeps(qs, ks, lt.truncated(sub_layout), hc, 0, scale=scale)
 
 
-def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _slots(
+    ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of ``ids`` (int64 [R, B]) / ``vals`` (int32 or int64 [R, B]): the distinct ids other than
-    ``sentinel`` with their largest (``largest``) or smallest value, compacted to ``[R, W]`` (W = most distinct ids
-    of one row, >= 1; padding: id ``sentinel``, value -1 for largest, the dtype's maximum for smallest). One host
-    read (W)."""
+    ``sentinel`` with their largest (``largest``) or smallest value, first in each row, in id order (padding: id
+    ``sentinel``, value -1 for largest, the dtype's maximum for smallest), and the device scalar W = most distinct
+    ids of one row (>= 1): the caller cuts both to ``[R, W]`` once it has read W (with its other widths)."""
     by_val = torch.sort(vals, dim=1, descending=largest, stable=True).indices
     ids, vals = ids.gather(1, by_val), vals.gather(1, by_val)
     by_id = torch.sort(ids, dim=1, stable=True).indices  # best value first inside each id
@@ -134,10 +136,9 @@ def _slots(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool) 
     keep = first & (ids != sentinel)
     compact = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept entries first, in id order
     ids, vals, keep = ids.gather(1, compact), vals.gather(1, compact), keep.gather(1, compact)
-    width = max(int(keep.sum(1).max()), 1) if keep.numel() else 1
-    ids, vals, keep = ids[:, :width], vals[:, :width], keep[:, :width]
+    width = keep.sum(1).max().clamp(min=1) if keep.numel() else torch.ones((), dtype=torch.int64, device=ids.device)
     pad = -1 if largest else torch.iinfo(vals.dtype).max
-    return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad)
+    return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad), width
 
 
 SLOT_LOOP_MAX = 8
@@ -285,8 +286,8 @@ def _incidences(
 ) -> _Incidences:
     """Per head (row) of the int64 tables: ``q_sub`` [Hs, n_q_sub] / ``k_sub`` [Hs, end] the sub's orders; ``mine``
     [Hs, rows] the part's rows (query indices of modality m, all inside the sub chunk) in the final query order;
-    ``ko`` [Hs, n_k] the final key order; ``key_mask`` bool [n_k]: the group's keys. Two host reads (the widths, one
-    for all heads)."""
+    ``ko`` [Hs, n_k] the final key order; ``key_mask`` bool [n_k]: the group's keys. One host read (both widths, for
+    all heads)."""
     b, heads = block, ko.shape[0]
     n_k = ko.shape[1]
     n_q_sub, end = q_sub.shape[1], k_sub.shape[1]
@@ -299,14 +300,16 @@ def _incidences(
     q_ids = torch.where(ok, _gather(qs_inv, r.clamp(max=n_q_sub - 1)) // b, nqb_s)
     pos32 = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
     q_vals = torch.where(ok, r + prefix, -1).to(pos32)
-    q_slot, q_pmax = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, largest=True)
+    q_slot, q_pmax, q_width = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, largest=True)
 
     # (sub key block, final key block) incidences: min position of the group's keys in both
     c = _pad_view(ko, b, n_k)  # [Hs, nkb, b] key position at each final key index
     ok = (c < end) & key_mask[c.clamp(max=n_k - 1)]
     k_ids = torch.where(ok, _gather(ks_inv, c.clamp(max=end - 1)) // b, nkb_s)
     big = torch.iinfo(pos32).max
-    k_slot, k_min = _slots(k_ids.flatten(0, 1), torch.where(ok, c, big).to(pos32).flatten(0, 1), nkb_s, largest=False)
+    k_slot, k_min, k_width = _slots(k_ids.flatten(0, 1), torch.where(ok, c, big).to(pos32).flatten(0, 1), nkb_s, False)
+    wq, wk = torch.stack([q_width, k_width]).tolist()  # the one host read: both tables' widths
+    q_slot, q_pmax, k_slot, k_min = q_slot[:, :wq], q_pmax[:, :wq], k_slot[:, :wk], k_min[:, :wk]
     q_slot, q_pmax = q_slot.view(heads, -1, q_slot.shape[1]), q_pmax.view(heads, -1, q_pmax.shape[1])
     k_slot, k_min = k_slot.view(heads, -1, k_slot.shape[1]), k_min.view(heads, -1, k_min.shape[1])
     return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
