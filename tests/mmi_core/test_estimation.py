@@ -81,6 +81,26 @@ def test_stable_top_breaks_ties_to_lowest_index():
         stable_top(s, -1)
 
 
+@pytest.mark.parametrize("budget", [0, 1, 3, 7, 40])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stable_top_equals_sorted_ranking_on_ties(budget: int, seed: int):
+    """Without a coverage `stable_top` cuts at the k-th largest value (topk) instead of sorting rows; it must keep
+    exactly the first ``budget`` rankable entries of the order (-score, index): tie-heavy small integer scores,
+    random valid/forced masks, budgets from 0 to more than a row."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, 4, (3, 5, 33), generator=g).float()
+    valid = torch.rand(3, 5, 33, generator=g) < 0.8
+    forced = torch.rand(3, 5, 33, generator=g) < 0.2
+    keep = stable_top(s, budget, valid=valid, forced=forced)
+    want = torch.zeros_like(keep)
+    for i in range(3):
+        for j in range(5):
+            ranked = sorted((-float(s[i, j, c]), c) for c in range(33) if valid[i, j, c] and not forced[i, j, c])
+            for _, c in ranked[:budget]:
+                want[i, j, c] = True
+    assert torch.equal(keep, want)
+
+
 def test_stable_top_coverage_counts_and_bounds():
     s = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]])
     keep = stable_top(s, 4, coverage=Coverage(threshold=0.8, min_fraction=0.0, max_fraction=1.0))

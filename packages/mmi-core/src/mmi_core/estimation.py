@@ -161,8 +161,10 @@ def stable_top(
     if forced is not None:
         rankable &= ~forced
     s = scores.float().masked_fill(~rankable, float("-inf"))
-    sorted_neg, order = torch.sort(-s, dim=-1, stable=True)
     n = scores.shape[-1]
+    if coverage is None:
+        return _top_fixed(s, rankable, min(budget, n))
+    sorted_neg, order = torch.sort(-s, dim=-1, stable=True)
     count = torch.full(scores.shape[:-1], budget, dtype=torch.int64, device=scores.device)
     if coverage is not None:
         total = scores.float().masked_fill(~valid, 0.0).sum(-1)
@@ -176,6 +178,21 @@ def stable_top(
     count = torch.minimum(count.clamp(max=n), rankable.sum(-1))
     keep_sorted = torch.arange(n, device=scores.device) < count[..., None]
     return torch.zeros_like(rankable).scatter(-1, order, keep_sorted)
+
+
+def _top_fixed(s: torch.Tensor, rankable: torch.Tensor, k: int) -> torch.Tensor:
+    """`stable_top` without a coverage: the ``k`` best rankable entries of ``s`` (-inf where not rankable) per row,
+    lowest index on ties, without sorting whole rows. The k-th largest value ``t`` (one ``topk``) splits a row into
+    entries above it (all kept) and entries equal to it, kept in index order while the count lasts: the same set as
+    the stable sort of ``-s`` cut at ``k``, for a fraction of the work on long rows (block-sparse ranking of 8,192
+    key blocks per query block at 1M tokens)."""
+    if k == 0:
+        return torch.zeros_like(rankable)
+    t = torch.topk(s, k, dim=-1, sorted=True).values[..., -1:]  # the k-th largest value of each row
+    above = (s > t) & rankable
+    at = (s == t) & rankable
+    room = k - above.sum(-1, keepdim=True)  # ties at t still to keep, lowest index first
+    return above | (at & (torch.cumsum(at, dim=-1) <= room))
 
 
 # -- patterns -------------------------------------------------------------------------------------------------------
