@@ -17,6 +17,7 @@ from mmi_core import (
     estimate_block_sparse,
     estimate_stride_phase,
     estimate_vertical_slash,
+    estimation,
     grid_stride_candidates,
     last_query_scores,
     stable_top,
@@ -83,7 +84,7 @@ def test_stable_top_breaks_ties_to_lowest_index():
 
 @pytest.mark.parametrize("budget", [0, 1, 3, 7, 40])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_stable_top_equals_sorted_ranking_on_ties(budget: int, seed: int):
+def test_stable_top_equals_sorted_ranking_on_ties(budget: int, seed: int, monkeypatch):
     """Without a coverage `stable_top` cuts at the k-th largest value (topk) instead of sorting rows; it must keep
     exactly the first ``budget`` rankable entries of the order (-score, index): tie-heavy small integer scores,
     random valid/forced masks, budgets from 0 to more than a row."""
@@ -92,6 +93,8 @@ def test_stable_top_equals_sorted_ranking_on_ties(budget: int, seed: int):
     valid = torch.rand(3, 5, 33, generator=g) < 0.8
     forced = torch.rand(3, 5, 33, generator=g) < 0.2
     keep = stable_top(s, budget, valid=valid, forced=forced)
+    monkeypatch.setattr(estimation, "TOPK_MAX", -1)  # the sort path (budgets over TOPK_MAX) ranks the same
+    assert torch.equal(stable_top(s, budget, valid=valid, forced=forced), keep)
     want = torch.zeros_like(keep)
     for i in range(3):
         for j in range(5):

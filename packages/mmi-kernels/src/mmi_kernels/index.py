@@ -326,7 +326,8 @@ class _SlotLists:
     b_count: torch.Tensor
     rank: torch.Tensor  # each key block's place in first-position order: the block lists' input with the blocks
     c_count: torch.Tensor
-    c_ids: torch.Tensor
+    c_slots: list[int]  # the slots (of this chunk) with column lists, in order: the rows of c_ids
+    c_ids: torch.Tensor  # [len(c_slots), nqb, width]
 
 
 def _block_minmax(pos: torch.Tensor, block: int, n_k: int, nb: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,34 +385,44 @@ def _slot_lists(
     k_by_pos = torch.sort(k_min, dim=1, stable=True).indices
     rank = torch.empty_like(k_by_pos).scatter_(1, k_by_pos, torch.arange(nkb, device=device).expand(s, nkb))
     lead, b_count = lead_and_count(blocks, k_min, q_max, rank)  # kept = in `blocks` and holding a causal pair
+    # columns: only the slots that have lists (their ids kept [S_c, nqb, width] for `c_slots`); the others count 0
     cols = [k.column_ids if k.column_ids is not None and k.column_ids.numel() else None for k in keeps]
-    width = max((c.shape[1] for c in cols if c is not None), default=0)
-    if width:
-        none = torch.full((nqb, width), -1, dtype=torch.int64, device=device)
-
-        def pad(c: torch.Tensor | None) -> torch.Tensor:  # to the widest list of the chunk
-            if c is None or c.shape[1] == width:
-                return none if c is None else c
-            return torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-1)
-
-        cid = _stack([pad(c) for c in cols], device, torch.int64)  # [S, nqb, width], -1 padding
+    c_slots = [i for i, c in enumerate(cols) if c is not None]
+    c_count = torch.zeros(s, nqb, dtype=torch.int64, device=device)
+    c_ids = torch.zeros(0, nqb, 0, dtype=torch.int64, device=device)
+    if c_slots:
+        width = max(cols[i].shape[1] for i in c_slots)
+        pad = lambda c: c if c.shape[1] == width else torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-1)
+        cid = _stack([pad(cols[i]) for i in c_slots], device, torch.int64)  # [S_c, nqb, width], -1 padding
+        sel = slice(None) if len(c_slots) == s else torch.tensor(c_slots, device=device)
+        c_blocks, c_k_min, c_q_max, c_ko = blocks[sel], k_min[sel], q_max[sel], ko[sel]
         ok = (cid >= 0) & (cid < n_k)
         safe = torch.where(ok, cid, 0)
         kb = safe // block
-        k_min_at = torch.gather(k_min, 1, kb.flatten(1)).view_as(kb)
-        ok &= ~(torch.gather(blocks, 2, kb) & (k_min_at <= q_max[..., None]))  # inside a kept block: counted there
-        ok &= torch.gather(ko, 1, safe.flatten(1)).view_as(safe) <= q_max[..., None]  # no causal pair in the block
-        c_count, c_ids = _compact(safe, ok, n_k)
-    else:
-        c_count = torch.zeros(s, nqb, dtype=torch.int64, device=device)
-        c_ids = torch.zeros(s, nqb, 0, dtype=torch.int64, device=device)
-    lists = _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, rank, c_count, c_ids)
+        k_min_at = torch.gather(c_k_min, 1, kb.flatten(1)).view_as(kb)
+        ok &= ~(torch.gather(c_blocks, 2, kb) & (k_min_at <= c_q_max[..., None]))  # inside a kept block: counted
+        ok &= torch.gather(c_ko, 1, safe.flatten(1)).view_as(safe) <= c_q_max[..., None]  # no causal pair at all
+        count, c_ids = _compact(safe, ok, n_k)
+        c_count[sel] = count
+    lists = _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, rank, c_count, c_slots, c_ids)
     return lists, blocks
 
 
 def _slot_chunks(keeps: Sequence[Sequence[SlotKeep]], n_slots: int) -> list[tuple[int, int]]:
     """Ranges of slots whose stacked keep sets (all requests) stay within `INDEX_CHUNK_BYTES`."""
-    per_slot = sum(req[0].blocks.numel() + 8 * 4 * (req[0].q_order.numel() + req[0].k_order.numel()) for req in keeps)
+
+    def width(req: Sequence[SlotKeep]) -> int:  # the widest column list of a request's slots
+        return max(
+            (k.column_ids.shape[-1] for k in req if k.column_ids is not None and k.column_ids.dim() == 2), default=0
+        )
+
+    # a slot's blocks, its orders and their sorts, and its column pass (~8 int64 temporaries per list entry)
+    per_slot = sum(
+        req[0].blocks.numel()
+        + 32 * (req[0].q_order.numel() + req[0].k_order.numel())
+        + 64 * req[0].blocks.shape[0] * width(req)
+        for req in keeps
+    )
     step = max(1, INDEX_CHUNK_BYTES // max(per_slot, 1))
     return [(s, min(s + step, n_slots)) for s in range(0, n_slots, step)]
 
@@ -504,9 +515,11 @@ def index_from_keeps(
         for r, (sl, blocks) in enumerate(done):
             at_r = slice(qb_at[r], qb_at[r + 1])
             block_ids(blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, b_start[:, at_r].contiguous(), b_ids)
-            j = torch.arange(sl.c_ids.shape[2], device=dev)
-            valid = j < sl.c_count[..., None]
-            c_ids[torch.where(valid, c_start[:, at_r, None] + j, total_c)] = sl.c_ids.to(torch.int32)
+            if sl.c_slots:
+                j = torch.arange(sl.c_ids.shape[2], device=dev)
+                rows_c = c_start[sl.c_slots, at_r] if len(sl.c_slots) < len(sl.c_count) else c_start[:, at_r]
+                valid = j < sl.c_count[sl.c_slots, :, None]
+                c_ids[torch.where(valid, rows_c[..., None] + j, total_c)] = sl.c_ids.to(torch.int32)
         chunks.append(lists)  # the stacked blocks go out of scope with `done`
         b_parts.append(b_ids)
         c_parts.append(c_ids[:total_c])
