@@ -305,10 +305,10 @@ def _mask_to_lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return count, ids[:, :width]
 
 
-# Bound on the keep sets of one chunk of slots stacked for the batched list pass (bool blocks + int64 orders of
-# every request): ~1 GiB. At 131K tokens all slots of a layer fit one chunk; at 1M (8 MB orders and 64 MB blocks
-# per slot at block 128) ~15 slots do, so a layer takes a handful of chunks, each with one host read.
-INDEX_CHUNK_BYTES = 2**30
+# Bound on the memory of one chunk of slots in the batched list pass (all requests): stacked keep sets and orders,
+# and the column pass of slots with column lists (~64 bytes per list entry: a vertical-slash slot at 1M tokens holds
+# 8,192 query blocks x ~1,100 columns). At 131K tokens a layer's 84 boundary slots take 2-3 chunks, at 1M ~25.
+INDEX_CHUNK_BYTES = 2**31
 
 
 @dataclass(frozen=True)
@@ -324,10 +324,18 @@ class _SlotLists:
     k_by_pos: torch.Tensor
     prefix: torch.Tensor
     b_count: torch.Tensor
-    rank: torch.Tensor  # each key block's place in first-position order: the block lists' input with the blocks
     c_count: torch.Tensor
-    c_slots: list[int]  # the slots (of this chunk) with column lists, in order: the rows of c_ids
-    c_ids: torch.Tensor  # [len(c_slots), nqb, width]
+
+
+@dataclass(frozen=True)
+class _ListInput:
+    """What the ragged writes of one request's chunk read, dropped once they are written (at 1M tokens the column
+    ids alone are ~70 MB per slot)."""
+
+    blocks: torch.Tensor  # [S, nqb, nkb] the keep sets
+    rank: torch.Tensor  # [S, nkb] each key block's place in first-position order
+    c_slots: list[int]  # the slots with column lists, in order: the rows of c_ids
+    c_ids: torch.Tensor  # [len(c_slots), nqb, width] ascending, the kept ones first
 
 
 def _block_minmax(pos: torch.Tensor, block: int, n_k: int, nb: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,8 +378,8 @@ def _stack(ts: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype)
 
 def _slot_lists(
     keeps: Sequence[SlotKeep], rows: Sequence[int], block: int, device: torch.device
-) -> tuple[_SlotLists, torch.Tensor]:
-    """Lists of one request's chunk of slots (checked by `_check_keep`), and their stacked [S, nqb, nkb] blocks."""
+) -> tuple[_SlotLists, _ListInput]:
+    """Lists of one request's chunk of slots (checked by `_check_keep`), and the input of their ragged writes."""
     qo = _stack([k.q_order for k in keeps], device, torch.int64)
     ko = _stack([k.k_order for k in keeps], device, torch.int64)
     (s, n_q), n_k = qo.shape, ko.shape[1]
@@ -404,27 +412,25 @@ def _slot_lists(
         ok &= torch.gather(c_ko, 1, safe.flatten(1)).view_as(safe) <= c_q_max[..., None]  # no causal pair at all
         count, c_ids = _compact(safe, ok, n_k)
         c_count[sel] = count
-    lists = _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, rank, c_count, c_slots, c_ids)
-    return lists, blocks
+    lists = _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, c_count)
+    return lists, _ListInput(blocks, rank, c_slots, c_ids)
 
 
 def _slot_chunks(keeps: Sequence[Sequence[SlotKeep]], n_slots: int) -> list[tuple[int, int]]:
-    """Ranges of slots whose stacked keep sets (all requests) stay within `INDEX_CHUNK_BYTES`."""
+    """Consecutive ranges of slots whose pass (all requests) stays within `INDEX_CHUNK_BYTES` (at least one slot)."""
 
-    def width(req: Sequence[SlotKeep]) -> int:  # the widest column list of a request's slots
-        return max(
-            (k.column_ids.shape[-1] for k in req if k.column_ids is not None and k.column_ids.dim() == 2), default=0
-        )
+    def cost(k: SlotKeep) -> int:  # its blocks, its orders and their sorts, its column pass
+        cols = k.column_ids.shape[-1] if k.column_ids is not None and k.column_ids.dim() == 2 else 0
+        return k.blocks.numel() + 32 * (k.q_order.numel() + k.k_order.numel()) + 64 * k.blocks.shape[0] * cols
 
-    # a slot's blocks, its orders and their sorts, and its column pass (~8 int64 temporaries per list entry)
-    per_slot = sum(
-        req[0].blocks.numel()
-        + 32 * (req[0].q_order.numel() + req[0].k_order.numel())
-        + 64 * req[0].blocks.shape[0] * width(req)
-        for req in keeps
-    )
-    step = max(1, INDEX_CHUNK_BYTES // max(per_slot, 1))
-    return [(s, min(s + step, n_slots)) for s in range(0, n_slots, step)]
+    chunks, start, used = [], 0, 0
+    for s in range(n_slots):
+        c = sum(cost(req[s]) for req in keeps)
+        if s > start and used + c > INDEX_CHUNK_BYTES:
+            chunks.append((start, s))
+            start, used = s, 0
+        used += c
+    return [*chunks, (start, n_slots)]
 
 
 def _is_identity(order: torch.Tensor) -> torch.Tensor:
@@ -512,15 +518,15 @@ def index_from_keeps(
         b_start, c_start = starts(b_count), starts(c_count)
         b_ids = torch.zeros(total_b, dtype=torch.int32, device=dev)
         c_ids = torch.zeros(total_c + 1, dtype=torch.int32, device=dev)  # last entry: padding goes there
-        for r, (sl, blocks) in enumerate(done):
+        for r, (sl, inp) in enumerate(done):
             at_r = slice(qb_at[r], qb_at[r + 1])
-            block_ids(blocks, sl.k_min, sl.q_max, sl.rank, sl.prefix, b_start[:, at_r].contiguous(), b_ids)
-            if sl.c_slots:
-                j = torch.arange(sl.c_ids.shape[2], device=dev)
-                rows_c = c_start[sl.c_slots, at_r] if len(sl.c_slots) < len(sl.c_count) else c_start[:, at_r]
-                valid = j < sl.c_count[sl.c_slots, :, None]
-                c_ids[torch.where(valid, rows_c[..., None] + j, total_c)] = sl.c_ids.to(torch.int32)
-        chunks.append(lists)  # the stacked blocks go out of scope with `done`
+            block_ids(inp.blocks, sl.k_min, sl.q_max, inp.rank, sl.prefix, b_start[:, at_r].contiguous(), b_ids)
+            if inp.c_slots:
+                j = torch.arange(inp.c_ids.shape[2], device=dev)
+                rows_c = c_start[inp.c_slots, at_r] if len(inp.c_slots) < len(sl.c_count) else c_start[:, at_r]
+                valid = j < sl.c_count[inp.c_slots, :, None]
+                c_ids[torch.where(valid, rows_c[..., None] + j, total_c)] = inp.c_ids.to(torch.int32)
+        chunks.append(lists)  # the list inputs go out of scope with `done`
         b_parts.append(b_ids)
         c_parts.append(c_ids[:total_c])
         b_starts.append(b_start + n_b)
