@@ -27,60 +27,60 @@ def _kept(blocks: torch.Tensor, k_min: torch.Tensor, q_max: torch.Tensor) -> tor
 
 
 @triton.jit
-def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nqb, nkb, CHUNK: tl.constexpr):
+def _program_row(BLOCKS, K_MIN, RANK, nqb, nkb):
+    """This program's (query block, slot): its row of the slot's blocks, the slot's key-block tables, and its
+    place in the [S, nqb] per-(slot, query block) arrays."""
     s = tl.program_id(1).to(tl.int64)
-    qb = tl.program_id(0).to(tl.int64)
-    BLOCKS += s * nqb * nkb
-    K_MIN += s * nkb
-    RANK += s * nkb
-    Q_MAX += s * nqb
-    LEAD += s * nqb
-    COUNT += s * nqb
-    q_max = tl.load(Q_MAX + qb)
+    at = s * nqb + tl.program_id(0).to(tl.int64)
+    return BLOCKS + at * nkb, K_MIN + s * nkb, RANK + s * nkb, at
+
+
+@triton.jit
+def _kept_chunk(ROW, K_MIN, kb, m, q_max):
+    """Kept key blocks ``kb`` of the row (in the keep set and holding a causal pair); False past ``m``."""
+    return (tl.load(ROW + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max) & m
+
+
+@triton.jit
+def _lead_count_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, COUNT, nqb, nkb, CHUNK: tl.constexpr):
+    ROW, K_MIN, RANK, at = _program_row(BLOCKS, K_MIN, RANK, nqb, nkb)
+    q_max = tl.load(Q_MAX + at)
     if q_max < 0:  # no computed row (past a row-group slot's rows): nothing kept, so the run is empty
-        tl.store(LEAD + qb, tl.zeros([], tl.int64))
-        tl.store(COUNT + qb, tl.zeros([], tl.int64))
+        tl.store(LEAD + at, tl.zeros([], tl.int64))
+        tl.store(COUNT + at, tl.zeros([], tl.int64))
         return
     lead = tl.zeros([], tl.int64) + nkb
     for c0 in range(0, nkb, CHUNK):
         kb = c0 + tl.arange(0, CHUNK)
         m = kb < nkb
-        kept = (tl.load(BLOCKS + qb * nkb + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max)
+        kept = _kept_chunk(ROW, K_MIN, kb, m, q_max)
         rank = tl.load(RANK + kb, mask=m, other=nkb)
         lead = tl.minimum(lead, tl.min(tl.where(kept | ~m, nkb, rank), 0))
     count = tl.zeros([], tl.int32)
     for c0 in range(0, nkb, CHUNK):
         kb = c0 + tl.arange(0, CHUNK)
         m = kb < nkb
-        kept = (tl.load(BLOCKS + qb * nkb + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max)
+        kept = _kept_chunk(ROW, K_MIN, kb, m, q_max)
         rank = tl.load(RANK + kb, mask=m, other=0)
-        count += tl.sum((kept & m & (rank >= lead)).to(tl.int32), 0)
-    tl.store(LEAD + qb, lead)
-    tl.store(COUNT + qb, count)
+        count += tl.sum((kept & (rank >= lead)).to(tl.int32), 0)
+    tl.store(LEAD + at, lead)
+    tl.store(COUNT + at, count)
 
 
 @triton.jit
 def _ids_kernel(BLOCKS, K_MIN, Q_MAX, RANK, LEAD, START, IDS, nqb, nkb, CHUNK: tl.constexpr):
-    s = tl.program_id(1).to(tl.int64)
-    qb = tl.program_id(0).to(tl.int64)
-    BLOCKS += s * nqb * nkb
-    K_MIN += s * nkb
-    RANK += s * nkb
-    Q_MAX += s * nqb
-    LEAD += s * nqb
-    START += s * nqb
-    q_max = tl.load(Q_MAX + qb)
+    ROW, K_MIN, RANK, at = _program_row(BLOCKS, K_MIN, RANK, nqb, nkb)
+    q_max = tl.load(Q_MAX + at)
     if q_max < 0:  # no computed row: no list
         return
-    lead = tl.load(LEAD + qb)
-    base = tl.load(START + qb)
+    lead = tl.load(LEAD + at)
+    base = tl.load(START + at)
     for c0 in range(0, nkb, CHUNK):
         kb = c0 + tl.arange(0, CHUNK)
         m = kb < nkb
-        kept = (tl.load(BLOCKS + qb * nkb + kb, mask=m, other=0) != 0) & (tl.load(K_MIN + kb, mask=m, other=0) <= q_max)
-        listed = kept & m & (tl.load(RANK + kb, mask=m, other=0) >= lead)
-        at = base + tl.cumsum(listed.to(tl.int64), 0) - 1
-        tl.store(IDS + at, kb.to(tl.int32), mask=listed)
+        listed = _kept_chunk(ROW, K_MIN, kb, m, q_max) & (tl.load(RANK + kb, mask=m, other=0) >= lead)
+        to = base + tl.cumsum(listed.to(tl.int64), 0) - 1
+        tl.store(IDS + to, kb.to(tl.int32), mask=listed)
         base += tl.sum(listed.to(tl.int64), 0)
 
 
