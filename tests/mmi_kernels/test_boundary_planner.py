@@ -322,17 +322,27 @@ def test_boundary_keeps_batched_heads_equal_heads_alone(seed: int, monkeypatch) 
         assert_same_index(got, want)
 
 
-def test_boundary_keeps_all_heads_gqa_views_equal_reference() -> None:
-    """Every head of a GQA layer one boundary spec, statistics in Triton (the interpreter): the sub-problems are
-    estimated on views of q and k with their own grouping (no per-head copies); each head equals the reference."""
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("2d_mixed",) * 4,  # Grid, block-sparse, A-shape and vertical-slash subs
+        # per-head patterns in one estimate per query modality and round; clamped last_q 8 (text Grid), 20 and 40
+        # (text rows: 40) split the rounds' calls, Dense placeholders for heads without a pattern in a round
+        ("q_grid_vs_bs", "q_text_grid", "2d_shared", "2d_mixed"),
+    ],
+    ids=["uniform", "mixed"],
+)
+def test_boundary_keeps_all_heads_gqa_views_equal_reference(names: tuple[str, ...]) -> None:
+    """The boundary heads of a GQA layer, statistics in Triton (the interpreter): the sub-problems are estimated on
+    views of q and k with their own grouping (no per-head copies); each head equals the reference."""
     layout, block, _ = PLANNER_LAYOUTS["v_t"]
     prefix, n_k = 17, layout.num_tokens
-    spec = _planner_specs(block)["2d_mixed"]  # Grid, block-sparse, A-shape and vertical-slash subs
+    specs = [_planner_specs(block)[n] for n in names]
     g = torch.Generator().manual_seed(11)
     q, k = torch.randn(n_k - prefix, 4, 16, generator=g), torch.randn(n_k, 2, 16, generator=g)
-    parts = boundary_keeps(q, k, LayoutTensors(layout, "cpu"), dict.fromkeys(range(4), spec), scale=0.3)
+    parts = boundary_keeps(q, k, LayoutTensors(layout, "cpu"), dict(enumerate(specs)), scale=0.3)
     slots = [(0, 1)] * 3
-    for h in range(4):
+    for h, spec in enumerate(specs):
         sel = boundary_selection(q[:, h : h + 1], k[:, h // 2 : h // 2 + 1], layout, spec, scale=0.3)
         ref = index_from_selections([list(sel.parts)], num_q_heads=1, num_kv_heads=1, slot_heads=slots)
         got = index_from_keeps([parts[h]], block=block, num_q_heads=1, num_kv_heads=1, slot_heads=slots)

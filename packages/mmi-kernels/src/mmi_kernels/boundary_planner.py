@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig
+from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, LayerConfig, Modality, PatternConfig
 from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.boundary_tiles import slot_tiles
 from mmi_kernels.dispatch import triton_runs
@@ -88,36 +88,54 @@ def _sub_keeps(
     q: torch.Tensor,
     k: torch.Tensor,
     lt: LayoutTensors,
-    cfg: PatternConfig,
+    cfgs: dict[int, PatternConfig],
     end: int,
     rows: int,
     block: int,
     scale: float | None,
-    heads: list[int],
     group: int,
-) -> list[SlotKeep]:
-    """`mmi_core.boundary._sub_selection` of every head in ``heads`` in one batched estimate: the keep set of
-    ``cfg`` on queries ``[prefix, end)`` and keys ``[0, end)`` (sub coordinates = global ones), ``last_q`` clamped to
-    ``rows``. Each query head is estimated alone (its own KV head, no GQA pooling), as in the reference. When the
-    heads are all of them and the statistics run in Triton, q and k go in as views with their GQA grouping (the
-    kernels compute per query head); otherwise one copy of each head's q and KV head."""
+) -> dict[int, SlotKeep]:
+    """`mmi_core.boundary._sub_selection` of head ``h`` with pattern ``cfgs[h]``, for every head of ``cfgs`` (one
+    pattern per head; heads may differ): the keep set on queries ``[prefix, end)`` and keys ``[0, end)`` (sub
+    coordinates = global ones), ``last_q`` clamped to ``rows``. Each query head is estimated alone (its own KV head,
+    no GQA pooling), as in the reference.
+
+    Patterns whose clamped ``last_q`` agree are estimated in ONE `estimate_layer_keeps` call (a layer of per-head
+    patterns: one last-query statistics pass for all of them); a Grid's fold starts at the call's longest
+    ``last_q``, so a Grid with a shorter one goes into a call of its own. When the statistics run in Triton, q and k
+    go in as views of every head with their GQA grouping (the kernels compute per query head; heads of no pattern
+    here are Dense placeholders, which cost no estimate); otherwise one copy of each head's q and KV head."""
     from mmi_kernels.estimate import estimate_layer_keeps  # local: estimate dispatches boundary heads to us
 
     prefix = lt.layout.num_tokens - q.shape[0]
     n_q_sub = end - prefix
-    sub_layout, cfg = sub_problem(lt.layout, cfg, end, rows)
-    if isinstance(cfg, Dense):
-        return [dense_keep(n_q_sub, end, block, q.device)] * len(heads)
-    if heads == list(range(q.shape[1])) and triton_runs(q):
-        # every head: views of q and k with their own GQA grouping, no [n, heads, D] copies. Exact: the Triton
-        # last-query statistics compute each query head alone, and the per-head estimators read its KV head
-        hc = HeadConfigs.uniform(1, q.shape[1], k.shape[1], cfg, gqa="head")
-        return estimate_layer_keeps(q[:n_q_sub], k[:end], lt.truncated(sub_layout), hc, 0, scale=scale)
-    hc = HeadConfigs.uniform(1, len(heads), len(heads), cfg, gqa="head")
-    hq = torch.tensor(heads, device=q.device)
-    qs = q[:n_q_sub].index_select(1, hq)
-    ks = k[:end].index_select(1, hq // group)
-    return estimate_layer_keeps(qs, ks, lt.truncated(sub_layout), hc, 0, scale=scale)
+    out: dict[int, SlotKeep] = {}
+    calls: dict[int | None, dict[int, PatternConfig]] = {}  # clamped last_q (None: no statistics) -> head -> cfg
+    sub_layout = lt.layout
+    for h, cfg in cfgs.items():
+        sub_layout, sub = sub_problem(lt.layout, cfg, end, rows)
+        if isinstance(sub, Dense):
+            out[h] = dense_keep(n_q_sub, end, block, q.device)
+        else:
+            calls.setdefault(getattr(sub, "last_q", None), {})[h] = sub
+    if None in calls and len(calls) > 1:  # patterns without statistics join any call
+        calls[next(lq for lq in calls if lq is not None)].update(calls.pop(None))
+    sub_lt = lt.truncated(sub_layout)
+    for need in calls.values():
+        if triton_runs(q):
+            hq, hkv, heads = q.shape[1], k.shape[1], list(range(q.shape[1]))
+            qs, ks = q[:n_q_sub], k[:end]
+        else:
+            heads = sorted(need)
+            hq = hkv = len(heads)
+            at = torch.tensor(heads, device=q.device)
+            qs, ks = q[:n_q_sub].index_select(1, at), k[:end].index_select(1, at // group)
+        specs = [HeadSpec(pattern=need.get(h, Dense())) for h in heads]
+        hc = HeadConfigs(num_layers=1, num_q_heads=hq, num_kv_heads=hkv,
+                         layers=[LayerConfig(heads=specs, gqa=["head"] * hkv)])  # fmt: skip
+        keeps = estimate_layer_keeps(qs, ks, sub_lt, hc, 0, scale=scale)
+        out.update((h, keeps[i]) for i, h in enumerate(heads) if h in need)
+    return out
 
 
 def _slots(
@@ -454,16 +472,15 @@ def boundary_keeps(
     last = modality_last_rows(layout, n_q)
     rows_of = {m: sum(max(0, s.end - max(s.start, prefix)) for s in layout.segments_of(m)) for m in last}
 
-    # sub-problems, batched: one estimate per (query modality, pattern) over every head that needs it
+    # sub-problems, batched: per query modality, rounds of one pattern per head (a 2D head's i-th distinct pattern
+    # in round i), each round estimated for all its heads together
     subs: dict[tuple[int, Modality, PatternConfig], SlotKeep] = {}
     for m, (end, rows) in last.items():
-        need: dict[PatternConfig, list[int]] = {}
-        for h, spec in specs.items():
-            for cfg in dict.fromkeys(_pairs_of(spec, m, mods).values()):
-                need.setdefault(cfg, []).append(h)
-        for cfg, heads in need.items():
-            for h, kp in zip(heads, _sub_keeps(q, k, lt, cfg, end, rows, block, scale, heads, group), strict=True):
-                subs[(h, m, cfg)] = kp
+        distinct = {h: list(dict.fromkeys(_pairs_of(spec, m, mods).values())) for h, spec in specs.items()}
+        for r in range(max(len(c) for c in distinct.values())):
+            cfgs = {h: c[r] for h, c in distinct.items() if r < len(c)}
+            for h, kp in _sub_keeps(q, k, lt, cfgs, end, rows, block, scale, group).items():
+                subs[(h, m, cfgs[h])] = kp
 
     # per query modality: the part of every head, in two batches. Heads whose subs of the part are all non-Grid
     # (identity orders) share the part's orders and incidences (tables of one row, expanded); heads with a Grid sub
