@@ -49,12 +49,20 @@ def peak_gib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
+def _full_rows(keep) -> torch.Tensor | None:
+    """Column lists padded with -1 rows to every query block (checkouts before 2026-12-07 require them)."""
+    cid, nqb = keep.column_ids, keep.blocks.shape[0]
+    if cid is None or cid.shape[0] == nqb:
+        return cid
+    return torch.nn.functional.pad(cid, (0, 0, 0, nqb - cid.shape[0]), value=-1)
+
+
 def ab_row(old, q, k, layout, lt, kinds, config: str) -> dict:
     """Both builds of one config's keep sets: fields that differ, time and peak memory of each."""
     hc = lb.mixed_head_configs(config, 128, kinds)
     slots = layer_slots(hc, 0)
     keeps = estimate_layer_keeps(q, k, lt, hc, 0, scale=1 / math.sqrt(lb.D))
-    old_keeps = [[old.SlotKeep(x.q_order, x.k_order, x.blocks, x.column_ids, x.rows) for x in keeps]]
+    old_keeps = [[old.SlotKeep(x.q_order, x.k_order, x.blocks, _full_rows(x), x.rows) for x in keeps]]
     kw = dict(block=128, num_q_heads=lb.HQ, num_kv_heads=lb.HKV, slot_heads=slots, device="cuda")
 
     def new_fn():

@@ -250,7 +250,8 @@ def reference_rows(q, k, v, keep: SlotKeep, rows: torch.Tensor, prefix: int) -> 
     m = keep.blocks[qb][:, k_inv // B]  # [rows, n_k]
     if keep.column_ids is not None:
         cm = torch.zeros(rows.numel(), n_k, dtype=torch.bool, device=q.device)
-        ids = keep.column_ids[qb]
+        listed = qb < keep.column_ids.shape[0]  # a part's lists stop after its rows
+        ids = torch.where(listed[:, None], keep.column_ids[qb.clamp(max=keep.column_ids.shape[0] - 1)], -1)
         cm.scatter_(1, torch.clamp(ids, min=0), ids >= 0)
         m |= cm[:, k_inv]
     m &= torch.arange(n_k, device=q.device)[None, :] <= (rows + prefix)[:, None]

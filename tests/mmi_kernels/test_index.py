@@ -188,6 +188,31 @@ def test_keeps_with_raw_column_ids_dedupe_and_drop() -> None:
     assert idx.column_ids.tolist() == [3, 0, 5, 1]  # ragged: back to back, nothing else stored
 
 
+@pytest.mark.parametrize("rows", [0, 1, 3])
+def test_column_lists_may_stop_before_the_last_query_block(rows: int) -> None:
+    """Column lists of the first ``rows`` query blocks only (a boundary head's part) build the index of the same
+    lists padded with empty rows, beside slots with full lists; more rows than query blocks are refused."""
+    import dataclasses
+
+    n = 64
+    order = torch.arange(n)
+    blocks = torch.eye(4, dtype=torch.bool)
+    cols = torch.tensor([[3, 3, 20, -1], [3, 20, 20, 60], [0, 5, 40, 40], [1, 1, 1, 1]])
+    padded = torch.where(torch.arange(4)[:, None] < rows, cols, -1)
+    kw = dict(block=BLOCK, num_q_heads=2, num_kv_heads=1, slot_heads=[(0, 1), (1, 1)])
+    short = index_from_keeps(
+        [[SlotKeep(order, order, blocks, cols[:rows]), SlotKeep(order, order, blocks, cols)]], **kw
+    )
+    full = index_from_keeps([[SlotKeep(order, order, blocks, padded), SlotKeep(order, order, blocks, cols)]], **kw)
+    for f in dataclasses.fields(full):
+        a, b = getattr(short, f.name), getattr(full, f.name)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f.name
+    assert int(short.column_count[0].sum()) == [0, 0, 1, 3][rows]
+    with pytest.raises(ValueError, match="column_ids must be"):
+        index_from_keeps([[SlotKeep(order, order, blocks, torch.cat([cols, cols[:1]]))]], block=BLOCK,
+                         num_q_heads=1, num_kv_heads=1)  # fmt: skip
+
+
 def test_bad_inputs_name_the_problem() -> None:
     n = 80
     sel = selection("blocks", n, n, seed=0)

@@ -357,10 +357,10 @@ def _round_columns(
     inc: _Incidences,
     key_mask: torch.Tensor,
     kinv: torch.Tensor,
-    nqb: int,
 ) -> list[torch.Tensor | None]:
-    """The column lists of one group's subs (one per head) as final key-permuted column ids per final query block:
-    int64 [nqb, C] (-1 padding; rows past the part's blocks all -1), or None for a sub without columns. ``k_sub``
+    """The column lists of one group's subs (one per head) as final key-permuted column ids per final query block
+    of the part: int64 [nqb_m, C] (-1 padding; the blocks after the part's rows have none: `SlotKeep` lists may
+    stop early), or None for a sub without columns. ``k_sub``
     [Hs, end]: the subs' key orders, ``kinv`` [Hs, n_k]: the inverse final key orders, ``inc``: per head or one
     for all (``Hs = 1``). Lists that are one list for every sub query block (vertical-slash: an expanded view, known
     without a host read) are done for all heads at once, padded to the longest."""
@@ -385,13 +385,13 @@ def _round_columns(
         col_reach = torch.full((q_slot.shape[0], universe.numel()), -1, dtype=q_pmax.dtype, device=dev)
         for w in range(q_slot.shape[1]):  # slots, W <= block
             col_reach = torch.maximum(col_reach, torch.where(member[q_slot[:, w]], q_pmax[:, w : w + 1], -1))
-        final = _final_columns(universe[None], _rows(k_sub, [i]), key_mask, _rows(kinv, [i]), col_reach[None], nqb)
+        final = _final_columns(universe[None], _rows(k_sub, [i]), key_mask, _rows(kinv, [i]), col_reach[None])
         out[i] = final[0]
     if one:
         lists = [cids[i][0].to(dev, torch.int64) for i in one]  # type: ignore[index]
         universe = torch.nn.utils.rnn.pad_sequence(lists, batch_first=True, padding_value=-1)  # [H', U]
         col_reach = _rows(inc.q_pmax, one).amax(2)[:, :, None]  # [H' or 1, nqb_m, 1]: each block's last group row
-        final = _final_columns(universe, _rows(k_sub, one), key_mask, _rows(kinv, one), col_reach, nqb)
+        final = _final_columns(universe, _rows(k_sub, one), key_mask, _rows(kinv, one), col_reach)
         for i, c in zip(one, final, strict=True):
             out[i] = c
     return out
@@ -403,20 +403,14 @@ def _final_columns(
     key_mask: torch.Tensor,
     kinv: torch.Tensor,
     col_reach: torch.Tensor,
-    nqb: int,
 ) -> torch.Tensor:
-    """int64 [H, nqb, U]: sub column ``universe[h, u]`` (sub key-permuted id, -1 padding) as a final key-permuted
+    """int64 [H, nqb_m, U]: sub column ``universe[h, u]`` (sub key-permuted id, -1 padding) as a final key-permuted
     id where the final block's rows reach it (``pos <= col_reach[h, X, u]``, broadcastable [H, nqb_m, U]) and it is
-    one of the group's keys, else -1; rows from ``nqb_m`` on: -1. ``k_sub`` [H or 1, end], ``kinv`` [H or 1, n_k]."""
+    one of the group's keys, else -1. ``k_sub`` [H or 1, end], ``kinv`` [H or 1, n_k]."""
     heads = universe.shape[0]
     pos = _gather(k_sub.expand(heads, -1), universe.clamp(min=0))  # original position of each column
     keep = ((universe >= 0) & key_mask[pos])[:, None, :] & (pos[:, None, :] <= col_reach)
-    nqb_m = keep.shape[1]
-    out = torch.empty(heads, nqb, universe.shape[1], dtype=torch.int64, device=kinv.device)
-    out[:, nqb_m:] = -1
-    out[:, :nqb_m] = _gather(kinv.expand(heads, -1), pos)[:, None, :]
-    out[:, :nqb_m].masked_fill_(~keep, -1)
-    return out
+    return torch.where(keep, _gather(kinv.expand(heads, -1), pos)[:, None, :], -1)
 
 
 def _pairs_of(spec: HeadSpec, m: Modality, layout_modalities: tuple[Modality, ...]) -> dict[Modality, PatternConfig]:
@@ -547,7 +541,7 @@ def boundary_keeps(
                     _round_tiles(sub_blocks, inc, block, tiles)
                     blocks[at, :nqb_m] = tiles
                 cids = [sub.column_ids for sub in gsubs]
-                for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv, nqb), strict=True):
+                for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv), strict=True):
                     if c is not None:
                         columns[batch[i]].append(c)
             # every row keeps its own position

@@ -78,8 +78,9 @@ class SlotKeep:
 
     q_order: int [n_q] (query index at each permuted row), k_order: int [n_k]; prefix = n_k - n_q.
     blocks: bool [ceil(n_q/block), ceil(n_k/block)] in permuted orders.
-    column_ids: int [ceil(n_q/block), C] key-permuted column ids per query block, -1 = padding (may repeat, may fall
-    inside kept blocks: both are removed), or None.
+    column_ids: int [r, C] key-permuted column ids of the first r <= ceil(n_q/block) query blocks (the others have
+    none: a part's lists stop after its rows), -1 = padding (may repeat, may fall inside kept blocks: both are
+    removed), or None.
     rows: the first ``rows`` permuted rows are computed (a part of a boundary head, `mmi_core.RowGroups`), or None
     for all ``n_q``.
     """
@@ -334,8 +335,8 @@ class _ListInput:
 
     blocks: torch.Tensor  # [S, nqb, nkb] the keep sets
     rank: torch.Tensor  # [S, nkb] each key block's place in first-position order
-    c_slots: list[int]  # the slots with column lists, in order: the rows of c_ids
-    c_ids: torch.Tensor  # [len(c_slots), nqb, width] ascending, the kept ones first
+    c_at: torch.Tensor  # [L] slot * nqb + query block of each column list (only the query blocks that have one)
+    c_ids: torch.Tensor  # [L, width] ascending, the kept ones first
 
 
 def _block_minmax(pos: torch.Tensor, block: int, n_k: int, nb: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,8 +362,8 @@ def _check_keep(keep: SlotKeep, block: int, n_q: int, n_k: int) -> int:
     if tuple(keep.blocks.shape) != (nqb, nkb) or keep.blocks.dtype != torch.bool:
         raise ValueError(f"blocks must be bool [{nqb}, {nkb}], got {keep.blocks.dtype} {tuple(keep.blocks.shape)}")
     cid = keep.column_ids
-    if cid is not None and cid.numel() and (cid.dim() != 2 or cid.shape[0] != nqb):
-        raise ValueError(f"column_ids must be [{nqb}, C], got {tuple(cid.shape)}")
+    if cid is not None and cid.numel() and (cid.dim() != 2 or cid.shape[0] > nqb):
+        raise ValueError(f"column_ids must be [r <= {nqb}, C], got {tuple(cid.shape)}")
     n_rows = n_q if keep.rows is None else keep.rows
     if not 0 <= n_rows <= n_q:
         raise ValueError(f"rows must be in [0, {n_q}], got {n_rows}")
@@ -393,35 +394,38 @@ def _slot_lists(
     k_by_pos = torch.sort(k_min, dim=1, stable=True).indices
     rank = torch.empty_like(k_by_pos).scatter_(1, k_by_pos, torch.arange(nkb, device=device).expand(s, nkb))
     lead, b_count = lead_and_count(blocks, k_min, q_max, rank)  # kept = in `blocks` and holding a causal pair
-    # columns: only the slots that have lists (their ids kept [S_c, nqb, width] for `c_slots`); the others count 0
+    # columns: one row per (slot, query block) that has a list (a part's lists stop after its rows); the others
+    # count 0
     cols = [k.column_ids if k.column_ids is not None and k.column_ids.numel() else None for k in keeps]
     c_slots = [i for i, c in enumerate(cols) if c is not None]
     c_count = torch.zeros(s, nqb, dtype=torch.int64, device=device)
-    c_ids = torch.zeros(0, nqb, 0, dtype=torch.int64, device=device)
+    c_ids = torch.zeros(0, 0, dtype=torch.int64, device=device)
+    c_at = torch.zeros(0, dtype=torch.int64, device=device)
     if c_slots:
         width = max(cols[i].shape[1] for i in c_slots)
         pad = lambda c: c if c.shape[1] == width else torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-1)
-        cid = _stack([pad(cols[i]) for i in c_slots], device, torch.int64)  # [S_c, nqb, width], -1 padding
-        sel = slice(None) if len(c_slots) == s else torch.tensor(c_slots, device=device)
-        c_blocks, c_k_min, c_q_max, c_ko = blocks[sel], k_min[sel], q_max[sel], ko[sel]
+        cid = _cat([pad(cols[i]).to(device, torch.int64) for i in c_slots], 0)  # [L, width], -1 padding
+        c_at = torch.cat([torch.arange(cols[i].shape[0]) + i * nqb for i in c_slots]).to(device)  # built on the host
+        at_s = (c_at // nqb)[:, None]
+        q_max_at = q_max.flatten()[c_at][:, None]
         ok = (cid >= 0) & (cid < n_k)
         safe = torch.where(ok, cid, 0)
         kb = safe // block
-        k_min_at = torch.gather(c_k_min, 1, kb.flatten(1)).view_as(kb)
-        ok &= ~(torch.gather(c_blocks, 2, kb) & (k_min_at <= c_q_max[..., None]))  # inside a kept block: counted
-        ok &= torch.gather(c_ko, 1, safe.flatten(1)).view_as(safe) <= c_q_max[..., None]  # no causal pair at all
+        inside = blocks.view(s * nqb, nkb)[c_at[:, None], kb] & (k_min[at_s, kb] <= q_max_at)
+        ok &= ~inside  # inside a kept block: counted there
+        ok &= ko[at_s, safe] <= q_max_at  # no causal pair at all
         count, c_ids = _compact(safe, ok, n_k)
-        c_count[sel] = count
+        c_count.view(-1)[c_at] = count
     lists = _SlotLists(qo, ko, q_min, q_max, k_min, k_max, k_by_pos, lead, b_count, c_count)
-    return lists, _ListInput(blocks, rank, c_slots, c_ids)
+    return lists, _ListInput(blocks, rank, c_at, c_ids)
 
 
 def _slot_chunks(keeps: Sequence[Sequence[SlotKeep]], n_slots: int) -> list[tuple[int, int]]:
     """Consecutive ranges of slots whose pass (all requests) stays within `INDEX_CHUNK_BYTES` (at least one slot)."""
 
     def cost(k: SlotKeep) -> int:  # its blocks, its orders and their sorts, its column pass
-        cols = k.column_ids.shape[-1] if k.column_ids is not None and k.column_ids.dim() == 2 else 0
-        return k.blocks.numel() + 32 * (k.q_order.numel() + k.k_order.numel()) + 64 * k.blocks.shape[0] * cols
+        cols = k.column_ids.numel() if k.column_ids is not None else 0
+        return k.blocks.numel() + 32 * (k.q_order.numel() + k.k_order.numel()) + 64 * cols
 
     chunks, start, used = [], 0, 0
     for s in range(n_slots):
@@ -521,11 +525,11 @@ def index_from_keeps(
         for r, (sl, inp) in enumerate(done):
             at_r = slice(qb_at[r], qb_at[r + 1])
             block_ids(inp.blocks, sl.k_min, sl.q_max, inp.rank, sl.prefix, b_start[:, at_r].contiguous(), b_ids)
-            if inp.c_slots:
-                j = torch.arange(inp.c_ids.shape[2], device=dev)
-                rows_c = c_start[inp.c_slots, at_r] if len(inp.c_slots) < len(sl.c_count) else c_start[:, at_r]
-                valid = j < sl.c_count[inp.c_slots, :, None]
-                c_ids[torch.where(valid, rows_c[..., None] + j, total_c)] = inp.c_ids.to(torch.int32)
+            if inp.c_at.numel():
+                j = torch.arange(inp.c_ids.shape[1], device=dev)
+                start_at = c_start[:, at_r].reshape(-1)[inp.c_at, None]
+                valid = j < sl.c_count.view(-1)[inp.c_at, None]
+                c_ids[torch.where(valid, start_at + j, total_c)] = inp.c_ids.to(torch.int32)
         chunks.append(lists)  # the list inputs go out of scope with `done`
         b_parts.append(b_ids)
         c_parts.append(c_ids[:total_c])
