@@ -28,7 +28,7 @@ from mmi_core import (
     mmi_attention_reference,
     output_error,
 )
-from mmi_core.boundary import boundary_selection
+from mmi_core.boundary import boundary_selection, modality_last_rows
 from mmi_kernels import LayoutTensors, SparsePrefillWrapper, estimate_layer_keeps, index_from_keeps, layer_slots
 from mmi_kernels.boundary_planner import boundary_keeps
 from mmi_kernels.index import index_from_selections
@@ -347,6 +347,25 @@ def test_boundary_keeps_all_heads_gqa_views_equal_reference(names: tuple[str, ..
         ref = index_from_selections([list(sel.parts)], num_q_heads=1, num_kv_heads=1, slot_heads=slots)
         got = index_from_keeps([parts[h]], block=block, num_q_heads=1, num_kv_heads=1, slot_heads=slots)
         assert_same_index(got, ref)
+
+
+@pytest.mark.parametrize("layout_name", list(PLANNER_LAYOUTS))
+def test_part_row_width_equals_the_read_width(layout_name: str) -> None:
+    """The query-side incidence width taken from the layout (`part_row_width`, used when the sub's and the part's
+    row orders agree) equals the one read from the tables, for every modality and cached prefix (the key side's
+    width 1 and the agreeing Grid orders are checked end to end against the reference above)."""
+    from mmi_kernels.boundary_planner import _incidences, part_row_width
+
+    layout, block, prefixes = PLANNER_LAYOUTS[layout_name]
+    n_k = layout.num_tokens
+    for prefix in prefixes:
+        n_q = n_k - prefix
+        for m, (end, _) in modality_last_rows(layout, n_q).items():
+            mine = torch.tensor([p - prefix for s in layout.segments_of(m) for p in range(max(s.start, prefix), s.end)])
+            mask = layout.token_modalities() == int(m)
+            q_sub, k_sub, ko = torch.arange(end - prefix)[None], torch.arange(end)[None], torch.arange(n_k)[None]
+            inc = _incidences(q_sub, k_sub, mine[None], n_q, mask, ko, prefix, block, None)
+            assert inc.q_slot.shape[2] == part_row_width(layout, m, prefix, block), (m, prefix)
 
 
 @pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping", "chunked"])

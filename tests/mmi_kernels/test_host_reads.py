@@ -56,12 +56,14 @@ def count_reads():
 HQ, HKV, BLOCK = 4, 2, 64
 
 
-def _layer(boundary: bool):
+def _layer(boundary: bool | str):
     w = synthetic_workload(7, workload="mixed", num_tokens=3000, num_q_heads=HQ, num_kv_heads=HKV, head_dim=32,
                            head_kinds=("grid", "vertical_slash", "grid", "a_shape"), spec=default_spec())  # fmt: skip
     grid = Grid(stride="frame", block=BLOCK, lines=1)
     vs = VerticalSlash(vertical=64, slash=64, block=BLOCK)
-    if boundary:
+    if boundary == "q_same":  # each head's own pattern for every query modality
+        heads = [HeadSpec(boundary="q", pattern=p) for p in (grid, vs, grid, vs)]
+    elif boundary:
         heads = [HeadSpec(boundary="q", pattern=vs, by_modality={"video": grid})] * HQ
     else:
         heads = [HeadSpec(pattern=grid), HeadSpec(pattern=vs), HeadSpec(pattern=grid), HeadSpec(pattern=vs)]
@@ -84,6 +86,19 @@ def test_estimation_of_non_boundary_heads_reads_nothing():
     with count_reads() as reads:
         keeps = estimate_layer_keeps(q, k, lt, hc, 0, scale=1 / math.sqrt(q.shape[-1]))
     assert len(keeps) == len(layer_slots(hc, 0))
+    assert not reads, dict(reads)
+
+
+@pytest.mark.parametrize("config", ["q", "q_same"])
+def test_estimation_of_q_boundary_heads_reads_nothing(config):
+    """Q-boundary parts: every sub's row order agrees with its part's, so the incidence widths are layout facts
+    (`part_row_width`, cached with the layout) and the key side has width 1: no read, as for heads without
+    boundaries."""
+    q, k, lt, hc = _layer(boundary=config)
+    estimate_layer_keeps(q, k, lt, hc, 0, scale=1 / math.sqrt(q.shape[-1]))
+    with count_reads() as reads:
+        keeps = estimate_layer_keeps(q, k, lt, hc, 0, scale=1 / math.sqrt(q.shape[-1]))
+    assert len(keeps) == 3 * HQ
     assert not reads, dict(reads)
 
 

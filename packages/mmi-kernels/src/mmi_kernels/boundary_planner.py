@@ -17,17 +17,16 @@ final key block) incidence (each token is in exactly one incidence, so there are
     T[X, Y]  = OR over incidences (KB, Y) of kmin(KB, Y) <= A[X, KB]             [nqb, nkb]
 
 Incidences are grouped per final block into ``W`` slots (``W`` = the most distinct sub blocks one final block
-meets: 1–3 when the sub's order inside the modality agrees with the final one, up to ``block`` when it does not,
-e.g. identity-ordered keys against grid-ordered video keys, or identity-ordered video rows of a 2D pair against
-grid-ordered final video rows). Rows and keys never scatter together (a sub whose video order differs from the
-final one never has both video rows and video keys), so `_tiles` takes the side with fewer slots as rows (the
-transposed problem when rows scatter). Few column slots (<= `SLOT_LOOP_MAX`): `mmi_kernels.boundary_tiles.slot_tiles`,
-one fused Triton pass writing ``T`` once (``A`` is never materialised). Many: the full/partial split of
-`_split_tiles` (``A`` one [nqb, nkb] pass per row slot; blocks reached in full: one 0/1 matmul against the incidence
-matrix; blocks reached in part, at most one per row slot and final block: scattered one incidence at a time). Only
-a sub order that overlaps the final one on the scattered side (text rows on a Grid of their own against another
-Grid's video keys) falls back to `slot_tiles` with many slots: O(block · nqb · nkb) time, still O(nqb · nkb)
-memory.
+meets). Keys: always 1, since each key of a group has the same index in the group's sub order and in the final one
+(the final key order takes it from its own pair's sub). Rows: 1–3 plus segment joins when the sub's row order
+agrees with the part's on m's rows (a layout fact: `part_row_width`), up to ``block`` when it does not (identity-
+ordered video rows of a 2D pair against grid-ordered final video rows, or two different Grids). `_tiles` takes the
+side with fewer slots as rows (the transposed problem when rows scatter). Few column slots (<= `SLOT_LOOP_MAX`):
+`mmi_kernels.boundary_tiles.slot_tiles`, one fused Triton pass writing ``T`` once (``A`` is never materialised).
+Many: the full/partial split of `_split_tiles` (``A`` one [nqb, nkb] pass per row slot; blocks reached in full: one
+0/1 matmul against the incidence matrix; blocks reached in part, at most one per row slot and final block:
+scattered one incidence at a time). Where that finds too many partly reached blocks, `slot_tiles` with many slots:
+O(block · nqb · nkb) time, still O(nqb · nkb) memory.
 
 Sub columns become columns of every final block whose incident m rows reach them (``pos(c) <= pmax``); columns that
 fall inside the sub's kept blocks are not removed first: their pairs are block pairs, so the final tile holding them
@@ -43,21 +42,23 @@ layer's rounding is a few hundred operations whatever its head count (2026-11-22
 mixed layer of 28 Q- or 2D-boundary heads, block 64: 515–947 non-view aten ops, 6–12 host reads; 6,330–10,420 ops
 and 60–144 reads when each head was rounded alone).
 
-Host reads per layer (none per head, none per token): per (query modality, batch, key group) the two slot widths of
-the incidence tables (one read of both, for all heads of the batch), the number of partly reached blocks when
-the split runs (one ``nonzero`` per chunk of heads, `SPLIT_CHUNK`), one ``torch.equal`` per sub's column lists
-unless they are an expanded view (vertical-slash lists are: no read) and ``torch.unique`` when they differ between
-query blocks; the part's row count is a layout fact (no read). `estimate_layer_keeps` itself reads more for the
-sub-problems (Grid stride/phase, vertical-slash list lengths, per head).
+Host reads per layer (none per head, none per token): none for Q-boundary heads. The incidence tables' widths are
+layout facts where the sub's row order agrees with the part's (`part_row_width`; every Q-boundary part, and 2D
+groups whose pattern orders m's rows as the part does), and the key side always has width 1 (`_incidences`);
+otherwise one read per (query modality, batch, key group) for the query side's width. Beyond: the number of partly
+reached blocks when the split runs (one ``nonzero`` per chunk of heads, `SPLIT_CHUNK`), one ``torch.equal`` per
+sub's column lists unless they are an expanded view (vertical-slash lists are: no read) and ``torch.unique`` when
+they differ between query blocks; the part's row count is a layout fact (no read).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, LayerConfig, Modality, PatternConfig
+from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, LayerConfig, Modality, ModalityLayout, PatternConfig
 from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.boundary_tiles import slot_tiles
 from mmi_kernels.dispatch import triton_runs
@@ -139,12 +140,12 @@ def _sub_keeps(
 
 
 def _slots(
-    ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids: torch.Tensor, vals: torch.Tensor, sentinel: int, largest: bool, width: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``ids`` (int64 [R, B]) / ``vals`` (int32 or int64 [R, B]): the distinct ids other than
-    ``sentinel`` with their largest (``largest``) or smallest value, first in each row, in id order (padding: id
-    ``sentinel``, value -1 for largest, the dtype's maximum for smallest), and the device scalar W = most distinct
-    ids of one row (>= 1): the caller cuts both to ``[R, W]`` once it has read W (with its other widths)."""
+    ``sentinel`` with their largest (``largest``) or smallest value, in id order, as ``[R, W]`` (padding: id
+    ``sentinel``, value -1 for largest, the dtype's maximum for smallest). ``W = width`` when the caller knows the
+    most distinct ids of one row (>= 1) from the layout; None: read on the host."""
     by_val = torch.sort(vals, dim=1, descending=largest, stable=True).indices
     ids, vals = ids.gather(1, by_val), vals.gather(1, by_val)
     by_id = torch.sort(ids, dim=1, stable=True).indices  # best value first inside each id
@@ -154,9 +155,26 @@ def _slots(
     keep = first & (ids != sentinel)
     compact = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept entries first, in id order
     ids, vals, keep = ids.gather(1, compact), vals.gather(1, compact), keep.gather(1, compact)
-    width = keep.sum(1).max().clamp(min=1) if keep.numel() else torch.ones((), dtype=torch.int64, device=ids.device)
+    if width is None:
+        width = max(int(keep.sum(1).max()), 1) if keep.numel() else 1  # host read
+    keep, ids, vals = keep[:, :width], ids[:, :width], vals[:, :width]
     pad = -1 if largest else torch.iinfo(vals.dtype).max
-    return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad), width
+    return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad)
+
+
+@functools.lru_cache(maxsize=64)
+def part_row_width(layout: ModalityLayout, m: Modality, prefix: int, block: int) -> int:
+    """The most sub query blocks one final query block of modality ``m``'s part meets, when the sub's row order and
+    the part's agree on m's rows (`_incidences`): a layout fact. Both orders permute rows only inside video
+    segments, so the r-th m row of the part sits at sub index ``a_s - prefix + (r - R_s)`` (its segment's first row
+    ``a_s`` and first m-rank ``R_s``) whatever the permutation inside the segment: the same as in position order."""
+    ranks = [torch.arange(max(s.start, prefix), s.end) - prefix for s in layout.segments_of(m) if s.end > prefix]
+    sub_block = torch.cat(ranks) // block if ranks else torch.zeros(0, dtype=torch.int64)
+    new = torch.ones_like(sub_block, dtype=torch.bool)
+    new[1:] = sub_block[1:] != sub_block[:-1]
+    new[::block] = True  # each final block counts its first row's sub block
+    per_block = torch.nn.functional.pad(new, (0, (-new.numel()) % block)).view(-1, block).sum(1)
+    return max(int(per_block.max()), 1) if per_block.numel() else 1
 
 
 SLOT_LOOP_MAX = 8
@@ -301,16 +319,21 @@ def _incidences(
     ko: torch.Tensor,
     prefix: int,
     block: int,
+    q_width: int | None,
 ) -> _Incidences:
     """Per head (row) of the int64 tables: ``q_sub`` [Hs, n_q_sub] / ``k_sub`` [Hs, end] the sub's orders; ``mine``
     [Hs, rows] the part's rows (query indices of modality m, all inside the sub chunk) in the final query order;
-    ``ko`` [Hs, n_k] the final key order; ``key_mask`` bool [n_k]: the group's keys. One host read (both widths, for
-    all heads)."""
+    ``ko`` [Hs, n_k] the final key order; ``key_mask`` bool [n_k]: the group's keys; ``q_width``: the query table's
+    width when the orders agree on the part's rows (`part_row_width`), else None: one host read (all heads).
+
+    The key side needs no width: the final key order takes each key's index from the sub of its own pair, and the
+    group's keys are exactly the keys of this sub, so each of them has the same index in both orders and a final key
+    block meets one sub key block, itself (W = 1; the block's smallest group-key position, or none)."""
     b, heads = block, ko.shape[0]
     n_k = ko.shape[1]
     n_q_sub, end = q_sub.shape[1], k_sub.shape[1]
     nqb_s, nkb_s = _cdiv(n_q_sub, b), _cdiv(end, b)
-    qs_inv, ks_inv = _inverse(q_sub), _inverse(k_sub)
+    qs_inv = _inverse(q_sub)
 
     # (sub query block, final query block) incidences: max original position of the group's rows in both
     r = _pad_view(mine, b, n_q)  # [Hs, nqb_m, b] query index at each final row of the part
@@ -318,18 +341,16 @@ def _incidences(
     q_ids = torch.where(ok, _gather(qs_inv, r.clamp(max=n_q_sub - 1)) // b, nqb_s)
     pos32 = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
     q_vals = torch.where(ok, r + prefix, -1).to(pos32)
-    q_slot, q_pmax, q_width = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, largest=True)
+    q_slot, q_pmax = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, True, q_width)
+    q_slot, q_pmax = q_slot.view(heads, -1, q_slot.shape[1]), q_pmax.view(heads, -1, q_pmax.shape[1])
 
-    # (sub key block, final key block) incidences: min position of the group's keys in both
+    # (sub key block, final key block) incidences: one per final key block holding a group key (docstring)
     c = _pad_view(ko, b, n_k)  # [Hs, nkb, b] key position at each final key index
     ok = (c < end) & key_mask[c.clamp(max=n_k - 1)]
-    k_ids = torch.where(ok, _gather(ks_inv, c.clamp(max=end - 1)) // b, nkb_s)
     big = torch.iinfo(pos32).max
-    k_slot, k_min, k_width = _slots(k_ids.flatten(0, 1), torch.where(ok, c, big).to(pos32).flatten(0, 1), nkb_s, False)
-    wq, wk = torch.stack([q_width, k_width]).tolist()  # the one host read: both tables' widths
-    q_slot, q_pmax, k_slot, k_min = q_slot[:, :wq], q_pmax[:, :wq], k_slot[:, :wk], k_min[:, :wk]
-    q_slot, q_pmax = q_slot.view(heads, -1, q_slot.shape[1]), q_pmax.view(heads, -1, q_pmax.shape[1])
-    k_slot, k_min = k_slot.view(heads, -1, k_slot.shape[1]), k_min.view(heads, -1, k_min.shape[1])
+    k_min = torch.where(ok, c, big).to(pos32).amin(2, keepdim=True)  # [Hs, nkb, 1]
+    own = torch.arange(c.shape[1], device=c.device)[:, None]
+    k_slot = torch.where(k_min < big, own, nkb_s)
     return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
 
 
@@ -531,7 +552,15 @@ def boundary_keeps(
                 rows = idx[:hs]
                 q_sub, k_sub = _orders(gsubs[:hs], "q", dev), _orders(gsubs[:hs], "k", dev)
                 sub_ko, sub_kinv = _rows(ko, rows), _rows(kinv, rows)
-                inc = _incidences(q_sub, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block)
+                # the sub's row order agrees with the part's on m's rows unless one of them is a Grid on video rows
+                # and they differ (a Grid's order is the identity outside video)
+                agree = m != Modality.VIDEO or all(
+                    cfg_of[batch[i]] == of_key[batch[i]][m]
+                    or (not isinstance(cfg_of[batch[i]], Grid) and not isinstance(of_key[batch[i]][m], Grid))
+                    for i in idx
+                )
+                q_width = part_row_width(layout, m, prefix, block) if agree else None
+                inc = _incidences(q_sub, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block, q_width)
                 sub_blocks = torch.stack([sub.blocks.to(dev) for sub in gsubs])
                 if len(idx) == heads:  # in place
                     _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m])
