@@ -405,7 +405,12 @@ def _slot_lists(
         width = max(cols[i].shape[1] for i in c_slots)
         pad = lambda c: c if c.shape[1] == width else torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-1)
         cid = _cat([pad(cols[i]).to(device, torch.int64) for i in c_slots], 0)  # [L, width], -1 padding
-        c_at = torch.cat([torch.arange(cols[i].shape[0]) + i * nqb for i in c_slots]).to(device)  # built on the host
+        rows_c = [cols[i].shape[0] for i in c_slots]
+        lens = torch.tensor(rows_c)
+        first = torch.tensor(c_slots) * nqb - (torch.cumsum(lens, 0) - lens)  # slot * nqb - rows of earlier lists
+        total = sum(rows_c)
+        c_at = torch.repeat_interleave(first, lens, output_size=total) + torch.arange(total)  # built on the host
+        c_at = c_at.to(device)
         at_s = (c_at // nqb)[:, None]
         q_max_at = q_max.flatten()[c_at][:, None]
         ok = (cid >= 0) & (cid < n_k)
