@@ -217,9 +217,14 @@ def estimate_layer_keeps(
             by_cfg_grid[cfg0].append(u)
         masks = lt.grid_fold_masks(first_row)
         for cfg0, us in by_cfg_grid.items():
-            unit_scores = torch.stack(
-                [torch.stack([stats[patterns[h].last_q][2][h] for h in units[u]]).mean(0) for u in us]  # type: ignore[union-attr]
-            )
+            lqs = {patterns[h].last_q for u in us for h in units[u]}  # type: ignore[union-attr]
+            if all(len(units[u]) == 1 for u in us) and len(lqs) == 1:  # one head per unit: one gather, no means
+                log_mean = stats[lqs.pop()][2]
+                unit_scores = log_mean[torch.tensor([units[u][0] for u in us], device=log_mean.device)]
+            else:
+                unit_scores = torch.stack(
+                    [torch.stack([stats[patterns[h].last_q][2][h] for h in units[u]]).mean(0) for u in us]  # type: ignore[union-attr]
+                )
             # stride and residues stay on the device: the planner computes the permutation from them in closed form
             stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row, masks=masks)
             # heads of one unit with one config share one keep set; the units of each config are built together
