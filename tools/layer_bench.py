@@ -295,6 +295,10 @@ def time_layer(q, k, v, layout, hc: HeadConfigs, args, row: dict, out: Path) -> 
     reps = args.reps
     if getattr(args, "profile", False):  # tools/bench_gpu.py passes a namespace without it
         profile_parts(out.parent / f"profile_{n}{row.get('config', '')}.txt", est, build)
+    if getattr(args, "sync_check", False) and torch.cuda.is_available():
+        est(), build()  # warm: the request's layout caches are filled once per batch
+        row["syncs_estimate"], row["syncs_index"] = stream_syncs(est), stream_syncs(build)
+        log(f"  stream syncs: estimate {row['syncs_estimate']}, index {row['syncs_index']}")
     row["estimate_ms"] = cuda_ms(est, reps)
     row["index_ms"] = cuda_ms(build, reps)
     row["kernel_ms"] = cuda_ms(kern, reps)
@@ -353,6 +357,26 @@ def dense_baselines(q, k, v, args, rows: list[dict], rec: dict, out: Path) -> No
         torch.cuda.empty_cache()
 
 
+def stream_syncs(fn) -> dict[str, int]:
+    """The synchronising CUDA operations (host reads, blocking copies) of one call of ``fn``, counted by PyTorch's
+    sync debug mode, per calling line."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{Path(w.filename).name}:{w.lineno}"
+            where[key] = where.get(key, 0) + 1
+    return where
+
+
 def profile_parts(path: Path, *parts) -> None:
     """torch.profiler tables (by CUDA time and by CPU time) of one warm call of each part, for finding overheads."""
     from torch.profiler import ProfilerActivity, profile
@@ -383,6 +407,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--heads", default="28,4", help="query,kv heads")
     ap.add_argument("--profile", action="store_true", help="also write torch.profiler tables of estimate/index")
+    ap.add_argument(
+        "--sync-check", action="store_true", help="count the stream synchronisations of estimate/index (per line)"
+    )
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baselines")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--workload", default="video", choices=["video", "mixed"])

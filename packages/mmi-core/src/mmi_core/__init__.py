@@ -58,6 +58,7 @@ from mmi_core.synthetic import (
     recall_density_table,
     synthetic_workload,
 )
+from mmi_core.transfer import to_device
 
 __all__ = [
     "PAPER_VS_PAIRS",
@@ -126,6 +127,7 @@ __all__ = [
     "sparse_attention_reference",
     "stable_top",
     "synthetic_workload",
+    "to_device",
     "union_selections",
     "vertical_slash_selection",
 ]

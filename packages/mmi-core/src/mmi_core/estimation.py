@@ -26,6 +26,7 @@ import torch
 
 from mmi_core.layout import Modality, ModalityLayout
 from mmi_core.patterns import BlockSparse, Coverage, Grid, VerticalSlash
+from mmi_core.transfer import to_device
 
 __all__ = [
     "STRIDE_TOLERANCE",
@@ -400,7 +401,7 @@ def estimate_stride_phase(
     fallback = cands.index(default) if default in cands else 0
     empty = ~(best.squeeze(-1) > 0)
     choice = torch.where(empty, torch.full_like(choice, fallback), choice)
-    stride = torch.tensor(cands, device=dev)[choice]
+    stride = to_device(cands, dev)[choice]
     residues = torch.stack(tops, dim=1)[torch.arange(u, device=dev), choice]
     residues = torch.where(empty[:, None], torch.arange(lines, device=dev).remainder(stride[:, None]), residues)
     return stride, residues

@@ -58,7 +58,17 @@ from dataclasses import dataclass
 
 import torch
 
-from mmi_core import Dense, Grid, HeadConfigs, HeadSpec, LayerConfig, Modality, ModalityLayout, PatternConfig
+from mmi_core import (
+    Dense,
+    Grid,
+    HeadConfigs,
+    HeadSpec,
+    LayerConfig,
+    Modality,
+    ModalityLayout,
+    PatternConfig,
+    to_device,
+)
 from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.boundary_tiles import slot_tiles
 from mmi_kernels.dispatch import triton_runs
@@ -82,7 +92,7 @@ def _rows(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
     """Rows ``idx`` of a per-head table ``t`` [Hs, ...]; a table of one row (shared by every head) stays as it is."""
     if t.shape[0] == 1 or idx == list(range(t.shape[0])):
         return t
-    return t[torch.tensor(idx, device=t.device)]
+    return t[to_device(idx, t.device)]
 
 
 def _sub_keeps(
@@ -129,7 +139,7 @@ def _sub_keeps(
         else:
             heads = sorted(need)
             hq = hkv = len(heads)
-            at = torch.tensor(heads, device=q.device)
+            at = to_device(heads, q.device)
             qs, ks = q[:n_q_sub].index_select(1, at), k[:end].index_select(1, at // group)
         specs = [HeadSpec(pattern=need.get(h, Dense())) for h in heads]
         hc = HeadConfigs(num_layers=1, num_q_heads=hq, num_kv_heads=hkv,
@@ -545,7 +555,7 @@ def boundary_keeps(
                     groups.setdefault(frozenset(int(n) for n, c in of_key[h].items() if c == cfg), []).append(i)
             for group, idx in groups.items():
                 if group not in key_masks:
-                    key_masks[group] = torch.isin(kmod, torch.tensor(sorted(group), device=dev))
+                    key_masks[group] = torch.isin(kmod, to_device(sorted(group), dev))
                 key_mask = key_masks[group]
                 cfg_of = {batch[i]: of_key[batch[i]][Modality(min(group))] for i in idx}
                 gsubs = [subs[(h, m, cfg)] for h, cfg in cfg_of.items()]
@@ -565,7 +575,7 @@ def boundary_keeps(
                 if len(idx) == heads:  # in place
                     _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m])
                 else:
-                    at = torch.tensor(idx, device=dev)
+                    at = to_device(idx, dev)
                     tiles = blocks[at, :nqb_m]  # a copy: ORed into, then written back
                     _round_tiles(sub_blocks, inc, block, tiles)
                     blocks[at, :nqb_m] = tiles

@@ -19,7 +19,18 @@ from collections import defaultdict
 
 import torch
 
-from mmi_core import AShape, BlockSparse, Dense, Grid, HeadConfigs, HeadSpec, Modality, PatternConfig, VerticalSlash
+from mmi_core import (
+    AShape,
+    BlockSparse,
+    Dense,
+    Grid,
+    HeadConfigs,
+    HeadSpec,
+    Modality,
+    PatternConfig,
+    VerticalSlash,
+    to_device,
+)
 from mmi_core.estimation import (
     estimate_block_sparse,
     estimate_grid,
@@ -195,8 +206,8 @@ def estimate_layer_keeps(
             for h, kp in zip(heads, vertical_slash_keeps(n_q, n_k, cfg, cols, offs, width=width), strict=True):
                 keep[h] = kp
         elif isinstance(cfg, BlockSparse):
-            kv = k.index_select(1, torch.tensor([h // g for h in heads], device=dev))
-            top = estimate_block_sparse(q.index_select(1, torch.tensor(heads, device=dev)), kv, cfg, scale=scale)
+            kv = k.index_select(1, to_device([h // g for h in heads], dev))
+            top = estimate_block_sparse(q.index_select(1, to_device(heads, dev)), kv, cfg, scale=scale)
             for i, h in enumerate(heads):
                 keep[h] = block_sparse_keep(n_q, n_k, cfg, top[i])
 
@@ -220,7 +231,7 @@ def estimate_layer_keeps(
             lqs = {patterns[h].last_q for u in us for h in units[u]}  # type: ignore[union-attr]
             if all(len(units[u]) == 1 for u in us) and len(lqs) == 1:  # one head per unit: one gather, no means
                 log_mean = stats[lqs.pop()][2]
-                unit_scores = log_mean[torch.tensor([units[u][0] for u in us], device=log_mean.device)]
+                unit_scores = log_mean[to_device([units[u][0] for u in us], log_mean.device)]
             else:
                 unit_scores = torch.stack(
                     [torch.stack([stats[patterns[h].last_q][2][h] for h in units[u]]).mean(0) for u in us]  # type: ignore[union-attr]
@@ -233,7 +244,7 @@ def estimate_layer_keeps(
                 for cfg_h in dict.fromkeys(patterns[h] for h in units[u]):
                     needs[cfg_h].append(i)  # type: ignore[index]
             for cfg_h, at in needs.items():
-                sel = torch.tensor(at, device=stride.device)
+                sel = to_device(at, stride.device)
                 built = dict(zip(at, grid_keeps(lt, n_q, cfg_h, stride[sel], residues[sel]), strict=True))
                 for i in at:
                     for h in units[us[i]]:

@@ -39,7 +39,7 @@ from itertools import accumulate
 
 import torch
 
-from mmi_core import AShape, BlockSparse, Dense, Grid, PatternConfig, Selection, VerticalSlash
+from mmi_core import AShape, BlockSparse, Dense, Grid, PatternConfig, Selection, VerticalSlash, to_device
 from mmi_kernels.block_lists import block_ids, lead_and_count
 
 __all__ = [
@@ -385,7 +385,7 @@ def _slot_lists(
     ko = _stack([k.k_order for k in keeps], device, torch.int64)
     (s, n_q), n_k = qo.shape, ko.shape[1]
     nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
-    computed = torch.arange(n_q, device=device)[None, :] < torch.tensor(rows, device=device)[:, None]
+    computed = torch.arange(n_q, device=device)[None, :] < to_device(rows, device)[:, None]
     pos = qo + (n_k - n_q)
     q_min = _block_minmax(torch.where(computed, pos, n_k), block, n_k, nqb)[0]  # computed rows only
     q_max = _block_minmax(torch.where(computed, pos, -1), block, n_k, nqb)[1]
@@ -410,7 +410,7 @@ def _slot_lists(
         first = torch.tensor(c_slots) * nqb - (torch.cumsum(lens, 0) - lens)  # slot * nqb - rows of earlier lists
         total = sum(rows_c)
         c_at = torch.repeat_interleave(first, lens, output_size=total) + torch.arange(total)  # built on the host
-        c_at = c_at.to(device)
+        c_at = to_device(c_at, device)
         at_s = (c_at // nqb)[:, None]
         q_max_at = q_max.flatten()[c_at][:, None]
         ok = (cid >= 0) & (cid < n_k)
@@ -550,7 +550,7 @@ def index_from_keeps(
         flat = _cat(parts, 0)
         return flat if flat.numel() else torch.zeros(1, dtype=torch.int32, device=dev)
 
-    i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=dev)
+    i32 = lambda xs: to_device(xs, dev, torch.int32)
     cum = lambda xs: i32([0, *accumulate(xs)])
     nqbs = [_cdiv(n, block) for n in seq_q]
     nkbs = [_cdiv(n, block) for n in seq_k]
@@ -574,7 +574,7 @@ def index_from_keeps(
         ).to(torch.int32),
         q_order=cat("q_order"),
         k_order=cat("k_order"),
-        q_rows=torch.tensor(rows, dtype=torch.int32, device=dev).T.contiguous(),
+        q_rows=to_device(rows, dev, torch.int32).T.contiguous(),
         q_pos_min=cat("q_min"),
         q_pos_max=cat("q_max"),
         k_pos_min=cat("k_min"),

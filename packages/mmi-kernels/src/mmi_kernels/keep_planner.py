@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mmi_core import AShape, BlockSparse, Grid, Modality, ModalityLayout, VerticalSlash
+from mmi_core import AShape, BlockSparse, Grid, Modality, ModalityLayout, VerticalSlash, to_device
 from mmi_core.estimation import grid_key_mask
 from mmi_kernels.dispatch import triton_runs
 from mmi_kernels.index import SlotKeep
@@ -185,7 +185,7 @@ tokens (8,192 blocks of 128) four units at a time, at 128K every unit of a layer
 
 def _column(x: int | torch.Tensor, units: int, dev: torch.device) -> torch.Tensor:
     """int64 ``[units, 1]`` from an int, a 0-dim tensor or a ``[units]`` tensor (kept on the device: no host read)."""
-    t = torch.as_tensor(x, device=dev).to(torch.int64)
+    t = to_device(x, dev, torch.int64)
     return t.reshape(-1, 1).expand(units, 1) if t.numel() == 1 else t.reshape(units, 1)
 
 
