@@ -38,19 +38,31 @@ class _Reads(TorchDispatchMode):
 
 @contextmanager
 def count_reads():
+    """Host reads, and host-built tensors created straight on a device (``torch.tensor(values, device=...)``: on a
+    GPU a blocking copy, which synchronises the stream like a read; planning uses `mmi_core.to_device`)."""
     mode = _Reads()
-    tolist = torch.Tensor.tolist
+    tolist, tensor, as_tensor = torch.Tensor.tolist, torch.tensor, torch.as_tensor
 
     def counted(self, *a, **kw):  # .tolist() does not dispatch
         mode.reads["tolist"] += 1
         return tolist(self, *a, **kw)
 
+    def placed(make):
+        def make_counted(*a, **kw):
+            if kw.get("device") is not None:
+                mode.reads["blocking copy"] += 1
+            return make(*a, **kw)
+
+        return make_counted
+
     torch.Tensor.tolist = counted  # type: ignore[method-assign]
+    torch.tensor, torch.as_tensor = placed(tensor), placed(as_tensor)
     try:
         with mode:
             yield mode.reads
     finally:
         torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+        torch.tensor, torch.as_tensor = tensor, as_tensor
 
 
 HQ, HKV, BLOCK = 4, 2, 64
@@ -115,3 +127,20 @@ def test_index_build_reads_once_per_chunk(chunk_bytes, monkeypatch):
         index = index_from_keeps([keeps], block=BLOCK, num_q_heads=HQ, num_kv_heads=HKV, slot_heads=slots)
     assert index.num_slots == len(slots) == 3 * HQ
     assert dict(reads) == {"tolist": chunks}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("config", [False, "q", "q_same"], ids=["none", "q", "q_same"])
+def test_estimation_never_synchronises_the_stream_on_a_gpu(config, monkeypatch):
+    """On a GPU nothing in the estimation of these layers synchronises (reads and blocking copies alike): PyTorch's
+    sync debug mode raises on the first one."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, lt, hc = _layer(boundary=config)
+    q, k, lt = q.cuda(), k.cuda(), LayoutTensors(lt.layout, "cuda")
+    estimate_layer_keeps(q, k, lt, hc, 0, scale=1 / math.sqrt(q.shape[-1]))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        estimate_layer_keeps(q, k, lt, hc, 0, scale=1 / math.sqrt(q.shape[-1]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
