@@ -512,6 +512,14 @@ def boundary_keeps(
     # (orders from each head's stride/phase estimate) get per-head tables, one row each, computed together.
     parts: dict[int, list[SlotKeep]] = {h: [] for h in specs}
     key_masks: dict[frozenset[int], torch.Tensor] = {}
+    stacked: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # one batch's stacked sub orders
+
+    def orders(keeps: list[SlotKeep], kind: str) -> torch.Tensor:  # `_orders`, stacked once per list and batch
+        tag = (kind, tuple(map(id, keeps)))
+        if tag not in stacked:
+            stacked[tag] = _orders(keeps, kind, dev)
+        return stacked[tag]
+
     k_idx = torch.arange(n_k, device=dev)
     nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
     for m in Modality:
@@ -532,20 +540,28 @@ def boundary_keeps(
             if not batch:
                 continue
             heads = len(batch)
+            stacked.clear()  # the next batch's subs differ: free the last one's [heads, n] tables
 
             # m's rows in its own pattern's row order first, then the rest (ascending); every key in its own pair's
             # key order. Stable sorts on "not m" pick them without a host read (the count is a layout fact).
-            sub_rows = _orders([subs[(h, m, of_key[h][m])] for h in batch[:hs]], "q", dev)
+            sub_rows = orders([subs[(h, m, of_key[h][m])] for h in batch[:hs]], "q")
             mine = _gather(sub_rows, torch.sort((~row_ok[sub_rows]).to(torch.int8), dim=1, stable=True).indices)
             mine = mine[:, :n_m]
             qo = torch.cat([mine, rest.expand(hs, -1)], dim=1)
-            rank = torch.empty(hs, n_k, dtype=torch.int64, device=dev)
+            # each key's final index is its index in its own pair's sub order (keys past `end`: their position).
+            # Every sub order maps a segment's keys onto the segment's own range, so these indices form one
+            # permutation: the inverse final order, one inverse per distinct sub order
+            kinv, inv_of = None, {}
             for n in mods:
-                k_sub = _orders([subs[(h, m, of_key[h][n])] for h in batch[:hs]], "k", dev)
-                ext = torch.cat([k_sub, k_idx[end:].expand(hs, -1)], 1)
-                rank = torch.where(kmod == int(n), _inverse(ext), rank)
-            ko = torch.sort(rank, dim=1).indices  # ranks are distinct: sub orders permute only inside segments
-            kinv = _inverse(ko)
+                key_subs = [subs[(h, m, of_key[h][n])] for h in batch[:hs]]
+                tag = tuple(map(id, key_subs))
+                if tag not in inv_of:
+                    ext = torch.cat([orders(key_subs, "k"), k_idx[end:].expand(hs, -1)], 1)
+                    inv_of[tag] = _inverse(ext)
+                kinv = inv_of[tag] if kinv is None else torch.where(kmod == int(n), inv_of[tag], kinv)
+            if len(inv_of) == 1:
+                kinv = next(iter(inv_of.values()))
+            ko = _inverse(kinv)
 
             blocks = torch.zeros(heads, nqb, nkb, dtype=torch.bool, device=dev)  # past the part's rows: empty
             columns: dict[int, list[torch.Tensor]] = {h: [] for h in batch}
@@ -560,7 +576,7 @@ def boundary_keeps(
                 cfg_of = {batch[i]: of_key[batch[i]][Modality(min(group))] for i in idx}
                 gsubs = [subs[(h, m, cfg)] for h, cfg in cfg_of.items()]
                 rows = idx[:hs]
-                q_sub, k_sub = _orders(gsubs[:hs], "q", dev), _orders(gsubs[:hs], "k", dev)
+                q_sub, k_sub = orders(gsubs[:hs], "q"), orders(gsubs[:hs], "k")
                 sub_ko, sub_kinv = _rows(ko, rows), _rows(kinv, rows)
                 # the sub's row order agrees with the part's on m's rows unless one of them is a Grid on video rows
                 # and they differ (a Grid's order is the identity outside video)
