@@ -123,10 +123,11 @@ def _sub_keeps(
     out: dict[int, SlotKeep] = {}
     calls: dict[int | None, dict[int, PatternConfig]] = {}  # clamped last_q (None: no statistics) -> head -> cfg
     sub_layout = lt.layout
+    dense: SlotKeep | None = None  # one object for every dense sub (the index stacks a shared one once)
     for h, cfg in cfgs.items():
         sub_layout, sub = sub_problem(lt.layout, cfg, end, rows)
         if isinstance(sub, Dense):
-            out[h] = dense_keep(n_q_sub, end, block, q.device)
+            out[h] = dense = dense or dense_keep(n_q_sub, end, block, q.device)
         else:
             calls.setdefault(getattr(sub, "last_q", None), {})[h] = sub
     if None in calls and len(calls) > 1:  # patterns without statistics join any call
