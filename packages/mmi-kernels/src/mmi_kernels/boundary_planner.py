@@ -512,7 +512,6 @@ def boundary_keeps(
     # (identity orders) share the part's orders and incidences (tables of one row, expanded); heads with a Grid sub
     # (orders from each head's stride/phase estimate) get per-head tables, one row each, computed together.
     parts: dict[int, list[SlotKeep]] = {h: [] for h in specs}
-    key_masks: dict[frozenset[int], torch.Tensor] = {}
     stacked: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # one batch's stacked sub orders
 
     def orders(keeps: list[SlotKeep], kind: str) -> torch.Tensor:  # `_orders`, stacked once per list and batch
@@ -571,9 +570,7 @@ def boundary_keeps(
                 for cfg in dict.fromkeys(of_key[h].values()):
                     groups.setdefault(frozenset(int(n) for n, c in of_key[h].items() if c == cfg), []).append(i)
             for group, idx in groups.items():
-                if group not in key_masks:
-                    key_masks[group] = torch.isin(kmod, to_device(sorted(group), dev))
-                key_mask = key_masks[group]
+                key_mask = lt.modality_mask(group)
                 cfg_of = {batch[i]: of_key[batch[i]][Modality(min(group))] for i in idx}
                 gsubs = [subs[(h, m, cfg)] for h, cfg in cfg_of.items()]
                 rows = idx[:hs]

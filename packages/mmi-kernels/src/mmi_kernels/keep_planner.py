@@ -66,6 +66,7 @@ class LayoutTensors:
         self.modality = layout.token_modalities().to(self.device)  # int [n] `Modality` codes
         self._fold_masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._truncated: dict[int, LayoutTensors] = {}
+        self._modality_masks: dict[frozenset[int], torch.Tensor] = {}
 
     def truncated(self, layout: ModalityLayout) -> LayoutTensors:
         """The layout tensors of ``layout``, a prefix of this one (a boundary head's sub-problem), built once per
@@ -73,6 +74,13 @@ class LayoutTensors:
         if layout.num_tokens not in self._truncated:
             self._truncated[layout.num_tokens] = LayoutTensors(layout, self.device)
         return self._truncated[layout.num_tokens]
+
+    def modality_mask(self, modalities: frozenset[int]) -> torch.Tensor:
+        """bool [n]: tokens whose `Modality` code is in ``modalities`` (a boundary group's keys), built once per
+        batch: every layer asks again."""
+        if modalities not in self._modality_masks:
+            self._modality_masks[modalities] = torch.isin(self.modality, to_device(sorted(modalities), self.device))
+        return self._modality_masks[modalities]
 
     def grid_fold_masks(self, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`mmi_core.grid_key_mask` of this layout for estimation rows starting at ``first_row``, on the device."""
