@@ -117,6 +117,23 @@ def test_grid_order_closed_form_equals_mmi_core(layout_name, start_frac) -> None
             assert torch.equal(grid_order(lt, stride, phase, start), ref)
 
 
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+@pytest.mark.parametrize("start_frac", [0.0, 0.45])
+def test_grid_inverse_kernel_equals_reference(layout_name, start_frac) -> None:
+    """The one-launch Triton grid order (several units, each its own stride and phase, negative phases and strides
+    longer than a segment included) equals the PyTorch expression, inverse and order."""
+    from mmi_kernels.keep_planner import _grid_inverse, grid_inverse_reference
+
+    lt = LayoutTensors(LAYOUTS[layout_name], "cpu")
+    n = lt.layout.num_tokens
+    stride = torch.tensor([[2], [3], [7], [16], [17], [n + 3]])
+    phase = torch.tensor([[0], [2], [-3], [15], [40], [5]])
+    start = int(start_frac * n)
+    got, ref = _grid_inverse(lt, stride, phase, start), grid_inverse_reference(lt, stride, phase, start)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    assert torch.equal(got[1].gather(1, got[0]), torch.arange(n - start).expand(6, -1))
+
+
 @pytest.mark.parametrize("cfg", [Grid(stride=8, block=16, local=1, sink=4), Grid(stride=8, block=32, hline=False)])
 def test_grid_keep_tensor_stride_equals_int_stride(cfg) -> None:
     layout = LAYOUTS["two_videos"]

@@ -31,6 +31,7 @@ __all__ = [
     "dense_keep",
     "grid_blocks",
     "grid_keeps",
+    "grid_inverse_reference",
     "grid_order",
     "union_keeps",
     "vertical_slash_keeps",
@@ -215,7 +216,29 @@ def _grid_inverse(
     lt: LayoutTensors, stride: torch.Tensor, phase: torch.Tensor, start: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inverse, order) of the grid orders of tokens ``[start, n)`` for ``U`` units (``stride``, ``phase`` int64
-    ``[U, 1]``), both int64 ``[U, n - start]``, indices relative to ``start``: ``order[u, inverse[u, i]] = i``."""
+    ``[U, 1]``), both int64 ``[U, n - start]``, indices relative to ``start``: ``order[u, inverse[u, i]] = i``.
+
+    One Triton launch where the kernels run (`_grid_inverse_kernel`: each token's new index in closed form, stored
+    and scattered in one pass); `grid_inverse_reference` otherwise (the tests' reference)."""
+    if not triton_runs(stride):
+        return grid_inverse_reference(lt, stride, phase, start)
+    units, n_t = stride.shape[0], lt.layout.num_tokens - start
+    inv = torch.empty(units, n_t, dtype=torch.int64, device=lt.device)
+    order = torch.empty_like(inv)
+    if units and n_t:
+        tile = 1024
+        _grid_inverse_kernel[(triton.cdiv(n_t, tile), units)](
+            lt.segment_start, lt.segment_end, lt.is_video, stride.contiguous(), phase.contiguous(), inv, order,
+            start, n_t, BLOCK=tile,
+        )  # fmt: skip
+    return inv, order
+
+
+def grid_inverse_reference(
+    lt: LayoutTensors, stride: torch.Tensor, phase: torch.Tensor, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_grid_inverse` in PyTorch ops. Inside a video segment clipped to ``[a, b)`` the token at ``p`` has class
+    ``c = (p - phase) mod stride`` and goes to ``a + c · (L // stride) + extra + rank`` (`grid_order`)."""
     n = lt.layout.num_tokens
     p = torch.arange(start, n, device=lt.device)
     a = torch.clamp(lt.segment_start[start:], min=start)
@@ -231,6 +254,28 @@ def _grid_inverse(
     inv = torch.where(lt.is_video[start:], a + c * full + extra + rank, p) - start
     order = torch.empty_like(inv).scatter_(1, inv, (p - start).expand_as(inv))
     return inv, order
+
+
+@triton.jit
+def _grid_inverse_kernel(SEG_START, SEG_END, IS_VIDEO, STRIDE, PHASE, INV, ORDER, start, n_t, BLOCK: tl.constexpr):
+    u = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n_t
+    p = start + i
+    s = tl.load(STRIDE + u)
+    ph = tl.load(PHASE + u)
+    a = tl.maximum(tl.load(SEG_START + p, mask=ok, other=0), start)
+    length = tl.load(SEG_END + p, mask=ok, other=0) - a
+    # Triton's % truncates toward zero: shift into [0, s) as torch.remainder does
+    c = ((p - ph) % s + s) % s
+    r0 = ((a - ph) % s + s) % s
+    rem = length % s  # length >= 0
+    extra = tl.maximum(tl.minimum(c, r0 + rem) - r0, 0) + tl.maximum(tl.minimum(c, r0 + rem - s), 0)
+    new = a + c * (length // s) + extra + (p - a) // s  # p >= a
+    video = tl.load(IS_VIDEO + p, mask=ok, other=0) != 0
+    inv = tl.where(video, new, p) - start
+    tl.store(INV + u * n_t + i, inv, mask=ok)
+    tl.store(ORDER + u * n_t + inv, i, mask=ok)
 
 
 def grid_keeps(
@@ -259,7 +304,7 @@ def _grid_keeps(lt: LayoutTensors, n_q: int, cfg: Grid, stride: torch.Tensor, re
     prefix = n_k - n_q
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
     kinv, ko = _grid_inverse(lt, stride, res[:, :1], 0)  # [U, n_k]
-    qo = _grid_inverse(lt, stride, res[:, :1], prefix)[1]  # [U, n_q]
+    qo = ko if prefix == 0 else _grid_inverse(lt, stride, res[:, :1], prefix)[1]  # [U, n_q]
     pos = torch.arange(n_k, device=dev)
     big = n_k  # "no such key" position
     line_res = torch.remainder(res, stride)  # [U, lines]
