@@ -368,6 +368,29 @@ def test_part_row_width_equals_the_read_width(layout_name: str) -> None:
             assert inc.q_slot.shape[2] == part_row_width(layout, m, prefix, block), (m, prefix)
 
 
+@pytest.mark.parametrize("width", [1, 2, 5])
+def test_runs_equal_slots_on_ordered_rows(width: int) -> None:
+    """`_runs` (no sort; rows whose ids come in order) equals `_slots` on such rows: runs of one id, padding last,
+    rows with fewer distinct ids than ``width`` and rows of padding only."""
+    from mmi_kernels.boundary_planner import _runs, _slots
+
+    g = torch.Generator().manual_seed(width)
+    sentinel, rows, b = 40, 64, 16
+    ids = torch.sort(torch.randint(0, sentinel, (rows, b), generator=g), dim=1).values
+    # at most `width` distinct ids per row: map each row's ids onto its first `width` distinct values
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    ids = torch.where(
+        torch.cumsum(first, 1) > width, ids.gather(1, (first.cumsum(1) >= width).int().argmax(1, keepdim=True)), ids
+    )
+    ids = torch.sort(ids, dim=1).values
+    pad = torch.randint(0, b + 1, (rows, 1), generator=g)  # padding at the end of each row (a whole row: b)
+    ids = torch.where(torch.arange(b) >= b - pad, sentinel, ids)
+    vals = torch.where(ids < sentinel, torch.randint(0, 1000, (rows, b), generator=g), -1).int()
+    got, ref = _runs(ids, vals, sentinel, width), _slots(ids, vals, sentinel, True, width)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
 @pytest.mark.parametrize("case", ["loop", "full_partial", "overlapping", "chunked"])
 def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
     """`_tiles` (the rounding core, three heads with their own sub blocks and slots) against its definition, on

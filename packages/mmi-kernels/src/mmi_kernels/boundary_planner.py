@@ -173,6 +173,20 @@ def _slots(
     return torch.where(keep, ids, sentinel), torch.where(keep, vals, pad)
 
 
+def _runs(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_slots` (``largest``) for rows whose ids are already non-decreasing, ``sentinel`` entries last, at most
+    ``width`` distinct other ids per row: each run of one id is a slot, its value the run's largest (a scatter,
+    no sort). The part's rows in a sub order that agrees with the part's are such rows (`_incidences`)."""
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    run = torch.cumsum(first, 1) - 1
+    run = torch.where(ids == sentinel, width, run.clamp(max=width))  # sentinels (and nothing else) into the trash
+    slot = torch.full((ids.shape[0], width + 1), sentinel, dtype=ids.dtype, device=ids.device).scatter_(1, run, ids)
+    val = torch.full((ids.shape[0], width + 1), -1, dtype=vals.dtype, device=ids.device)
+    val = val.scatter_reduce_(1, run, vals, "amax")
+    return slot[:, :width], val[:, :width]
+
+
 @functools.lru_cache(maxsize=64)
 def part_row_width(layout: ModalityLayout, m: Modality, prefix: int, block: int) -> int:
     """The most sub query blocks one final query block of modality ``m``'s part meets, when the sub's row order and
@@ -352,7 +366,10 @@ def _incidences(
     q_ids = torch.where(ok, _gather(qs_inv, r.clamp(max=n_q_sub - 1)) // b, nqb_s)
     pos32 = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
     q_vals = torch.where(ok, r + prefix, -1).to(pos32)
-    q_slot, q_pmax = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, True, q_width)
+    if q_width is None:
+        q_slot, q_pmax = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, True, None)
+    else:  # the orders agree on the part's rows: their sub blocks come in order, one run each
+        q_slot, q_pmax = _runs(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, q_width)
     q_slot, q_pmax = q_slot.view(heads, -1, q_slot.shape[1]), q_pmax.view(heads, -1, q_pmax.shape[1])
 
     # (sub key block, final key block) incidences: one per final key block holding a group key (docstring)
