@@ -37,7 +37,9 @@ empty), so a layer's parts cost about one pass over the query blocks per head, n
 heads are rounded in two batches, every step with a leading head dimension: heads whose subs of the part are all
 non-Grid (identity orders) share the part's orders and incidences (computed once, expanded over the heads); heads
 with a Grid sub (orders from each head's stride/phase estimate) get per-head orders and incidences, computed
-together. Per (batch, key group) one incidence computation, one tile pass and one column pass serve all heads, so a
+together; when a layer has Grid subs and all its heads' per-head tables fit one `GRID_CHUNK`, every head goes into
+one per-head batch instead (the identity orders stacked like the Grid ones: a few more device bytes, half the host
+ops of two batches). Per (batch, key group) one incidence computation, one tile pass and one column pass serve all heads, so a
 layer's rounding is a few hundred operations whatever its head count (2026-11-22, CPU, torch 2.11, a 15,856-token
 mixed layer of 28 Q- or 2D-boundary heads, block 64: 515–947 non-view aten ops, 6–12 host reads; 6,330–10,420 ops
 and 60–144 reads when each head was rounded alone).
@@ -527,7 +529,8 @@ def boundary_keeps(
 
     # per query modality: the part of every head, in two batches. Heads whose subs of the part are all non-Grid
     # (identity orders) share the part's orders and incidences (tables of one row, expanded); heads with a Grid sub
-    # (orders from each head's stride/phase estimate) get per-head tables, one row each, computed together.
+    # (orders from each head's stride/phase estimate) get per-head tables, one row each, computed together. When
+    # all heads' tables fit one chunk, one per-head batch for all (the host's work per batch is the cost).
     parts: dict[int, list[SlotKeep]] = {h: [] for h in specs}
     stacked: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # one batch's stacked sub orders
 
@@ -551,8 +554,11 @@ def boundary_keeps(
         of_key = {h: _pairs_of(spec, m, mods) for h, spec in specs.items()}
         grid = [h for h in specs if any(isinstance(c, Grid) for c in of_key[h].values())]
         step = max(1, GRID_CHUNK // n_k)
-        batches = [([h for h in specs if h not in grid], 1)]
-        batches += [(grid[a : a + step], len(grid[a : a + step])) for a in range(0, len(grid), step)]
+        if grid and len(specs) <= step:  # every head's tables fit one chunk: one batch of per-head tables
+            batches = [(list(specs), len(specs))]
+        else:
+            batches = [([h for h in specs if h not in grid], 1)]
+            batches += [(grid[a : a + step], len(grid[a : a + step])) for a in range(0, len(grid), step)]
         for batch, hs in batches:
             if not batch:
                 continue
