@@ -39,10 +39,10 @@ non-Grid (identity orders) share the part's orders and incidences (computed once
 with a Grid sub (orders from each head's stride/phase estimate) get per-head orders and incidences, computed
 together; when a layer has Grid subs and all its heads' per-head tables fit one `GRID_CHUNK`, every head goes into
 one per-head batch instead (the identity orders stacked like the Grid ones: a few more device bytes, half the host
-ops of two batches). Per (batch, key group) one incidence computation, one tile pass and one column pass serve all heads, so a
-layer's rounding is a few hundred operations whatever its head count (2026-11-22, CPU, torch 2.11, a 15,856-token
-mixed layer of 28 Q- or 2D-boundary heads, block 64: 515–947 non-view aten ops, 6–12 host reads; 6,330–10,420 ops
-and 60–144 reads when each head was rounded alone).
+ops of two batches). Per (batch, key group) one incidence computation, one tile pass and one column pass serve all
+heads, so a layer's rounding is a few hundred operations whatever its head count (2026-11-22, CPU, torch 2.11, a
+15,856-token mixed layer of 28 Q- or 2D-boundary heads, block 64: 515–947 non-view aten ops, 6–12 host reads;
+6,330–10,420 ops and 60–144 reads when each head was rounded alone).
 
 Host reads per layer (none per head, none per token): none for Q-boundary heads. The incidence tables' widths are
 layout facts where the sub's row order agrees with the part's (`part_row_width`; every Q-boundary part, and 2D
