@@ -162,6 +162,27 @@ def test_grid_keeps_units_each_equal_mmi_core(chunk, prefix, monkeypatch) -> Non
         assert_same_keep(keep, grid_selection(layout, n_q, cfg, st, res))
 
 
+@pytest.mark.parametrize("n_q,n_k,block", [(100, 100, 16), (37, 150, 32), (1, 65, 16), (130, 200, 64), (64, 64, 16)])
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.5])
+def test_slash_blocks_kernel_equals_reference(n_q, n_k, block, density) -> None:
+    """The Triton diagonal-to-block pass equals its PyTorch expression (partial query and key blocks, a cached
+    prefix, no kept offset at all) and, on one head, the brute force over every (row, key) pair."""
+    from mmi_kernels.keep_planner import slash_blocks, slash_blocks_reference
+
+    g = torch.Generator().manual_seed(n_q + n_k + int(100 * density))
+    offs = torch.rand(3, n_k, generator=g) < density
+    kept = torch.zeros(3, n_k + 1, dtype=torch.int32)
+    kept[:, 1:] = torch.cumsum(offs, 1)
+    got = slash_blocks(kept, n_q, block)
+    assert torch.equal(got, slash_blocks_reference(kept, n_q, block))
+    rows = torch.arange(n_k - n_q, n_k)[:, None]
+    d = rows - torch.arange(n_k)[None, :]  # offset of each (row, key) pair; causal: >= 0
+    pairs = (d >= 0) & offs[0][d.clamp(min=0)]
+    nqb, nkb = -(-n_q // block), -(-n_k // block)
+    brute = torch.nn.functional.pad(pairs, (0, nkb * block - n_k, 0, nqb * block - n_q)).view(nqb, block, nkb, block)
+    assert torch.equal(got[0], brute.any(3).any(1))
+
+
 @pytest.mark.parametrize("n_q,n_k,block", [(100, 100, 16), (37, 150, 32), (1, 65, 16), (130, 200, 64)])
 def test_vertical_slash_keeps_heads_each_equal_mmi_core(n_q, n_k, block) -> None:
     """Heads with their own columns and diagonals in one call equal mmi_core head by head (the block-diagonal view

@@ -33,6 +33,8 @@ __all__ = [
     "grid_inverse_reference",
     "grid_keeps",
     "grid_order",
+    "slash_blocks",
+    "slash_blocks_reference",
     "union_keeps",
     "vertical_slash_keeps",
 ]
@@ -130,9 +132,7 @@ def vertical_slash_keeps(
 
     Slashes: a diagonal at offset ``d`` crosses query block ``[first, last]`` on keys ``[first - d, last - d]`` (at
     most two key blocks), so key block ``kb`` is kept iff some kept offset lies in
-    ``[max(first - kb·b - b + 1, 0), last - kb·b]``: a range count on the offsets' prefix sums. For full query
-    blocks the range depends on ``qb - kb`` only, so one vector over block diagonals gives every row (a Toeplitz
-    view, materialised once); the last, possibly partial, query block is computed on its own.
+    ``[max(first - kb·b - b + 1, 0), last - kb·b]``: a range count on the offsets' prefix sums (`slash_blocks`).
 
     Columns: each head's kept positions (sinks included) as one list, ``-1`` padded to ``width`` entries — an upper
     bound the caller knows from the budget (`pattern_capacity`; `stable_top` never returns more), or None to read
@@ -143,25 +143,11 @@ def vertical_slash_keeps(
         )
     dev, b, heads = columns.device, cfg.block, columns.shape[0]
     qo, ko = _identity(n_q, n_k, dev)
-    nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
-    prefix = n_k - n_q
+    nqb = _cdiv(n_q, b)
     idx = torch.arange(n_k, device=dev)
     kept = torch.zeros(heads, n_k + 1, dtype=torch.int32, device=dev)  # kept[:, i] = kept offsets below i
     torch.cumsum(offsets | (idx < cfg.local), 1, out=kept[:, 1:])
-
-    def any_in(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # [H, len]: a kept offset in [lo, hi]?
-        ok = hi >= lo  # lo >= 0, so also hi >= 0
-        lo_, hi_ = torch.where(ok, lo, 0), torch.where(ok, hi + 1, 0)
-        return ok & (kept[:, hi_] > kept[:, lo_])
-
-    # full query blocks: first - kb·b = prefix + (qb - kb)·b, over qb - kb = delta in [-(nkb - 1), nqb - 1]
-    t = prefix + torch.arange(-(nkb - 1), nqb, device=dev) * b
-    diag = any_in(torch.clamp(t - b + 1, min=0), torch.clamp(t + b - 1, max=n_k - 1))  # [H, nqb + nkb - 1]
-    rev = diag.flip(1).contiguous()  # rev[:, nqb - 1 - qb + kb] = diag[:, qb - kb + nkb - 1]
-    blocks = rev.as_strided((heads, nqb, nkb), (rev.shape[1], 1, 1)).flip(1)
-    first_last = prefix + (nqb - 1) * b - torch.arange(nkb, device=dev) * b  # last query block (maybe partial)
-    blocks[:, -1] = any_in(torch.clamp(first_last - b + 1, min=0), (n_k - 1) - torch.arange(nkb, device=dev) * b)
-
+    blocks = slash_blocks(kept, n_q, b)
     cols = columns | (idx < cfg.sink)
     if width is None:
         width = int(cols.sum(1).max()) if heads else 0
@@ -169,6 +155,50 @@ def vertical_slash_keeps(
     at = torch.where(cols & (rank < width), rank, width)  # entry `width` swallows the rest (none when width holds)
     ids = torch.full((heads, width + 1), -1, dtype=torch.int64, device=dev).scatter_(1, at, idx.expand(heads, n_k))
     return [SlotKeep(qo, ko, blocks[h], ids[h, None, :width].expand(nqb, width)) for h in range(heads)]
+
+
+def slash_blocks(kept: torch.Tensor, n_q: int, block: int) -> torch.Tensor:
+    """bool ``[H, nqb, nkb]``: key blocks crossed by a kept diagonal, from ``kept`` int32 ``[H, n_k + 1]`` (kept
+    offsets below each index: an exclusive prefix count). Query block ``qb`` spans positions ``[first, last]``
+    (``first = n_k - n_q + qb·block``, ``last`` clipped to ``n_k - 1``); offset ``d`` meets key block ``kb`` iff
+    ``first - kb·block - block + 1 <= d <= last - kb·block``. One Triton program per (query block, head) where the
+    kernels run; `slash_blocks_reference` otherwise."""
+    heads, n_k = kept.shape[0], kept.shape[1] - 1
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    if not triton_runs(kept):
+        return slash_blocks_reference(kept, n_q, block)
+    out = torch.empty(heads, nqb, nkb, dtype=torch.uint8, device=kept.device)
+    if heads and nqb and nkb:
+        _slash_blocks_kernel[(nqb, heads)](kept.contiguous(), out, n_k, n_k - n_q, nqb, nkb, B=block, BK=1024)
+    return out.view(torch.bool)
+
+
+def slash_blocks_reference(kept: torch.Tensor, n_q: int, block: int) -> torch.Tensor:
+    """`slash_blocks` in PyTorch ops: every (query block, key block) range at once."""
+    n_k = kept.shape[1] - 1
+    first = n_k - n_q + torch.arange(_cdiv(n_q, block), device=kept.device)[:, None] * block
+    last = torch.clamp(first + block - 1, max=n_k - 1)
+    kb = torch.arange(_cdiv(n_k, block), device=kept.device)[None, :] * block
+    lo, hi = torch.clamp(first - kb - block + 1, min=0), last - kb  # [nqb, nkb]; lo >= 0, so hi >= lo means hi >= 0
+    ok = hi >= lo
+    lo, hi = torch.where(ok, lo, 0).flatten(), torch.where(ok, hi + 1, 0).flatten()
+    return ok & (kept[:, hi] > kept[:, lo]).view(kept.shape[0], *ok.shape)
+
+
+@triton.jit
+def _slash_blocks_kernel(KEPT, OUT, n_k, prefix, nqb, nkb, B: tl.constexpr, BK: tl.constexpr):
+    qb = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    first = prefix + qb * B
+    last = tl.minimum(first + B - 1, n_k - 1)
+    for c0 in range(0, nkb, BK):
+        kb = c0 + tl.arange(0, BK)
+        lo = tl.maximum(first - kb * B - B + 1, 0)
+        hi = last - kb * B
+        ok = (hi >= lo) & (kb < nkb)
+        a = tl.load(KEPT + h * (n_k + 1) + lo, mask=ok, other=0)
+        z = tl.load(KEPT + h * (n_k + 1) + hi + 1, mask=ok, other=0)
+        tl.store(OUT + (h * nqb + qb) * nkb + kb, (ok & (z > a)).to(tl.uint8), mask=kb < nkb)
 
 
 def block_sparse_keep(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> SlotKeep:
