@@ -127,6 +127,9 @@ def test_index_build_reads_once_per_chunk(chunk_bytes, monkeypatch):
         index = index_from_keeps([keeps], block=BLOCK, num_q_heads=HQ, num_kv_heads=HKV, slot_heads=slots)
     assert index.num_slots == len(slots) == 3 * HQ
     assert dict(reads) == {"tolist": chunks}
+    with count_reads() as reads:  # the kernel launch's grid: a plan-time fact, not a read
+        assert index.max_heads_per_slot == 1
+    assert not reads, dict(reads)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -119,6 +119,7 @@ class SparseIndex:
     block_capacity, column_capacity: the bound every list respects (given at plan time, else the widest list)
     keys_identity: True when no slot permutes keys: the kernel then skips the key-order gather
     one_slot_per_kv_head: True when the slots are exactly one per KV head (each serving its whole group)
+    slot_heads_max: the largest slot_num_heads entry, kept on the host (0 when the builder did not give it)
     """
 
     block: int
@@ -153,6 +154,7 @@ class SparseIndex:
     column_capacity: int
     keys_identity: bool = False  # every k_order is the identity (plan-time fact; False is always safe)
     one_slot_per_kv_head: bool = False  # plan-time fact (False is always safe)
+    slot_heads_max: int = 0  # plan-time max of slot_num_heads (0: unknown, read from the device when asked)
 
     def __post_init__(self) -> None:
         s, r = self.num_slots, self.num_requests
@@ -213,7 +215,8 @@ class SparseIndex:
 
     @property
     def max_heads_per_slot(self) -> int:
-        return int(self.slot_num_heads.max())
+        """The most query heads of one slot: known at plan time (the kernel launch reads nothing), else one read."""
+        return self.slot_heads_max or int(self.slot_num_heads.max())
 
     @property
     def device(self) -> torch.device:
@@ -593,6 +596,7 @@ def index_from_keeps(
         one_slot_per_kv_head=sorted(f for f, _ in slots)
         == [j * (num_q_heads // num_kv_heads) for j in range(num_kv_heads)]
         and all(c == num_q_heads // num_kv_heads for _, c in slots),
+        slot_heads_max=max(c for _, c in slots),
     )
 
 
