@@ -304,7 +304,8 @@ def time_layer(q, k, v, layout, hc: HeadConfigs, args, row: dict, out: Path) -> 
     if getattr(args, "sync_check", False) and torch.cuda.is_available():
         est(), build()  # warm: the request's layout caches are filled once per batch
         row["syncs_estimate"], row["syncs_index"] = stream_syncs(est), stream_syncs(build)
-        log(f"  stream syncs: estimate {row['syncs_estimate']}, index {row['syncs_index']}")
+        row["syncs_layer"] = stream_syncs(lambda: wrapper.run(q, k, v, 0))  # planning + the kernel's launch
+        log(f"  stream syncs: estimate {row['syncs_estimate']}, index {row['syncs_index']}, layer {row['syncs_layer']}")
     row["estimate_ms"] = cuda_ms(est, reps)
     row["index_ms"] = cuda_ms(build, reps)
     row["kernel_ms"] = cuda_ms(kern, reps)
