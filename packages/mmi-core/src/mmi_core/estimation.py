@@ -157,26 +157,30 @@ def stable_top(
     """
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid
-    rankable = valid.clone()
-    if forced is not None:
-        rankable &= ~forced
-    s = scores.float().masked_fill(~rankable, float("-inf"))
+    # the masks are built only from what was given: a vertical-slash layer ranks two [heads, n_k] rows per head
+    # every layer, and each avoided op is a launch
+    if valid is None:
+        rankable = ~forced if forced is not None else torch.ones_like(scores, dtype=torch.bool)
+        s = scores.float().masked_fill(forced, float("-inf")) if forced is not None else scores.float()
+    else:
+        rankable = valid & ~forced if forced is not None else valid
+        s = scores.float().masked_fill(~rankable, float("-inf"))
     n = scores.shape[-1]
     if coverage is None and budget <= TOPK_MAX:
         return _top_fixed(s, rankable, min(budget, n))
     sorted_neg, order = torch.sort(-s, dim=-1, stable=True)
-    count = torch.full(scores.shape[:-1], budget, dtype=torch.int64, device=scores.device)
-    if coverage is not None:
-        total = scores.float().masked_fill(~valid, 0.0).sum(-1)
-        have = scores.float().masked_fill(~(forced & valid), 0.0).sum(-1) if forced is not None else 0.0 * total
+    if coverage is None:
+        count = rankable.sum(-1).clamp(max=min(budget, n))
+    else:
+        valid_f = valid if valid is not None else torch.ones_like(rankable)
+        total = scores.float().masked_fill(~valid_f, 0.0).sum(-1)
+        have = scores.float().masked_fill(~(forced & valid_f), 0.0).sum(-1) if forced is not None else 0.0 * total
         need = coverage.threshold * total - have
         csum = torch.cumsum((-sorted_neg).clamp_min(0.0).nan_to_num(0.0), dim=-1)
         adaptive = (csum < need[..., None]).sum(-1) + 1
         adaptive = torch.where(need > 0, adaptive, torch.zeros_like(adaptive))
         lo, hi = math.ceil(coverage.min_fraction * budget), math.floor(coverage.max_fraction * budget)
-        count = adaptive.clamp(min=lo, max=hi)
-    count = torch.minimum(count.clamp(max=n), rankable.sum(-1))
+        count = torch.minimum(adaptive.clamp(min=lo, max=hi).clamp(max=n), rankable.sum(-1))
     keep_sorted = torch.arange(n, device=scores.device) < count[..., None]
     return torch.zeros_like(rankable).scatter(-1, order, keep_sorted)
 
