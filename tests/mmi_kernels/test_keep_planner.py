@@ -207,6 +207,8 @@ def test_vertical_slash_keeps_heads_each_equal_mmi_core(n_q, n_k, block) -> None
         (20, 517, 6, 3, 80, 64, torch.float32),  # fewer rows than last_q, head_dim not a power of two
         (1, 70, 2, 2, 32, 64, torch.float32),  # one row
         (100, 100, 2, 1, 128, 7, torch.bfloat16),
+        (10, 50, 2, 1, 32, 16, torch.float32),  # one key tile: one lse partial per head
+        (64, 5000, 1, 1, 32, 64, torch.float32),  # one head, 79 tiles: partials capped by the combine tile
     ],
 )
 def test_last_query_stats_triton_matches_mmi_core(n_q, n_k, hq, hkv, d, last_q, dtype) -> None:

@@ -7,8 +7,9 @@ of ``log(max(p, 1e-30))``). Materialising ``p [Hq, L, n_k]`` costs 7 GB at 1M ke
 elementwise passes over it; here it never exists:
 
 1. `_lse_kernel`, grid ``(splits, Hq)``: each program walks a contiguous run of key tiles and keeps a running
-   (max, sum of exp) per row; the host-side combine of the ``splits`` partials is a [Hq, splits, L] logsumexp.
-2. `_stats_kernel`, grid ``(key tiles, Hq)``: recomputes the tile's scores, ``logp = s - lse``, and writes the
+   (max, sum of exp) per row, written as ``splits`` partials per head.
+2. `_stats_kernel`, grid ``(key tiles, Hq)``: combines its head's partials into the rows' log-sum-exp,
+   recomputes the tile's scores, ``logp = s - lse``, and writes the
    column sum and the mean clamped log-probability of each key (one key belongs to one program: no atomics), and,
    only when a vertical-slash head needs it, adds each probability into its diagonal's sum (atomics: one diagonal
    collects up to L rows from L different tiles).
@@ -31,6 +32,7 @@ __all__ = ["LastQueryStats", "last_query_stats_triton"]
 
 LOG_FLOOR = math.log(1e-30)  # mmi_core.grid_key_scores clamps probabilities at 1e-30 before the log
 _TARGET_PROGRAMS = 1024  # lse pass: enough programs to fill a GPU, few enough partials to combine cheaply
+_COMBINE_TILE = 4096  # lse partials (splits x padded rows) one stats program combines
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,24 @@ def _lse_kernel(Q, K, M_OUT, L_OUT, n_k, n_last, g, tiles_per_prog, splits,
 
 
 @triton.jit
-def _stats_kernel(Q, K, LSE, VERT, SLASH, LOGM, n_k, n_last, g,
+def _stats_kernel(Q, K, M_PART, L_PART, VERT, SLASH, LOGM, n_k, n_last, g, splits,
                   stride_ql, stride_qh, stride_kn, stride_kh, scale, log_floor,
                   L_PAD: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                  UPCAST: tl.constexpr, PREC: tl.constexpr, NEED_SLASH: tl.constexpr):  # fmt: skip
+                  UPCAST: tl.constexpr, PREC: tl.constexpr, NEED_SLASH: tl.constexpr,
+                  S_PAD: tl.constexpr):  # fmt: skip
     tile = tl.program_id(0)
     h = tl.program_id(1)
     s, ok, rows, keys, row_pos = _scores(Q, K, h, g, n_k, n_last, stride_ql, stride_qh, stride_kn, stride_kh,
                                          tile * BLOCK_N, scale, L_PAD, BLOCK_N, D, D_PAD, UPCAST, PREC)  # fmt: skip
-    lse = tl.load(LSE + h * L_PAD + rows)
+    # the row log-sum-exp from the lse pass's partials: lse = m* + log(sum_s l_s exp(m_s - m*)). Combined here (a
+    # [splits, L] tile per program, small next to the dot) instead of a dozen host-launched ops per call
+    sp = tl.arange(0, S_PAD)
+    part = (h * splits + sp[:, None]) * L_PAD + rows[None, :]
+    m_s = tl.load(M_PART + part, mask=sp[:, None] < splits, other=float("-inf"))
+    l_s = tl.load(L_PART + part, mask=sp[:, None] < splits, other=0.0)
+    m_star = tl.max(m_s, 0)
+    m_safe = tl.where(m_star == float("-inf"), 0.0, m_star)  # every real row has its own key: finite there
+    lse = m_safe + tl.log(tl.sum(l_s * tl.exp(m_s - m_safe[None, :]), 0))
     lse = tl.where(rows < n_last, lse, 0.0)  # padding rows have lse -inf: keep -inf - -inf (NaN) out entirely
     logp = tl.where(ok, s - lse[:, None], float("-inf"))
     p = tl.exp(logp)
@@ -154,20 +165,18 @@ def last_query_stats_triton(
     )
     strides = (q_last.stride(0), q_last.stride(1), k.stride(0), k.stride(1))
     tiles = triton.cdiv(n_k, block_n)
-    splits = max(1, min(tiles, _TARGET_PROGRAMS // hq))
+    # the stats pass holds a head's [splits, L] partials in registers: at most `_COMBINE_TILE` of them
+    splits = max(1, min(tiles, _TARGET_PROGRAMS // hq, _COMBINE_TILE // l_pad))
     per_prog = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, per_prog)
     m_part = torch.empty(hq, splits, l_pad, dtype=torch.float32, device=dev)
     l_part = torch.empty_like(m_part)
     _lse_kernel[(splits, hq)](q_last, k, m_part, l_part, n_k, n_last, hq // hkv, per_prog, splits, *strides, scale,
                               **consts)  # fmt: skip
-    # combine: lse = m* + log(sum_s l_s exp(m_s - m*)); every real row has its own key, so m* is finite
-    m_star = m_part.amax(1, keepdim=True)
-    m_safe = torch.where(torch.isfinite(m_star), m_star, torch.zeros_like(m_star))
-    lse = (m_safe + torch.log((l_part * torch.exp(m_part - m_safe)).sum(1, keepdim=True))).squeeze(1).contiguous()
     vertical = torch.empty(hq, n_k, dtype=torch.float32, device=dev)
     log_mean = torch.empty_like(vertical)
     slash = torch.zeros_like(vertical) if need_slash else vertical  # a dummy pointer when not needed
-    _stats_kernel[(tiles, hq)](q_last, k, lse, vertical, slash, log_mean, n_k, n_last, hq // hkv, *strides, scale,
-                               LOG_FLOOR, NEED_SLASH=need_slash, **consts)  # fmt: skip
+    _stats_kernel[(tiles, hq)](q_last, k, m_part, l_part, vertical, slash, log_mean, n_k, n_last, hq // hkv, splits,
+                               *strides, scale, LOG_FLOOR, NEED_SLASH=need_slash,
+                               S_PAD=triton.next_power_of_2(splits), **consts)  # fmt: skip
     return LastQueryStats(vertical, slash if need_slash else None, log_mean)
