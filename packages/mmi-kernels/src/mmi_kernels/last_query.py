@@ -1,4 +1,4 @@
-"""Last-query statistics of all heads in two Triton launches: the input of every online estimate (vertical-slash
+"""Last-query statistics of all heads in three Triton launches: the input of every online estimate (vertical-slash
 columns and diagonals, the Grid stride/phase fold).
 
 The specification is mmi_core: `last_query_scores` (fp32 softmax of the last ``L`` query rows over all keys, causal
@@ -7,9 +7,9 @@ of ``log(max(p, 1e-30))``). Materialising ``p [Hq, L, n_k]`` costs 7 GB at 1M ke
 elementwise passes over it; here it never exists:
 
 1. `_lse_kernel`, grid ``(splits, Hq)``: each program walks a contiguous run of key tiles and keeps a running
-   (max, sum of exp) per row, written as ``splits`` partials per head.
-2. `_stats_kernel`, grid ``(key tiles, Hq)``: combines its head's partials into the rows' log-sum-exp,
-   recomputes the tile's scores, ``logp = s - lse``, and writes the
+   (max, sum of exp) per row, written as ``splits`` partials per head; `_lse_combine_kernel` (one program per
+   head) turns them into the rows' log-sum-exp.
+2. `_stats_kernel`, grid ``(key tiles, Hq)``: recomputes the tile's scores, ``logp = s - lse``, and writes the
    column sum and the mean clamped log-probability of each key (one key belongs to one program: no atomics), and,
    only when a vertical-slash head needs it, adds each probability into its diagonal's sum (atomics: one diagonal
    collects up to L rows from L different tiles).
@@ -32,7 +32,7 @@ __all__ = ["LastQueryStats", "last_query_stats_triton"]
 
 LOG_FLOOR = math.log(1e-30)  # mmi_core.grid_key_scores clamps probabilities at 1e-30 before the log
 _TARGET_PROGRAMS = 1024  # lse pass: enough programs to fill a GPU, few enough partials to combine cheaply
-_COMBINE_TILE = 4096  # lse partials (splits x padded rows) one stats program combines
+_COMBINE_TILE = 4096  # lse partials (splits x padded rows) one combine program holds
 
 
 @dataclass(frozen=True)
@@ -89,24 +89,30 @@ def _lse_kernel(Q, K, M_OUT, L_OUT, n_k, n_last, g, tiles_per_prog, splits,
 
 
 @triton.jit
-def _stats_kernel(Q, K, M_PART, L_PART, VERT, SLASH, LOGM, n_k, n_last, g, splits,
-                  stride_ql, stride_qh, stride_kn, stride_kh, scale, log_floor,
-                  L_PAD: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                  UPCAST: tl.constexpr, PREC: tl.constexpr, NEED_SLASH: tl.constexpr,
-                  S_PAD: tl.constexpr):  # fmt: skip
-    tile = tl.program_id(0)
-    h = tl.program_id(1)
-    s, ok, rows, keys, row_pos = _scores(Q, K, h, g, n_k, n_last, stride_ql, stride_qh, stride_kn, stride_kh,
-                                         tile * BLOCK_N, scale, L_PAD, BLOCK_N, D, D_PAD, UPCAST, PREC)  # fmt: skip
-    # the row log-sum-exp from the lse pass's partials: lse = m* + log(sum_s l_s exp(m_s - m*)). Combined here (a
-    # [splits, L] tile per program, small next to the dot) instead of a dozen host-launched ops per call
+def _lse_combine_kernel(M_PART, L_PART, LSE, splits, L_PAD: tl.constexpr, S_PAD: tl.constexpr):
+    """One head's rows: lse = m* + log(sum_s l_s exp(m_s - m*)) over the lse pass's ``splits`` partials (one
+    launch for what were a dozen host-launched ops; every real row has its own key, so m* is finite there)."""
+    h = tl.program_id(0)
+    rows = tl.arange(0, L_PAD)
     sp = tl.arange(0, S_PAD)
     part = (h * splits + sp[:, None]) * L_PAD + rows[None, :]
     m_s = tl.load(M_PART + part, mask=sp[:, None] < splits, other=float("-inf"))
     l_s = tl.load(L_PART + part, mask=sp[:, None] < splits, other=0.0)
     m_star = tl.max(m_s, 0)
-    m_safe = tl.where(m_star == float("-inf"), 0.0, m_star)  # every real row has its own key: finite there
-    lse = m_safe + tl.log(tl.sum(l_s * tl.exp(m_s - m_safe[None, :]), 0))
+    m_safe = tl.where(m_star == float("-inf"), 0.0, m_star)
+    tl.store(LSE + h * L_PAD + rows, m_safe + tl.log(tl.sum(l_s * tl.exp(m_s - m_safe[None, :]), 0)))
+
+
+@triton.jit
+def _stats_kernel(Q, K, LSE, VERT, SLASH, LOGM, n_k, n_last, g,
+                  stride_ql, stride_qh, stride_kn, stride_kh, scale, log_floor,
+                  L_PAD: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                  UPCAST: tl.constexpr, PREC: tl.constexpr, NEED_SLASH: tl.constexpr):  # fmt: skip
+    tile = tl.program_id(0)
+    h = tl.program_id(1)
+    s, ok, rows, keys, row_pos = _scores(Q, K, h, g, n_k, n_last, stride_ql, stride_qh, stride_kn, stride_kh,
+                                         tile * BLOCK_N, scale, L_PAD, BLOCK_N, D, D_PAD, UPCAST, PREC)  # fmt: skip
+    lse = tl.load(LSE + h * L_PAD + rows)
     lse = tl.where(rows < n_last, lse, 0.0)  # padding rows have lse -inf: keep -inf - -inf (NaN) out entirely
     logp = tl.where(ok, s - lse[:, None], float("-inf"))
     p = tl.exp(logp)
@@ -165,7 +171,7 @@ def last_query_stats_triton(
     )
     strides = (q_last.stride(0), q_last.stride(1), k.stride(0), k.stride(1))
     tiles = triton.cdiv(n_k, block_n)
-    # the stats pass holds a head's [splits, L] partials in registers: at most `_COMBINE_TILE` of them
+    # the combine holds a head's [splits, L] partials in registers: at most `_COMBINE_TILE` of them
     splits = max(1, min(tiles, _TARGET_PROGRAMS // hq, _COMBINE_TILE // l_pad))
     per_prog = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, per_prog)
@@ -176,7 +182,8 @@ def last_query_stats_triton(
     vertical = torch.empty(hq, n_k, dtype=torch.float32, device=dev)
     log_mean = torch.empty_like(vertical)
     slash = torch.zeros_like(vertical) if need_slash else vertical  # a dummy pointer when not needed
-    _stats_kernel[(tiles, hq)](q_last, k, m_part, l_part, vertical, slash, log_mean, n_k, n_last, hq // hkv, splits,
-                               *strides, scale, LOG_FLOOR, NEED_SLASH=need_slash,
-                               S_PAD=triton.next_power_of_2(splits), **consts)  # fmt: skip
+    lse = torch.empty(hq, l_pad, dtype=torch.float32, device=dev)
+    _lse_combine_kernel[(hq,)](m_part, l_part, lse, splits, L_PAD=l_pad, S_PAD=triton.next_power_of_2(splits))
+    _stats_kernel[(tiles, hq)](q_last, k, lse, vertical, slash, log_mean, n_k, n_last, hq // hkv, *strides, scale,
+                               LOG_FLOOR, NEED_SLASH=need_slash, **consts)  # fmt: skip
     return LastQueryStats(vertical, slash if need_slash else None, log_mean)
