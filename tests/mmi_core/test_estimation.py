@@ -220,6 +220,36 @@ def test_uniform_scores_fall_back_to_default():
     assert torch.allclose(excess, torch.zeros(1, 50))  # uniform: 0 whatever the stride
 
 
+@pytest.mark.parametrize(("cands", "lines"), [([25], 2), ([5, 25, 50], 3), ([2], 3)])
+def test_grid_fold_equals_masks_and_one_candidate_rule(cands, lines):
+    """A kept `GridFold` (its per-stride tables reused across calls) gives the masks' results bit for bit, and with
+    one candidate (the shortcut) the documented rule: that stride, the best residues by excess (ties to the lowest,
+    the phase repeated past the stride), or 0 … lines-1 for a unit without a positive excess."""
+    from mmi_core import GridFold
+
+    n = LAYOUT.num_tokens
+    fold, neutral = grid_key_mask(LAYOUT, n - 20)
+    g = torch.Generator().manual_seed(len(cands) + lines)
+    scores = torch.cat([_planted_scores(7), torch.zeros(1, n), torch.randn(1, n, generator=g)])
+    gf = GridFold.from_masks(fold, neutral)
+    want = estimate_stride_phase(scores, fold, cands, lines, neutral=neutral, default=25)
+    for _ in range(2):
+        got = estimate_stride_phase(scores, gf, cands, lines, default=25)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for s in cands:
+        assert torch.equal(grid_fold_excess(scores, gf, s), grid_fold_excess(scores, fold, s, neutral))
+    if len(cands) == 1:
+        s = cands[0]
+        excess = grid_fold_excess(scores, fold, s, neutral)
+        for u in range(scores.shape[0]):
+            if excess[u].max() > 0:
+                top = sorted(range(s), key=lambda r: (-float(excess[u, r]), r))[: min(lines, s)]
+                top += [top[0]] * (lines - len(top))
+            else:
+                top = [i % s for i in range(lines)]
+            assert int(want[0][u]) == s and want[1][u].tolist() == top, u
+
+
 def test_grid_key_mask_folds_video_only_and_neutralises_off_grid():
     n = LAYOUT.num_tokens
     fold, neutral = grid_key_mask(LAYOUT, n - 20)

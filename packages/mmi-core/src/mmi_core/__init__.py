@@ -11,6 +11,7 @@ Depends only on torch, numpy and pydantic.
 from mmi_core.boundary import boundary_selection, modality_last_rows
 from mmi_core.budgets import pattern_for_density
 from mmi_core.estimation import (
+    GridFold,
     estimate_block_sparse,
     estimate_grid,
     estimate_stride_phase,
@@ -70,6 +71,7 @@ __all__ = [
     "Coverage",
     "Dense",
     "Grid",
+    "GridFold",
     "HeadChoice",
     "HeadConfigs",
     "HeadSpec",

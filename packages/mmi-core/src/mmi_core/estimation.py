@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +31,7 @@ from mmi_core.transfer import to_device
 
 __all__ = [
     "STRIDE_TOLERANCE",
+    "GridFold",
     "block_scores",
     "estimate_block_sparse",
     "estimate_grid",
@@ -340,34 +342,60 @@ def grid_key_mask(layout: ModalityLayout, first_row: int) -> tuple[torch.Tensor,
     return fold, fold & ~on_grid
 
 
+@dataclass(frozen=True, eq=False)
+class GridFold:
+    """The layout's side of the Grid fold for one estimation start, on one device: `grid_key_mask`'s keys as the
+    weights every `grid_fold_excess` call needs, and per stride the residue of each key with the folded keys per
+    residue (`of_stride`, built on first use). Engines keep one per (layout, first row) across layers, so a fold
+    costs only its data-dependent ops (`from_masks` builds it from the masks)."""
+
+    fold: torch.Tensor  # bool [n_k]
+    signal: torch.Tensor  # bool [n_k]: folded and not neutral
+    fold_f: torch.Tensor  # fp32 [n_k]
+    signal_f: torch.Tensor  # fp32 [n_k]
+    n_signal: torch.Tensor  # fp32 []: signal keys, at least 1
+    _strides: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def from_masks(cls, fold: torch.Tensor, neutral: torch.Tensor | None = None) -> GridFold:
+        signal = fold if neutral is None else fold & ~neutral.to(fold.device)
+        sf = signal.float()
+        return cls(fold, signal, fold.float(), sf, sf.sum().clamp_min(1))
+
+    def of_stride(self, stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """int64 ``[n_k]`` residue of each key, fp32 ``[stride]`` folded keys per residue (at least 1), bool
+        ``[stride]`` residues without a folded key."""
+        if stride not in self._strides:
+            res = torch.remainder(torch.arange(self.fold.numel(), device=self.fold.device), stride)
+            counts = torch.zeros(stride, device=self.fold.device).index_add_(0, res, self.fold_f)
+            self._strides[stride] = (res, counts.clamp_min(1), counts == 0)
+        return self._strides[stride]
+
+
 def grid_fold_excess(
-    key_scores: torch.Tensor, fold: torch.Tensor, stride: int, neutral: torch.Tensor | None = None
+    key_scores: torch.Tensor, fold: torch.Tensor | GridFold, stride: int, neutral: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Concentration of the per-key log scores ``key_scores [U, n_k]`` on residues ``pos mod stride``: fp32
     ``[U, stride]``.
 
-    Keys where ``fold`` (bool ``[n_k]``) is True are folded; ``neutral`` ones among them get the mean score ``μ`` of
-    the other folded keys. ``excess[r] = mean(ℓ_j : folded j ≡ r mod stride) - μ``: the log of the geometric-mean
+    Keys where ``fold`` (bool ``[n_k]``, or a `GridFold` holding it and ``neutral``) is True are folded;
+    ``neutral`` ones among them get the mean score ``μ`` of the other folded keys.
+    ``excess[r] = mean(ℓ_j : folded j ≡ r mod stride) - μ``: the log of the geometric-mean
     mass the residue class (phase ``r``) captures, normalised against the uniform baseline. It is 0 everywhere for
     uniform attention whatever the stride; residues without folded keys get ``-inf``.
     """
-    u, n_k = key_scores.shape
-    dev = key_scores.device
-    fold = fold.to(dev)
-    signal = fold if neutral is None else fold & ~neutral.to(dev)
-    sf = signal.float()
-    mu = (key_scores.float() * sf).sum(-1, keepdim=True) / sf.sum().clamp_min(1)
-    ell = torch.where(signal[None, :], key_scores.float(), mu) * fold.float()[None, :]
-    res = torch.remainder(torch.arange(n_k, device=dev), stride)
-    sums = torch.zeros(u, stride, device=dev).index_add_(1, res, ell)
-    counts = torch.zeros(stride, device=dev).index_add_(0, res, fold.float())
-    excess = sums / counts.clamp_min(1) - mu
-    return torch.where(counts[None, :] > 0, excess, torch.full_like(excess, float("-inf")))
+    gf = fold if isinstance(fold, GridFold) else GridFold.from_masks(fold.to(key_scores.device), neutral)
+    res, counts, empty = gf.of_stride(stride)
+    ks = key_scores.float()
+    mu = (ks * gf.signal_f).sum(-1, keepdim=True) / gf.n_signal
+    ell = torch.where(gf.signal[None, :], ks, mu) * gf.fold_f[None, :]
+    sums = torch.zeros(ks.shape[0], stride, device=ks.device).index_add_(1, res, ell)
+    return (sums / counts - mu).masked_fill(empty, float("-inf"))
 
 
 def estimate_stride_phase(
     key_scores: torch.Tensor,
-    fold: torch.Tensor,
+    fold: torch.Tensor | GridFold,
     candidates: Sequence[int],
     lines: int,
     *,
@@ -375,7 +403,7 @@ def estimate_stride_phase(
     default: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stride and kept residues (``[:, 0]`` is the phase) for ``U`` units from ``key_scores [U, n_k]``
-    (`grid_key_scores`, averaged over a unit's heads) and the key masks of `grid_key_mask`.
+    (`grid_key_scores`, averaged over a unit's heads) and the key masks of `grid_key_mask` (or their `GridFold`).
 
     For each candidate ``s`` (ascending), ``score(s) = max_r excess[r]`` (`grid_fold_excess`): the mass its best
     phase captures, normalised against the uniform baseline (geometric means, in log units). The stride is the
@@ -393,12 +421,24 @@ def estimate_stride_phase(
         raise ValueError(f"lines must be >= 1, got {lines}")
     cands = sorted(candidates)
     u, dev = key_scores.shape[0], key_scores.device
+    gf = fold if isinstance(fold, GridFold) else GridFold.from_masks(fold.to(dev), neutral)
+
+    def best_residues(excess: torch.Tensor, s: int) -> torch.Tensor:  # [U, lines], the phase repeated past s
+        top = torch.sort(-excess, dim=-1, stable=True).indices[:, : min(lines, s)]
+        return top if top.shape[1] == lines else torch.cat([top, top[:, :1].expand(u, lines - top.shape[1])], dim=1)
+
+    if len(cands) == 1:  # "frame" strides and fixed ones: the stride is known, only the phase is estimated
+        s = cands[0]
+        excess = grid_fold_excess(key_scores, gf, s)
+        empty = ~(excess.amax(-1) > 0)
+        stride = torch.full((u,), s, dtype=torch.int64, device=dev)
+        residues = torch.where(empty[:, None], torch.arange(lines, device=dev) % s, best_residues(excess, s))
+        return stride, residues
     scores, tops = [], []
     for s in cands:  # a host loop over candidate strides (data independent); batched over units
-        excess = grid_fold_excess(key_scores, fold, s, neutral)
+        excess = grid_fold_excess(key_scores, gf, s)
         scores.append(excess.max(-1).values)
-        top = torch.sort(-excess, dim=-1, stable=True).indices[:, : min(lines, s)]
-        tops.append(torch.cat([top, top[:, :1].expand(u, lines - top.shape[1])], dim=1))
+        tops.append(best_residues(excess, s))
     score = torch.stack(scores, dim=1)  # [U, n_cand]
     best = score.max(-1, keepdim=True).values
     choice = torch.argmax((score >= STRIDE_TOLERANCE * best).to(torch.int8), dim=-1)  # first (smallest) near-best
@@ -417,13 +457,14 @@ def estimate_grid(
     cfg: Grid,
     first_row: int,
     *,
-    masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    masks: tuple[torch.Tensor, torch.Tensor] | GridFold | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid parameters for ``U`` units sharing ``cfg``: `grid_stride_candidates`, `grid_key_mask` (estimation rows
     start at position ``first_row``) and `estimate_stride_phase` with the layout's tokens per frame as the default.
 
     ``key_scores [U, n_k]``: `grid_key_scores` of each unit (a GQA group: the mean over its heads). ``masks``: the
-    `grid_key_mask` pair for ``first_row`` if the caller keeps it (on the scores' device; engines ask every layer).
+    `grid_key_mask` pair for ``first_row``, or its `GridFold`, if the caller keeps it (on the scores' device;
+    engines ask every layer).
     Returns int64 ``(stride [U], residues [U, cfg.lines])`` on the scores' device, without a host read. A layout
     without video keys skips the search: the default stride (or the first candidate) and residues ``0 … lines-1``.
     Raises ValueError when the candidates are empty.
@@ -435,5 +476,7 @@ def estimate_grid(
         fixed = layout.tokens_per_frame if layout.tokens_per_frame in cands else cands[0]
         stride = torch.full((u,), fixed, dtype=torch.int64, device=dev)
         return stride, torch.arange(cfg.lines, device=dev).remainder(stride[:, None])
+    if isinstance(masks, GridFold):
+        return estimate_stride_phase(key_scores, masks, cands, cfg.lines, default=layout.tokens_per_frame)
     fold, neutral = masks if masks is not None else grid_key_mask(layout, first_row)
     return estimate_stride_phase(key_scores, fold, cands, cfg.lines, neutral=neutral, default=layout.tokens_per_frame)

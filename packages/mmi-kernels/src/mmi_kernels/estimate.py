@@ -226,7 +226,7 @@ def estimate_layer_keeps(
             cfg0 = patterns[heads[0]]
             assert isinstance(cfg0, Grid)
             by_cfg_grid[cfg0].append(u)
-        masks = lt.grid_fold_masks(first_row)
+        fold = lt.grid_fold(first_row)
         for cfg0, us in by_cfg_grid.items():
             lqs = {patterns[h].last_q for u in us for h in units[u]}  # type: ignore[union-attr]
             if all(len(units[u]) == 1 for u in us) and len(lqs) == 1:  # one head per unit: one gather, no means
@@ -237,7 +237,7 @@ def estimate_layer_keeps(
                     [torch.stack([stats[patterns[h].last_q][2][h] for h in units[u]]).mean(0) for u in us]  # type: ignore[union-attr]
                 )
             # stride and residues stay on the device: the planner computes the permutation from them in closed form
-            stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row, masks=masks)
+            stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row, masks=fold)
             # heads of one unit with one config share one keep set; the units of each config are built together
             needs: dict[Grid, list[int]] = defaultdict(list)  # config -> the units (positions in `us`) using it
             for i, u in enumerate(us):

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from mmi_core import AShape, BlockSparse, Grid, Modality, ModalityLayout, VerticalSlash, to_device
-from mmi_core.estimation import grid_key_mask
+from mmi_core.estimation import GridFold, grid_key_mask
 from mmi_kernels.dispatch import triton_runs
 from mmi_kernels.index import SlotKeep
 
@@ -46,7 +46,7 @@ def _cdiv(a: int, b: int) -> int:
 
 class LayoutTensors:
     """Per-token facts of one layout on a device, computed once per batch (plan time): video mask, segment bounds,
-    and the Grid fold's key masks per estimation start (`grid_fold_masks`, cached: every layer asks again)."""
+    and the Grid fold per estimation start (`grid_fold`, cached: every layer asks again)."""
 
     def __init__(self, layout: ModalityLayout, device: torch.device | str) -> None:
         self.layout = layout
@@ -67,7 +67,7 @@ class LayoutTensors:
         self.segment_start, self.segment_end = start.to(self.device), end.to(self.device)
         self.video_segments = [(s.start, s.end) for s in layout.segments_of(Modality.VIDEO)]
         self.modality = layout.token_modalities().to(self.device)  # int [n] `Modality` codes
-        self._fold_masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._folds: dict[int, GridFold] = {}
         self._truncated: dict[int, LayoutTensors] = {}
         self._modality_masks: dict[frozenset[int], torch.Tensor] = {}
 
@@ -85,12 +85,13 @@ class LayoutTensors:
             self._modality_masks[modalities] = torch.isin(self.modality, to_device(sorted(modalities), self.device))
         return self._modality_masks[modalities]
 
-    def grid_fold_masks(self, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`mmi_core.grid_key_mask` of this layout for estimation rows starting at ``first_row``, on the device."""
-        if first_row not in self._fold_masks:
+    def grid_fold(self, first_row: int) -> GridFold:
+        """`mmi_core.GridFold` of this layout for estimation rows starting at ``first_row``, on the device (the
+        masks of `mmi_core.grid_key_mask` and the per-stride residue tables, kept across layers)."""
+        if first_row not in self._folds:
             fold, neutral = grid_key_mask(self.layout, first_row)
-            self._fold_masks[first_row] = (fold.to(self.device), neutral.to(self.device))
-        return self._fold_masks[first_row]
+            self._folds[first_row] = GridFold.from_masks(fold.to(self.device), neutral.to(self.device))
+        return self._folds[first_row]
 
 
 def _identity(n_q: int, n_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
