@@ -134,6 +134,25 @@ def test_grid_inverse_kernel_equals_reference(layout_name, start_frac) -> None:
     assert torch.equal(got[1].gather(1, got[0]), torch.arange(n - start).expand(6, -1))
 
 
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+@pytest.mark.parametrize(("slash", "local", "prefix_frac"), [(True, 0, 0.0), (True, 2, 0.3), (False, 1, 0.0)])
+def test_grid_row_intervals_kernel_equals_reference(layout_name, slash, local, prefix_frac) -> None:
+    """The one-launch row intervals (integer atomics) equal the scatter-add expression: units with their own
+    strides and phases, a cached prefix, with and without the class runs (slash) and local blocks."""
+    from mmi_kernels.keep_planner import _grid_inverse, grid_row_intervals, grid_row_intervals_reference
+
+    lt = LayoutTensors(LAYOUTS[layout_name], "cpu")
+    n_k, block = lt.layout.num_tokens, 16
+    prefix = int(prefix_frac * n_k)
+    stride, phase = torch.tensor([[3], [7], [16]]), torch.tensor([[1], [0], [5]])
+    kinv, _ = _grid_inverse(lt, stride, phase, 0)
+    q_pos = _grid_inverse(lt, stride, phase, prefix)[1] + prefix
+    nkb = -(-n_k // block)
+    got = grid_row_intervals(lt, kinv, q_pos, stride, slash, local, block, nkb)
+    assert torch.equal(got, grid_row_intervals_reference(lt, kinv, q_pos, stride, slash, local, block, nkb))
+    assert int(got.sum()) == 0 and bool((got.view(3, -1, nkb + 1).cumsum(2) >= 0).all())  # every interval closes
+
+
 @pytest.mark.parametrize("cfg", [Grid(stride=8, block=16, local=1, sink=4), Grid(stride=8, block=32, hline=False)])
 def test_grid_keep_tensor_stride_equals_int_stride(cfg) -> None:
     layout = LAYOUTS["two_videos"]

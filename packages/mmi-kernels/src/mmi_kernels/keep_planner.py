@@ -33,6 +33,8 @@ __all__ = [
     "grid_inverse_reference",
     "grid_keeps",
     "grid_order",
+    "grid_row_intervals",
+    "grid_row_intervals_reference",
     "slash_blocks",
     "slash_blocks_reference",
     "union_keeps",
@@ -362,25 +364,87 @@ def _grid_keeps(lt: LayoutTensors, n_q: int, cfg: Grid, stride: torch.Tensor, re
     h_max = torch.full((units, nqb), -1, dtype=torch.int64, device=dev)  # hline: the last line row per query block
     if cfg.hline:
         h_max = block_reduce(torch.where(on_line.gather(1, q_pos), q_pos, -1), nqb, -1, "max")
+    diff = grid_row_intervals(lt, kinv, q_pos, stride, cfg.slash, cfg.local, b, nkb)
+    blocks = grid_blocks(diff.view(units, nqb, nkb + 1), col_min, q_max, kmin, h_max)
+    return [SlotKeep(qo[u], ko[u], blocks[u]) for u in range(units)]
+
+
+def grid_row_intervals(
+    lt: LayoutTensors,
+    kinv: torch.Tensor,
+    q_pos: torch.Tensor,
+    stride: torch.Tensor,
+    slash: bool,
+    local: int,
+    block: int,
+    nkb: int,
+) -> torch.Tensor:
+    """int32 ``[U, nqb · (nkb + 1)]``: each query row's interval of key blocks in key-permuted order, as +1 at its
+    first block and -1 after its last, summed per (unit, query block) — the input of `grid_blocks`. Row ``i`` of
+    unit ``u`` (original position ``q_pos[u, i]``, its key index ``kinv[u, q_pos]``) keeps its own key's block
+    ``own``; with ``slash`` a video row also its class's keys up to its own (the class's first key index: its key
+    index minus its rank in the class); with ``local`` the ``local`` blocks before ``own``. One Triton launch
+    (integer atomics: exact) where the kernels run; `grid_row_intervals_reference` otherwise."""
+    if not triton_runs(q_pos):
+        return grid_row_intervals_reference(lt, kinv, q_pos, stride, slash, local, block, nkb)
+    units, n_q = q_pos.shape
+    diff = torch.zeros(units, _cdiv(n_q, block) * (nkb + 1), dtype=torch.int32, device=q_pos.device)
+    if units and n_q:
+        tile = 1024
+        _grid_rows_kernel[(triton.cdiv(n_q, tile), units)](
+            kinv.contiguous(), q_pos.contiguous(), stride.contiguous(), lt.segment_start, lt.is_video, diff,
+            kinv.shape[1], n_q, nkb, local, B=block, SLASH=slash, BLOCK=tile,
+        )  # fmt: skip
+    return diff
+
+
+def grid_row_intervals_reference(
+    lt: LayoutTensors,
+    kinv: torch.Tensor,
+    q_pos: torch.Tensor,
+    stride: torch.Tensor,
+    slash: bool,
+    local: int,
+    block: int,
+    nkb: int,
+) -> torch.Tensor:
+    """`grid_row_intervals` in PyTorch ops (scatter-adds of the rows' interval ends)."""
+    units, n_q = q_pos.shape
     q_key = kinv.gather(1, q_pos)  # key-permuted index of each row's own key
-    own = q_key // b
-    # rows' intervals in key-permuted order, as [lo, own] key blocks: own key always; own class up to itself
-    # (slash); the `local` key blocks before the own one
+    own = q_key // block
     lo = own
-    if cfg.slash:
-        # first key-permuted index of each row's (segment, residue) class: its key index minus its rank in the class
+    if slash:
         rank = torch.div(q_pos - lt.segment_start[q_pos], stride, rounding_mode="floor")  # the class's keys before it
-        lo = torch.where(lt.is_video[q_pos], (q_key - rank) // b, own)
-    if cfg.local:
-        lo = torch.minimum(lo, torch.clamp(own - cfg.local, min=0))
-    # interval starts and ends per (unit, query block, key block); integer sums, so the atomics are exact
-    diff = torch.zeros(units, nqb * (nkb + 1), dtype=torch.int32, device=dev)
-    row = (torch.arange(n_q, device=dev) // b) * (nkb + 1)
+        lo = torch.where(lt.is_video[q_pos], (q_key - rank) // block, own)
+    if local:
+        lo = torch.minimum(lo, torch.clamp(own - local, min=0))
+    diff = torch.zeros(units, _cdiv(n_q, block) * (nkb + 1), dtype=torch.int32, device=q_pos.device)
+    row = (torch.arange(n_q, device=q_pos.device) // block) * (nkb + 1)
     ones = torch.ones_like(lo, dtype=torch.int32)
     diff.scatter_add_(1, row + lo, ones)
     diff.scatter_add_(1, row + own + 1, -ones)
-    blocks = grid_blocks(diff.view(units, nqb, nkb + 1), col_min, q_max, kmin, h_max)
-    return [SlotKeep(qo[u], ko[u], blocks[u]) for u in range(units)]
+    return diff
+
+
+@triton.jit
+def _grid_rows_kernel(KINV, Q_POS, STRIDE, SEG_START, IS_VIDEO, DIFF, n_k, n_q, nkb, local,
+                      B: tl.constexpr, SLASH: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    u = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n_q
+    p = tl.load(Q_POS + u * n_q + i, mask=ok, other=0)
+    key = tl.load(KINV + u * n_k + p, mask=ok, other=0)
+    own = key // B
+    lo = own
+    if SLASH:
+        rank = (p - tl.load(SEG_START + p, mask=ok, other=0)) // tl.load(STRIDE + u)  # p >= its segment's start
+        video = tl.load(IS_VIDEO + p, mask=ok, other=0) != 0
+        lo = tl.where(video, (key - rank) // B, own)  # key - rank >= 0: the class's first key index
+    lo = tl.minimum(lo, tl.maximum(own - local, 0))  # local = 0: own - 0 >= lo already
+    row = (i // B) * (nkb + 1)
+    base = DIFF + u * ((n_q + B - 1) // B) * (nkb + 1) + row
+    tl.atomic_add(base + lo, tl.full([BLOCK], 1, tl.int32), mask=ok, sem="relaxed")
+    tl.atomic_add(base + own + 1, tl.full([BLOCK], -1, tl.int32), mask=ok, sem="relaxed")
 
 
 @triton.jit
