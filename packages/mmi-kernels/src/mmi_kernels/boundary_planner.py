@@ -574,17 +574,17 @@ def boundary_keeps(
             # each key's final index is its index in its own pair's sub order (keys past `end`: their position).
             # Every sub order maps a segment's keys onto the segment's own range, so these indices form one
             # permutation: the inverse final order, one inverse per distinct sub order
-            kinv, inv_of = None, {}
+            kinv, inv_of = None, {}  # sub order tag -> (extended order, its inverse)
             for n in mods:
                 key_subs = [subs[(h, m, of_key[h][n])] for h in batch[:hs]]
                 tag = tuple(map(id, key_subs))
                 if tag not in inv_of:
                     ext = torch.cat([orders(key_subs, "k"), k_idx[end:].expand(hs, -1)], 1)
-                    inv_of[tag] = _inverse(ext)
-                kinv = inv_of[tag] if kinv is None else torch.where(kmod == int(n), inv_of[tag], kinv)
-            if len(inv_of) == 1:
-                kinv = next(iter(inv_of.values()))
-            ko = _inverse(kinv)
+                    inv_of[tag] = (ext, _inverse(ext))
+                inv = inv_of[tag][1]
+                kinv = inv if kinv is None else torch.where(kmod == int(n), inv, kinv)
+            # one sub order for every key (Q-boundary, 2D with one key order): the final order is that order
+            ko, kinv = next(iter(inv_of.values())) if len(inv_of) == 1 else (_inverse(kinv), kinv)
 
             blocks = torch.zeros(heads, nqb, nkb, dtype=torch.bool, device=dev)  # past the part's rows: empty
             columns: dict[int, list[torch.Tensor]] = {h: [] for h in batch}
