@@ -153,6 +153,36 @@ def test_grid_row_intervals_kernel_equals_reference(layout_name, slash, local, p
     assert int(got.sum()) == 0 and bool((got.view(3, -1, nkb + 1).cumsum(2) >= 0).all())  # every interval closes
 
 
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+@pytest.mark.parametrize(
+    ("cfg", "prefix_frac"),
+    [
+        (Grid(stride=8, block=16, sink=4), 0.0),
+        (Grid(stride=8, block=32, sink=0, hline=False), 0.3),
+        (Grid(stride=8, block=16, sink=40, vline=False), 0.0),
+        (Grid(stride=8, block=24, sink=5, lines=2), 0.45),
+    ],
+    ids=["all", "no_sink_no_hline", "no_vline", "block24"],
+)
+def test_grid_block_bounds_kernel_equals_reference(layout_name, cfg, prefix_frac) -> None:
+    """The one-launch block facts (key blocks' smallest position and smallest sink/line key, query blocks' largest
+    row and largest line row) equal the padded block reductions: units with their own strides, several residues
+    (negative and past the stride included), a cached prefix, a block that is not a power of two."""
+    from mmi_kernels.keep_planner import _grid_inverse, grid_block_bounds, grid_block_bounds_reference
+
+    lt = LayoutTensors(LAYOUTS[layout_name], "cpu")
+    n_k = lt.layout.num_tokens
+    prefix = int(prefix_frac * n_k)
+    stride = torch.tensor([[3], [7], [16]])
+    res = torch.tensor([[1, -2], [0, 9], [5, 3]])[:, : cfg.lines]
+    ko = _grid_inverse(lt, stride, res[:, :1], 0)[1]
+    q_pos = _grid_inverse(lt, stride, res[:, :1], prefix)[1] + prefix
+    got = grid_block_bounds(lt, ko, q_pos, stride, res, cfg, cfg.block)
+    ref = grid_block_bounds_reference(lt, ko, q_pos, stride, res, cfg, cfg.block)
+    for name, a, b in zip(("k_min", "col_min", "q_max", "h_max"), got, ref, strict=True):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("cfg", [Grid(stride=8, block=16, local=1, sink=4), Grid(stride=8, block=32, hline=False)])
 def test_grid_keep_tensor_stride_equals_int_stride(cfg) -> None:
     layout = LAYOUTS["two_videos"]

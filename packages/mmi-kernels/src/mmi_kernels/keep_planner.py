@@ -332,41 +332,125 @@ def grid_keeps(
 
 def _grid_keeps(lt: LayoutTensors, n_q: int, cfg: Grid, stride: torch.Tensor, res: torch.Tensor) -> list[SlotKeep]:
     """`grid_keeps` of one chunk of units: ``stride`` int64 ``[U, 1]``, ``res`` int64 ``[U, lines]``."""
-    dev, b, n_k = lt.device, cfg.block, lt.layout.num_tokens
+    b, n_k = cfg.block, lt.layout.num_tokens
     units = res.shape[0]
     prefix = n_k - n_q
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
     kinv, ko = _grid_inverse(lt, stride, res[:, :1], 0)  # [U, n_k]
     qo = ko if prefix == 0 else _grid_inverse(lt, stride, res[:, :1], prefix)[1]  # [U, n_q]
-    pos = torch.arange(n_k, device=dev)
+    q_pos = qo + prefix  # original position of each query-permuted row
+    kmin, col_min, q_max, h_max = grid_block_bounds(lt, ko, q_pos, stride, res, cfg, b)
+    diff = grid_row_intervals(lt, kinv, q_pos, stride, cfg.slash, cfg.local, b, nkb)
+    blocks = grid_blocks(diff.view(units, nqb, nkb + 1), col_min, q_max, kmin, h_max)
+    return [SlotKeep(qo[u], ko[u], blocks[u]) for u in range(units)]
+
+
+def grid_block_bounds(
+    lt: LayoutTensors,
+    ko: torch.Tensor,
+    q_pos: torch.Tensor,
+    stride: torch.Tensor,
+    res: torch.Tensor,
+    cfg: Grid,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-block facts of ``U`` Grid units, the inputs of `grid_blocks`: ``(k_min, col_min)`` int64 ``[U, nkb]``
+    (smallest key position of each key block of the key order ``ko [U, n_k]``, and smallest among its sink keys
+    (``pos < cfg.sink``) and, with ``cfg.vline``, its line keys; ``n_k`` when none) and ``(q_max, h_max)`` int64
+    ``[U, nqb]`` (largest row position of each query block of ``q_pos [U, n_q]``, and largest among its line rows
+    with ``cfg.hline``; -1 when none). A token is on a line when it is video and its position is congruent to one
+    of ``res [U, lines]`` modulo ``stride [U, 1]``. One Triton launch where the kernels run (was ~30 block reductions
+    and masks per call); `grid_block_bounds_reference` otherwise."""
+    if not triton_runs(ko):
+        return grid_block_bounds_reference(lt, ko, q_pos, stride, res, cfg, block)
+    (units, n_k), n_q = ko.shape, q_pos.shape[1]
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    dev = ko.device
+    k_min = torch.empty(units, nkb, dtype=torch.int64, device=dev)
+    col_min, q_max = torch.empty_like(k_min), torch.empty(units, nqb, dtype=torch.int64, device=dev)
+    h_max = torch.empty_like(q_max)
+    if units and max(nqb, nkb):
+        _grid_bounds_kernel[(max(nqb, nkb), units)](
+            ko.contiguous(), q_pos.contiguous(), stride.contiguous(), res.contiguous(), lt.is_video,
+            k_min, col_min, q_max, h_max, n_k, n_q, nkb, nqb, res.shape[1], cfg.sink, block,
+            VLINE=cfg.vline, HLINE=cfg.hline, B=triton.next_power_of_2(block),
+        )  # fmt: skip
+    return k_min, col_min, q_max, h_max
+
+
+def grid_block_bounds_reference(
+    lt: LayoutTensors,
+    ko: torch.Tensor,
+    q_pos: torch.Tensor,
+    stride: torch.Tensor,
+    res: torch.Tensor,
+    cfg: Grid,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`grid_block_bounds` in PyTorch ops (padded block reductions)."""
+    (units, n_k), n_q = ko.shape, q_pos.shape[1]
+    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+    pos = torch.arange(n_k, device=ko.device)
     big = n_k  # "no such key" position
     line_res = torch.remainder(res, stride)  # [U, lines]
     on_line = lt.is_video & (torch.remainder(pos, stride)[:, :, None] == line_res[:, None, :]).any(2)  # [U, n_k]
-    kpos = ko  # original position at each key-permuted index
 
     def block_reduce(x: torch.Tensor, nb: int, fill: int, op: str) -> torch.Tensor:  # [U, n] -> [U, nb] per block
-        blocks = torch.nn.functional.pad(x, (0, nb * b - x.shape[1]), value=fill).view(units, nb, b)
+        blocks = torch.nn.functional.pad(x, (0, nb * block - x.shape[1]), value=fill).view(units, nb, block)
         return blocks.amin(2) if op == "min" else blocks.amax(2)
 
-    kmin = block_reduce(kpos, nkb, big, "min")
-
     def min_where(mask_k: torch.Tensor) -> torch.Tensor:  # per key block: smallest position among keys in mask
-        return block_reduce(torch.where(mask_k.gather(1, kpos), kpos, big), nkb, big, "min")
+        return block_reduce(torch.where(mask_k.gather(1, ko), ko, big), nkb, big, "min")
 
-    q_pos = qo + prefix  # original position of each query-permuted row
-    q_max = block_reduce(q_pos, nqb, -1, "max")
-    # key blocks kept whole: those holding a sink or vline key causal for some row of the query block
-    col_min = torch.full((units, nkb), big, dtype=torch.int64, device=dev)
+    k_min = block_reduce(ko, nkb, big, "min")
+    col_min = torch.full((units, nkb), big, dtype=torch.int64, device=ko.device)
     if cfg.sink:
         col_min = torch.minimum(col_min, min_where((pos < cfg.sink).expand(units, n_k)))
     if cfg.vline:
         col_min = torch.minimum(col_min, min_where(on_line))
-    h_max = torch.full((units, nqb), -1, dtype=torch.int64, device=dev)  # hline: the last line row per query block
+    q_max = block_reduce(q_pos, nqb, -1, "max")
+    h_max = torch.full((units, nqb), -1, dtype=torch.int64, device=ko.device)
     if cfg.hline:
         h_max = block_reduce(torch.where(on_line.gather(1, q_pos), q_pos, -1), nqb, -1, "max")
-    diff = grid_row_intervals(lt, kinv, q_pos, stride, cfg.slash, cfg.local, b, nkb)
-    blocks = grid_blocks(diff.view(units, nqb, nkb + 1), col_min, q_max, kmin, h_max)
-    return [SlotKeep(qo[u], ko[u], blocks[u]) for u in range(units)]
+    return k_min, col_min, q_max, h_max
+
+
+@triton.jit
+def _on_line(RES, IS_VIDEO, p, ok, s, u, lines):
+    """Whether positions ``p`` are video tokens congruent to one of unit ``u``'s residues modulo ``s``."""
+    r = ((p % s) + s) % s
+    hit = r < 0  # all false
+    for j in range(lines):
+        lr = tl.load(RES + u * lines + j)
+        hit = hit | (r == ((lr % s) + s) % s)  # Triton's % truncates toward zero: shift into [0, s)
+    return hit & (tl.load(IS_VIDEO + p, mask=ok, other=0) != 0)
+
+
+@triton.jit
+def _grid_bounds_kernel(KO, Q_POS, STRIDE, RES, IS_VIDEO, K_MIN, COL_MIN, Q_MAX, H_MAX, n_k, n_q, nkb, nqb, lines,
+                        sink, block, VLINE: tl.constexpr, HLINE: tl.constexpr, B: tl.constexpr):  # fmt: skip
+    blk = tl.program_id(0).to(tl.int64)
+    u = tl.program_id(1).to(tl.int64)
+    s = tl.load(STRIDE + u)
+    lane = tl.arange(0, B)
+    i = blk * block + lane
+    inside = lane < block  # B is block rounded up to a power of two
+    if blk < nkb:
+        ok = inside & (i < n_k)
+        kp = tl.load(KO + u * n_k + i, mask=ok, other=n_k)
+        tl.store(K_MIN + u * nkb + blk, tl.min(kp, 0))
+        col = ok & (kp < sink)
+        if VLINE:
+            col = col | (ok & _on_line(RES, IS_VIDEO, kp, ok, s, u, lines))
+        tl.store(COL_MIN + u * nkb + blk, tl.min(tl.where(col, kp, n_k), 0))
+    if blk < nqb:
+        ok = inside & (i < n_q)
+        qp = tl.load(Q_POS + u * n_q + i, mask=ok, other=-1)
+        tl.store(Q_MAX + u * nqb + blk, tl.max(qp, 0))
+        h = tl.full([B], -1, tl.int64)
+        if HLINE:
+            h = tl.where(ok & _on_line(RES, IS_VIDEO, qp, ok, s, u, lines), qp, -1)
+        tl.store(H_MAX + u * nqb + blk, tl.max(h, 0))
 
 
 def grid_row_intervals(
