@@ -368,6 +368,45 @@ def test_part_row_width_equals_the_read_width(layout_name: str) -> None:
             assert inc.q_slot.shape[2] == part_row_width(layout, m, prefix, block), (m, prefix)
 
 
+@pytest.mark.parametrize("layout_name", list(PLANNER_LAYOUTS))
+def test_incidence_kernel_equals_torch(layout_name: str) -> None:
+    """The one-launch incidence tables equal the PyTorch ones, per head: an identity sub order and one permuted
+    inside each segment (the part's rows in the same order: the orders agree), any final key order, every
+    modality's rows and key group, every cached prefix."""
+    from mmi_kernels.boundary_planner import (
+        _incidence_tables,
+        _inverse,
+        _key_incidences,
+        _query_incidences,
+        part_row_width,
+    )
+
+    layout, block, prefixes = PLANNER_LAYOUTS[layout_name]
+    n_k = layout.num_tokens
+    g = torch.Generator().manual_seed(3)
+    mods = layout.token_modalities()
+    for prefix in prefixes:
+        n_q = n_k - prefix
+        for m, (end, _) in modality_last_rows(layout, n_q).items():
+            shuffled = torch.arange(end - prefix)
+            for seg in layout.segments:
+                a, b = max(seg.start, prefix) - prefix, min(seg.end, end) - prefix
+                if b > a:
+                    shuffled[a:b] = a + torch.randperm(b - a, generator=g)
+            q_sub = torch.stack([torch.arange(end - prefix), shuffled])
+            mine = torch.stack([row[mods[row + prefix] == int(m)] for row in q_sub])
+            ko = torch.stack([torch.arange(n_k), torch.randperm(n_k, generator=g)])
+            width = part_row_width(layout, m, prefix, block)
+            for key_mask in (mods == int(m), mods != int(m)):
+                qs_inv = _inverse(q_sub)
+                q_tables, k_slot, k_min = _incidence_tables(mine, qs_inv, ko, key_mask, end, prefix, block, width)
+                ref_q = _query_incidences(mine, qs_inv, n_q, prefix, block, width)
+                ref_k = _key_incidences(ko, key_mask, end, block)
+                for got, ref in zip((*q_tables, k_slot, k_min), (*ref_q, *ref_k), strict=True):
+                    assert got.dtype == ref.dtype and torch.equal(got, ref), (m, prefix)
+                assert _incidence_tables(mine, qs_inv, ko, key_mask, end, prefix, block, None)[0] is None
+
+
 @pytest.mark.parametrize("width", [1, 2, 5])
 def test_runs_equal_slots_on_ordered_rows(width: int) -> None:
     """`_runs` (no sort; rows whose ids come in order) equals `_slots` on such rows: runs of one id, padding last,

@@ -59,6 +59,8 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
 from mmi_core import (
     Dense,
@@ -356,32 +358,118 @@ def _incidences(
     The key side needs no width: the final key order takes each key's index from the sub of its own pair, and the
     group's keys are exactly the keys of this sub, so each of them has the same index in both orders and a final key
     block meets one sub key block, itself (W = 1; the block's smallest group-key position, or none)."""
-    b, heads = block, ko.shape[0]
-    n_k = ko.shape[1]
+    b = block
     n_q_sub, end = q_sub.shape[1], k_sub.shape[1]
     nqb_s, nkb_s = _cdiv(n_q_sub, b), _cdiv(end, b)
     qs_inv = _inverse(q_sub)
+    if triton_runs(ko):  # one launch for the key side and, when the width is a layout fact, the query side
+        q_tables, k_slot, k_min = _incidence_tables(mine, qs_inv, ko, key_mask, end, prefix, b, q_width)
+        if q_tables is None:
+            q_slot, q_pmax = _query_incidences(mine, qs_inv, n_q, prefix, b, None)
+        else:
+            q_slot, q_pmax = q_tables
+    else:
+        q_slot, q_pmax = _query_incidences(mine, qs_inv, n_q, prefix, b, q_width)
+        k_slot, k_min = _key_incidences(ko, key_mask, end, b)
+    return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
 
-    # (sub query block, final query block) incidences: max original position of the group's rows in both
+
+_POS = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
+
+
+def _query_incidences(
+    mine: torch.Tensor, qs_inv: torch.Tensor, n_q: int, prefix: int, b: int, q_width: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sub query block, final query block) incidences in PyTorch ops: max original position of the group's rows
+    in both, ``[Hs, nqb_m, W]`` (`_incidences`; the reference of `_incidence_tables`)."""
+    heads, n_q_sub = mine.shape[0], qs_inv.shape[1]
+    nqb_s = _cdiv(n_q_sub, b)
     r = _pad_view(mine, b, n_q)  # [Hs, nqb_m, b] query index at each final row of the part
     ok = r < n_q
     q_ids = torch.where(ok, _gather(qs_inv, r.clamp(max=n_q_sub - 1)) // b, nqb_s)
-    pos32 = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach tables
-    q_vals = torch.where(ok, r + prefix, -1).to(pos32)
+    q_vals = torch.where(ok, r + prefix, -1).to(_POS)
     if q_width is None:
         q_slot, q_pmax = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, True, None)
     else:  # the orders agree on the part's rows: their sub blocks come in order, one run each
         q_slot, q_pmax = _runs(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, q_width)
-    q_slot, q_pmax = q_slot.view(heads, -1, q_slot.shape[1]), q_pmax.view(heads, -1, q_pmax.shape[1])
+    return q_slot.view(heads, -1, q_slot.shape[1]), q_pmax.view(heads, -1, q_pmax.shape[1])
 
-    # (sub key block, final key block) incidences: one per final key block holding a group key (docstring)
+
+def _key_incidences(ko: torch.Tensor, key_mask: torch.Tensor, end: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sub key block, final key block) incidences in PyTorch ops: one per final key block holding a group key, its
+    smallest group-key position, ``[Hs, nkb, 1]`` (`_incidences`; the reference of `_incidence_tables`)."""
+    n_k = ko.shape[1]
     c = _pad_view(ko, b, n_k)  # [Hs, nkb, b] key position at each final key index
     ok = (c < end) & key_mask[c.clamp(max=n_k - 1)]
-    big = torch.iinfo(pos32).max
-    k_min = torch.where(ok, c, big).to(pos32).amin(2, keepdim=True)  # [Hs, nkb, 1]
+    big = torch.iinfo(_POS).max
+    k_min = torch.where(ok, c, big).to(_POS).amin(2, keepdim=True)  # [Hs, nkb, 1]
     own = torch.arange(c.shape[1], device=c.device)[:, None]
-    k_slot = torch.where(k_min < big, own, nkb_s)
-    return _Incidences(q_slot, q_pmax, k_slot, k_min, nqb_s, nkb_s)
+    return torch.where(k_min < big, own, _cdiv(end, b)), k_min
+
+
+def _incidence_tables(
+    mine: torch.Tensor,
+    qs_inv: torch.Tensor,
+    ko: torch.Tensor,
+    key_mask: torch.Tensor,
+    end: int,
+    prefix: int,
+    b: int,
+    q_width: int | None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+    """`_key_incidences` and, when ``q_width`` is given (the orders agree: `_runs`), `_query_incidences` in one
+    Triton launch (one program per (final block, head); ~35 ops of gathers, pads, scans and scatters before), as
+    ``(q_slot, q_pmax) or None, k_slot, k_min``."""
+    heads, n_m = mine.shape
+    n_k, n_q_sub = ko.shape[1], qs_inv.shape[1]
+    nqb_m, nkb = _cdiv(n_m, b), _cdiv(n_k, b)
+    dev, width = ko.device, q_width or 0
+    q_slot = torch.empty(heads, nqb_m, width, dtype=torch.int64, device=dev)
+    q_pmax = torch.empty(heads, nqb_m, width, dtype=_POS, device=dev)
+    k_slot = torch.empty(heads, nkb, 1, dtype=torch.int64, device=dev)
+    k_min = torch.empty(heads, nkb, 1, dtype=_POS, device=dev)
+    mine, qs_inv, ko = (t if t.stride(1) == 1 else t.contiguous() for t in (mine, qs_inv, ko))
+    n_blocks = max(nkb, nqb_m if width else 0)
+    if heads and n_blocks:
+        _incidences_kernel[(n_blocks, heads)](
+            mine, qs_inv, ko, key_mask.view(torch.uint8), q_slot, q_pmax, k_slot, k_min,
+            mine.stride(0), qs_inv.stride(0), ko.stride(0), n_m, n_k, end, prefix, nqb_m, nkb,
+            _cdiv(n_q_sub, b), _cdiv(end, b), width, B=b,
+        )  # fmt: skip
+    return ((q_slot, q_pmax) if width else None), k_slot, k_min
+
+
+@triton.jit
+def _incidences_kernel(MINE, QS_INV, KO, KEY_MASK, Q_SLOT, Q_PMAX, K_SLOT, K_MIN,
+                       mine_h, qs_h, ko_h, n_m, n_k, end, prefix, nqb_m, nkb, nqb_s, nkb_s, width,
+                       B: tl.constexpr):  # fmt: skip
+    blk = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    j = tl.arange(0, B)
+    i = blk * B + j
+    if blk < nqb_m:  # query side (width 0: none): a final block's rows meet their sub blocks in order, one run each
+        ok = i < n_m
+        r = tl.load(MINE + h * mine_h + i, mask=ok, other=0)
+        ids = tl.load(QS_INV + h * qs_h + r, mask=ok, other=0) // B
+        prev_ok = ok & (j > 0)
+        r_prev = tl.load(MINE + h * mine_h + i - 1, mask=prev_ok, other=0)
+        prev = tl.load(QS_INV + h * qs_h + r_prev, mask=prev_ok, other=0) // B
+        first = (j == 0) | (ids != prev)
+        run = tl.cumsum(first.to(tl.int32), 0) - 1
+        pos = (r + prefix).to(tl.int32)
+        for w in range(width):  # runs past the width: none (the width bounds them)
+            sel = ok & (run == w)
+            sid = tl.max(tl.where(sel, ids, -1), 0)
+            tl.store(Q_SLOT + (h * nqb_m + blk) * width + w, tl.where(sid >= 0, sid, nqb_s))
+            tl.store(Q_PMAX + (h * nqb_m + blk) * width + w, tl.max(tl.where(sel, pos, -1), 0))
+    if blk < nkb:  # key side: the block's smallest group-key position, its own sub block when it has one
+        ok = i < n_k
+        c = tl.load(KO + h * ko_h + i, mask=ok, other=0)
+        ok = ok & (c < end) & (tl.load(KEY_MASK + c, mask=ok, other=0) != 0)
+        big = 2147483647
+        k_min = tl.min(tl.where(ok, c, big), 0)
+        tl.store(K_MIN + h * nkb + blk, k_min.to(tl.int32))
+        tl.store(K_SLOT + h * nkb + blk, tl.where(k_min < big, blk, nkb_s))
 
 
 def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int, out: torch.Tensor) -> None:
