@@ -528,7 +528,10 @@ def _round_columns(
         out[i] = final[0]
     if one:
         lists = [cids[i][0].to(dev, torch.int64) for i in one]  # type: ignore[index]
-        universe = torch.nn.utils.rnn.pad_sequence(lists, batch_first=True, padding_value=-1)  # [H', U]
+        if len({c.numel() for c in lists}) == 1:  # one width (vertical-slash lists: the budget's): one stack
+            universe = torch.stack(lists)  # [H', U]
+        else:
+            universe = torch.nn.utils.rnn.pad_sequence(lists, batch_first=True, padding_value=-1)
         col_reach = _rows(inc.q_pmax, one).amax(2)[:, :, None]  # [H' or 1, nqb_m, 1]: each block's last group row
         final = _final_columns(universe, _rows(k_sub, one), key_mask, _rows(kinv, one), col_reach)
         for i, c in zip(one, final, strict=True):
@@ -662,17 +665,20 @@ def boundary_keeps(
             # each key's final index is its index in its own pair's sub order (keys past `end`: their position).
             # Every sub order maps a segment's keys onto the segment's own range, so these indices form one
             # permutation: the inverse final order, one inverse per distinct sub order
-            kinv, inv_of = None, {}  # sub order tag -> (extended order, its inverse)
+            inv_of, tag_of = {}, {}  # sub order tag -> (extended order, its inverse); key modality -> its tag
             for n in mods:
                 key_subs = [subs[(h, m, of_key[h][n])] for h in batch[:hs]]
-                tag = tuple(map(id, key_subs))
+                tag_of[n] = tag = tuple(map(id, key_subs))
                 if tag not in inv_of:
                     ext = torch.cat([orders(key_subs, "k"), k_idx[end:].expand(hs, -1)], 1)
                     inv_of[tag] = (ext, _inverse(ext))
-                inv = inv_of[tag][1]
-                kinv = inv if kinv is None else torch.where(kmod == int(n), inv, kinv)
-            # one sub order for every key (Q-boundary, 2D with one key order): the final order is that order
-            ko, kinv = next(iter(inv_of.values())) if len(inv_of) == 1 else (_inverse(kinv), kinv)
+            if len(inv_of) == 1:  # one sub order for every key (Q-boundary, 2D with one key order): the final order
+                ko, kinv = next(iter(inv_of.values()))
+            else:
+                kinv = inv_of[tag_of[mods[0]]][1]
+                for n in mods[1:]:
+                    kinv = torch.where(kmod == int(n), inv_of[tag_of[n]][1], kinv)
+                ko = _inverse(kinv)
 
             blocks = torch.zeros(heads, nqb, nkb, dtype=torch.bool, device=dev)  # past the part's rows: empty
             columns: dict[int, list[torch.Tensor]] = {h: [] for h in batch}
