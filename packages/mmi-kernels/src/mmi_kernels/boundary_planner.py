@@ -715,12 +715,10 @@ def boundary_keeps(
                     if c is not None:
                         columns[batch[i]].append(c)
             # every row keeps its own position
-            own_rows = (torch.arange(n_m, device=dev) // block).expand(hs, n_m)
-            own_keys = _gather(kinv, mine + prefix) // block
-            if hs == 1:
-                blocks[:, own_rows[0], own_keys[0]] = True
-            else:
-                blocks[torch.arange(hs, device=dev)[:, None], own_rows, own_keys] = True
+            # every row keeps its own position (a scatter of a scalar: `blocks[...] = True` would copy a host
+            # tensor, a stream synchronisation)
+            own = (torch.arange(n_m, device=dev) // block) * nkb + _gather(kinv, mine + prefix) // block
+            blocks.view(heads, -1).scatter_(1, own.expand(heads, n_m), True)
             for i, h in enumerate(batch):
                 cols = columns[h]
                 cid = None if not cols else cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)

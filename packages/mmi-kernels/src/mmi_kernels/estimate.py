@@ -196,7 +196,8 @@ def estimate_layer_keeps(
             for h in heads:
                 keep[h] = kp
         elif isinstance(cfg, VerticalSlash):
-            vertical, slash = (t[heads] for t in stats[cfg.last_q][:2])  # type: ignore[index]
+            at = to_device(heads, dev)  # a list index would be a blocking copy
+            vertical, slash = (t.index_select(0, at) for t in stats[cfg.last_q][:2])  # type: ignore[union-attr]
             forced_c = (idx < cfg.sink).expand(len(heads), n_k)
             forced_s = (idx < cfg.local).expand(len(heads), n_k)
             cols = stable_top(vertical, cfg.vertical, forced=forced_c, coverage=cfg.coverage)

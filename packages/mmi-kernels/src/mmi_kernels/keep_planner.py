@@ -65,10 +65,10 @@ class LayoutTensors:
             if s.modality == Modality.VIDEO:
                 is_video[s.start : s.end] = True
         # built on the host and copied once: per-segment slice writes on a GPU would be one launch per segment
-        self.seg_id, self.is_video = seg_id.to(self.device), is_video.to(self.device)
-        self.segment_start, self.segment_end = start.to(self.device), end.to(self.device)
+        self.seg_id, self.is_video = to_device(seg_id, self.device), to_device(is_video, self.device)
+        self.segment_start, self.segment_end = to_device(start, self.device), to_device(end, self.device)
         self.video_segments = [(s.start, s.end) for s in layout.segments_of(Modality.VIDEO)]
-        self.modality = layout.token_modalities().to(self.device)  # int [n] `Modality` codes
+        self.modality = to_device(layout.token_modalities(), self.device)  # int [n] `Modality` codes
         self._folds: dict[int, GridFold] = {}
         self._truncated: dict[int, LayoutTensors] = {}
         self._modality_masks: dict[frozenset[int], torch.Tensor] = {}
@@ -92,7 +92,7 @@ class LayoutTensors:
         masks of `mmi_core.grid_key_mask` and the per-stride residue tables, kept across layers)."""
         if first_row not in self._folds:
             fold, neutral = grid_key_mask(self.layout, first_row)
-            self._folds[first_row] = GridFold.from_masks(fold.to(self.device), neutral.to(self.device))
+            self._folds[first_row] = GridFold.from_masks(to_device(fold, self.device), to_device(neutral, self.device))
         return self._folds[first_row]
 
 
