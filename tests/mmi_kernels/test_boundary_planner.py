@@ -407,6 +407,22 @@ def test_incidence_kernel_equals_torch(layout_name: str) -> None:
                 assert _incidence_tables(mine, qs_inv, ko, key_mask, end, prefix, block, None)[0] is None
 
 
+@pytest.mark.parametrize("layout_name", list(PLANNER_LAYOUTS))
+def test_group_key_blocks_are_the_blocks_holding_group_keys(layout_name: str) -> None:
+    """The key blocks the transposed rounding keeps (a layout fact) are exactly those holding a key of the group
+    before the sub's end, for every group of modalities and every end of a modality's last segment."""
+    from mmi_kernels.boundary_planner import group_key_blocks
+
+    layout, block, _ = PLANNER_LAYOUTS[layout_name]
+    mods = layout.token_modalities()
+    ends = {s.end for s in layout.segments} | {1, block + 1}
+    for group in ({0}, {1}, {2}, {0, 1}, {1, 2}, {0, 2}, {0, 1, 2}):
+        for end in ends:
+            holds = torch.isin(mods[:end], torch.tensor(sorted(group)))
+            want = sorted({p // block for p in holds.nonzero().flatten().tolist()})
+            assert group_key_blocks(layout, frozenset(group), end, block) == want, (group, end)
+
+
 @pytest.mark.parametrize("width", [1, 2, 5])
 def test_runs_equal_slots_on_ordered_rows(width: int) -> None:
     """`_runs` (no sort; rows whose ids come in order) equals `_slots` on such rows: runs of one id, padding last,

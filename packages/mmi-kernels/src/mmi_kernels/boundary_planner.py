@@ -472,10 +472,14 @@ def _incidences_kernel(MINE, QS_INV, KO, KEY_MASK, Q_SLOT, Q_PMAX, K_SLOT, K_MIN
         tl.store(K_SLOT + h * nkb + blk, tl.where(k_min < big, blk, nkb_s))
 
 
-def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int, out: torch.Tensor) -> None:
+def _round_tiles(
+    sub_blocks: torch.Tensor, inc: _Incidences, block: int, out: torch.Tensor, key_blocks: list[int] | None = None
+) -> None:
     """One group's sub blocks of H heads (bool [H, nqb_s, nkb_s]; ``inc`` per head or one for all) rounded onto the
     final orders and ORed into ``out`` (bool [H, ceil(rows / block), nkb], any strides): the part's own query blocks
-    only (its rows lead its query order; the blocks after them hold none)."""
+    only (its rows lead its query order; the blocks after them hold none). ``key_blocks``: final key blocks that can
+    hold a group key (`group_key_blocks`, a superset); the others' incidences are empty, so the transposed problem
+    leaves them out."""
     heads = sub_blocks.shape[0]
     s_ext = torch.zeros(heads, inc.nqb_s + 1, inc.nkb_s + 1, dtype=torch.bool, device=sub_blocks.device)
     s_ext[:, : inc.nqb_s, : inc.nkb_s] = sub_blocks  # row / column nqb_s, nkb_s: padding
@@ -486,8 +490,33 @@ def _round_tiles(sub_blocks: torch.Tensor, inc: _Incidences, block: int, out: to
     q_slot, q_pmax, k_slot, k_min = map(per_head, (inc.q_slot, inc.q_pmax, inc.k_slot, inc.k_min))
     if q_slot.shape[2] <= k_slot.shape[2]:
         _tiles(s_ext, q_slot, q_pmax, k_slot, k_min, block, out)
-    else:  # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem
-        _tiles(s_ext.transpose(1, 2), k_slot, -k_min, q_slot, -q_pmax, block, out.transpose(1, 2))
+        return
+    # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem, its
+    # rows the key blocks. Its cost grows with the rows (`_split_tiles`' matmul: rows x sub query blocks x final
+    # query blocks), so only the key blocks that can hold a group key go in: a video row's text/image group at 1M
+    # tokens is a quarter of the key blocks
+    out_t = out.transpose(1, 2)
+    if key_blocks is None or len(key_blocks) == k_slot.shape[1]:
+        _tiles(s_ext.transpose(1, 2), k_slot, -k_min, q_slot, -q_pmax, block, out_t)
+        return
+    if not key_blocks:  # no group key before the sub's end: nothing to round
+        return
+    at = to_device(key_blocks, out.device, torch.int64)
+    part = torch.zeros(heads, len(key_blocks), out.shape[1], dtype=torch.bool, device=out.device)
+    _tiles(s_ext.transpose(1, 2), k_slot[:, at], -k_min[:, at], q_slot, -q_pmax, block, part)
+    out_t[:, at] |= part
+
+
+@functools.lru_cache(maxsize=256)
+def group_key_blocks(layout: ModalityLayout, group: frozenset[int], end: int, block: int) -> list[int]:
+    """Final key blocks that can hold a key of modalities ``group`` before ``end``: those overlapping such a
+    segment (a layout fact: every sub order, and so the final key order, permutes keys only inside their own
+    segment; keys past ``end`` keep their positions)."""
+    out: set[int] = set()
+    for s in layout.segments:
+        if int(s.modality) in group and s.start < end:
+            out.update(range(s.start // block, _cdiv(min(s.end, end), block)))
+    return sorted(out)
 
 
 def _round_columns(
@@ -703,12 +732,13 @@ def boundary_keeps(
                 q_width = part_row_width(layout, m, prefix, block) if agree else None
                 inc = _incidences(q_sub, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block, q_width)
                 sub_blocks = torch.stack([sub.blocks.to(dev) for sub in gsubs])
+                kb_of_group = group_key_blocks(layout, group, end, block)
                 if len(idx) == heads:  # in place
-                    _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m])
+                    _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m], kb_of_group)
                 else:
                     at = to_device(idx, dev)
                     tiles = blocks[at, :nqb_m]  # a copy: ORed into, then written back
-                    _round_tiles(sub_blocks, inc, block, tiles)
+                    _round_tiles(sub_blocks, inc, block, tiles, kb_of_group)
                     blocks[at, :nqb_m] = tiles
                 cids = [sub.column_ids for sub in gsubs]
                 for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv), strict=True):
