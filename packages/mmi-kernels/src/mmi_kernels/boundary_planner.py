@@ -26,7 +26,8 @@ side with fewer slots as rows (the transposed problem when rows scatter). Few co
 Many: the full/partial split of `_split_tiles` (``A`` one [nqb, nkb] pass per row slot; blocks reached in full: one
 0/1 matmul against the incidence matrix; blocks reached in part, at most one per row slot and final block:
 scattered one incidence at a time). Where that finds too many partly reached blocks, `slot_tiles` with many slots:
-O(block · nqb · nkb) time, still O(nqb · nkb) memory.
+O(block · nqb · nkb) time, still O(nqb · nkb) memory. The transposed problem's rows are only the key blocks that
+can hold a key of the group (`group_key_blocks`, a layout fact): the rest have no incidence.
 
 Sub columns become columns of every final block whose incident m rows reach them (``pos(c) <= pmax``); columns that
 fall inside the sub's kept blocks are not removed first: their pairs are block pairs, so the final tile holding them
@@ -744,7 +745,6 @@ def boundary_keeps(
                 for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv), strict=True):
                     if c is not None:
                         columns[batch[i]].append(c)
-            # every row keeps its own position
             # every row keeps its own position (a scatter of a scalar: `blocks[...] = True` would copy a host
             # tensor, a stream synchronisation)
             own = (torch.arange(n_m, device=dev) // block) * nkb + _gather(kinv, mine + prefix) // block
