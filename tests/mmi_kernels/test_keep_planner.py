@@ -12,6 +12,7 @@ from mmi_core import (
     AShape,
     BlockSparse,
     Grid,
+    Modality,
     VerticalSlash,
     ashape_selection,
     block_sparse_selection,
@@ -361,3 +362,17 @@ def test_grid_blocks_kernel_equals_torch(nqb, nkb, monkeypatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     ref = grid_blocks(diff, col_min, q_max, k_min, h_max)
     assert got.dtype == torch.bool and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+def test_layout_query_rows_are_the_rows_of_those_modalities(layout_name) -> None:
+    """`LayoutTensors.query_rows` (a boundary part's other rows, built once per batch from the segments) equals the
+    rows whose modality is in the set, for every set of modalities and cached prefix."""
+    layout = LAYOUTS[layout_name]
+    lt = LayoutTensors(layout, "cpu")
+    mods = layout.token_modalities()
+    for prefix in (0, layout.num_tokens // 3, layout.num_tokens - 1):
+        for group in ({Modality.TEXT}, {Modality.VIDEO}, {Modality.IMAGE, Modality.TEXT}, set(Modality)):
+            want = torch.isin(mods[prefix:], torch.tensor([int(m) for m in group])).nonzero().flatten()
+            got = lt.query_rows(frozenset(group), prefix)
+            assert got.dtype == torch.int64 and torch.equal(got, want), (group, prefix)

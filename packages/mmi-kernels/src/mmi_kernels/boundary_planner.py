@@ -192,6 +192,19 @@ def _runs(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, width: int) -> t
     return slot[:, :width], val[:, :width]
 
 
+def _row_ranges(layout: ModalityLayout, group: frozenset[Modality], prefix: int) -> list[tuple[int, int]]:
+    """Query-index ranges (relative to ``prefix``) of the segments of modalities ``group``, ascending."""
+    return [
+        (max(s.start, prefix) - prefix, s.end - prefix)
+        for s in layout.segments
+        if s.modality in group and s.end > prefix
+    ]
+
+
+def _cat(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts, dim)
+
+
 @functools.lru_cache(maxsize=64)
 def part_row_width(layout: ModalityLayout, m: Modality, prefix: int, block: int) -> int:
     """The most sub query blocks one final query block of modality ``m``'s part meets, when the sub's row order and
@@ -633,7 +646,6 @@ def boundary_keeps(
     dev, group = q.device, q.shape[1] // k.shape[1]
     prefix = n_k - n_q
     kmod = lt.modality
-    qmod = kmod[prefix:]
     mods = layout.modalities()
     last = modality_last_rows(layout, n_q)
     rows_of = {m: sum(max(0, s.end - max(s.start, prefix)) for s in layout.segments_of(m)) for m in last}
@@ -670,8 +682,8 @@ def boundary_keeps(
             continue
         end = last[m][0]
         n_m, nqb_m = rows_of[m], _cdiv(rows_of[m], block)  # a layout fact: no host read
-        row_ok = qmod == int(m)  # every m row lies before `end`
-        rest = torch.sort(row_ok.to(torch.int8), stable=True).indices[: n_q - n_m]  # the other rows, ascending
+        m_rows = _row_ranges(layout, frozenset({m}), prefix)  # every m row lies before `end`
+        rest = lt.query_rows(frozenset(mods) - {m}, prefix)  # the other rows, ascending
         of_key = {h: _pairs_of(spec, m, mods) for h, spec in specs.items()}
         grid = [h for h in specs if any(isinstance(c, Grid) for c in of_key[h].values())]
         step = max(1, GRID_CHUNK // n_k)
@@ -687,10 +699,10 @@ def boundary_keeps(
             stacked.clear()  # the next batch's subs differ: free the last one's [heads, n] tables
 
             # m's rows in its own pattern's row order first, then the rest (ascending); every key in its own pair's
-            # key order. Stable sorts on "not m" pick them without a host read (the count is a layout fact).
+            # key order. A sub order maps each segment's rows onto the segment's own range, so m's rows in sub order
+            # are the sub order's slices at m's segments: no sort, no host read
             sub_rows = orders([subs[(h, m, of_key[h][m])] for h in batch[:hs]], "q")
-            mine = _gather(sub_rows, torch.sort((~row_ok[sub_rows]).to(torch.int8), dim=1, stable=True).indices)
-            mine = mine[:, :n_m]
+            mine = _cat([sub_rows[:, a:b] for a, b in m_rows], dim=1)
             qo = torch.cat([mine, rest.expand(hs, -1)], dim=1)
             # each key's final index is its index in its own pair's sub order (keys past `end`: their position).
             # Every sub order maps a segment's keys onto the segment's own range, so these indices form one

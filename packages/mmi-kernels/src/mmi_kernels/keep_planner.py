@@ -72,6 +72,7 @@ class LayoutTensors:
         self._folds: dict[int, GridFold] = {}
         self._truncated: dict[int, LayoutTensors] = {}
         self._modality_masks: dict[frozenset[int], torch.Tensor] = {}
+        self._query_rows: dict[tuple[frozenset[Modality], int], torch.Tensor] = {}
 
     def truncated(self, layout: ModalityLayout) -> LayoutTensors:
         """The layout tensors of ``layout``, a prefix of this one (a boundary head's sub-problem), built once per
@@ -86,6 +87,18 @@ class LayoutTensors:
         if modalities not in self._modality_masks:
             self._modality_masks[modalities] = torch.isin(self.modality, to_device(sorted(modalities), self.device))
         return self._modality_masks[modalities]
+
+    def query_rows(self, modalities: frozenset[Modality], prefix: int) -> torch.Tensor:
+        """int64 [rows]: query indices (token position - ``prefix``) of the tokens at or after ``prefix`` whose
+        modality is in ``modalities``, ascending (a boundary part's rows of other modalities), built on the host
+        once per batch: every layer asks again."""
+        key = (modalities, prefix)
+        if key not in self._query_rows:
+            ranges = [torch.arange(max(s.start, prefix), s.end) for s in self.layout.segments
+                      if s.modality in modalities and s.end > prefix]  # fmt: skip
+            rows = torch.cat(ranges) - prefix if ranges else torch.zeros(0, dtype=torch.int64)
+            self._query_rows[key] = to_device(rows, self.device)
+        return self._query_rows[key]
 
     def grid_fold(self, first_row: int) -> GridFold:
         """`mmi_core.GridFold` of this layout for estimation rows starting at ``first_row``, on the device (the
