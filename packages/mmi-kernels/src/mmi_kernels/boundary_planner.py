@@ -378,10 +378,7 @@ def _incidences(
     qs_inv = _inverse(q_sub)
     if triton_runs(ko):  # one launch for the key side and, when the width is a layout fact, the query side
         q_tables, k_slot, k_min = _incidence_tables(mine, qs_inv, ko, key_mask, end, prefix, b, q_width)
-        if q_tables is None:
-            q_slot, q_pmax = _query_incidences(mine, qs_inv, n_q, prefix, b, None)
-        else:
-            q_slot, q_pmax = q_tables
+        q_slot, q_pmax = q_tables or _query_incidences(mine, qs_inv, n_q, prefix, b, None)
     else:
         q_slot, q_pmax = _query_incidences(mine, qs_inv, n_q, prefix, b, q_width)
         k_slot, k_min = _key_incidences(ko, key_mask, end, b)
