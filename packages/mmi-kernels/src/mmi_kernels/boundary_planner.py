@@ -78,7 +78,7 @@ from mmi_core.boundary import modality_last_rows, sub_problem
 from mmi_kernels.boundary_tiles import slot_tiles
 from mmi_kernels.dispatch import triton_runs
 from mmi_kernels.index import SlotKeep
-from mmi_kernels.keep_planner import LayoutTensors, dense_keep
+from mmi_kernels.keep_planner import LayoutTensors, dense_keep, query_row_ranges
 
 __all__ = ["boundary_keeps"]
 
@@ -190,19 +190,6 @@ def _runs(ids: torch.Tensor, vals: torch.Tensor, sentinel: int, width: int) -> t
     val = torch.full((ids.shape[0], width + 1), -1, dtype=vals.dtype, device=ids.device)
     val = val.scatter_reduce_(1, run, vals, "amax")
     return slot[:, :width], val[:, :width]
-
-
-def _row_ranges(layout: ModalityLayout, group: frozenset[Modality], prefix: int) -> list[tuple[int, int]]:
-    """Query-index ranges (relative to ``prefix``) of the segments of modalities ``group``, ascending."""
-    return [
-        (max(s.start, prefix) - prefix, s.end - prefix)
-        for s in layout.segments
-        if s.modality in group and s.end > prefix
-    ]
-
-
-def _cat(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
-    return ts[0] if len(ts) == 1 else torch.cat(ts, dim)
 
 
 @functools.lru_cache(maxsize=64)
@@ -679,7 +666,7 @@ def boundary_keeps(
             continue
         end = last[m][0]
         n_m, nqb_m = rows_of[m], _cdiv(rows_of[m], block)  # a layout fact: no host read
-        m_rows = _row_ranges(layout, frozenset({m}), prefix)  # every m row lies before `end`
+        m_rows = query_row_ranges(layout, frozenset({m}), prefix)  # every m row lies before `end`
         rest = lt.query_rows(frozenset(mods) - {m}, prefix)  # the other rows, ascending
         of_key = {h: _pairs_of(spec, m, mods) for h, spec in specs.items()}
         grid = [h for h in specs if any(isinstance(c, Grid) for c in of_key[h].values())]
@@ -699,7 +686,8 @@ def boundary_keeps(
             # key order. A sub order maps each segment's rows onto the segment's own range, so m's rows in sub order
             # are the sub order's slices at m's segments: no sort, no host read
             sub_rows = orders([subs[(h, m, of_key[h][m])] for h in batch[:hs]], "q")
-            mine = _cat([sub_rows[:, a:b] for a, b in m_rows], dim=1)
+            slices = [sub_rows[:, a:b] for a, b in m_rows]
+            mine = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)
             qo = torch.cat([mine, rest.expand(hs, -1)], dim=1)
             # each key's final index is its index in its own pair's sub order (keys past `end`: their position).
             # Every sub order maps a segment's keys onto the segment's own range, so these indices form one

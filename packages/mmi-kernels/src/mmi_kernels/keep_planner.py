@@ -94,9 +94,8 @@ class LayoutTensors:
         once per batch: every layer asks again."""
         key = (modalities, prefix)
         if key not in self._query_rows:
-            ranges = [torch.arange(max(s.start, prefix), s.end) for s in self.layout.segments
-                      if s.modality in modalities and s.end > prefix]  # fmt: skip
-            rows = torch.cat(ranges) - prefix if ranges else torch.zeros(0, dtype=torch.int64)
+            ranges = [torch.arange(a, b) for a, b in query_row_ranges(self.layout, modalities, prefix)]
+            rows = torch.cat(ranges) if ranges else torch.zeros(0, dtype=torch.int64)
             self._query_rows[key] = to_device(rows, self.device)
         return self._query_rows[key]
 
@@ -107,6 +106,16 @@ class LayoutTensors:
             fold, neutral = grid_key_mask(self.layout, first_row)
             self._folds[first_row] = GridFold.from_masks(to_device(fold, self.device), to_device(neutral, self.device))
         return self._folds[first_row]
+
+
+def query_row_ranges(layout: ModalityLayout, modalities: frozenset[Modality], prefix: int) -> list[tuple[int, int]]:
+    """Query-index ranges (token position - ``prefix``) of the segments of ``modalities`` at or after ``prefix``,
+    ascending."""
+    return [
+        (max(s.start, prefix) - prefix, s.end - prefix)
+        for s in layout.segments
+        if s.modality in modalities and s.end > prefix
+    ]
 
 
 def _identity(n_q: int, n_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
