@@ -76,6 +76,18 @@ def test_grid_keep_equals_mmi_core(layout_name, prefix_frac, cfg, stride, residu
     assert_same_keep(keep, sel)
 
 
+def _ids(mask: torch.Tensor, forced: int, pad: int) -> torch.Tensor:
+    """Ascending id lists of bool rows ``mask [H, n]`` with ``[0, forced)`` added, -1 padded by ``pad`` beyond the
+    widest row (`vertical_slash_keeps`' input, as `mmi_kernels.ranking.top_ids` makes it)."""
+    mask = mask | (torch.arange(mask.shape[1]) < forced)
+    width = int(mask.sum(1).max()) + pad
+    out = torch.full((mask.shape[0], width), -1, dtype=torch.int64)
+    for h, row in enumerate(mask):
+        ids = torch.nonzero(row).flatten()
+        out[h, : ids.numel()] = ids
+    return out
+
+
 @pytest.mark.parametrize("n_q,n_k", [(100, 100), (37, 150), (1, 65), (64, 64)])
 @pytest.mark.parametrize("block", [16, 32])
 def test_identity_order_keeps_equal_mmi_core(n_q, n_k, block) -> None:
@@ -88,8 +100,8 @@ def test_identity_order_keeps_equal_mmi_core(n_q, n_k, block) -> None:
     cols = torch.rand(n_k, generator=g) < 0.1
     offs = torch.rand(n_k, generator=g) < 0.1
     sel = vertical_slash_selection(n_q, n_k, vs, torch.nonzero(cols).flatten(), torch.nonzero(offs).flatten())
-    for width in (None, int((cols | (torch.arange(n_k) < 3)).sum())):
-        keep = vertical_slash_keeps(n_q, n_k, vs, cols[None], offs[None], width=width)[0]
+    for pad in (0, 4):  # exact and loose list widths
+        keep = vertical_slash_keeps(n_q, n_k, vs, _ids(cols[None], vs.sink, pad), _ids(offs[None], vs.local, pad))[0]
         assert_same_keep(keep, sel)
     bs = BlockSparse(top_k=2, block=block)
     nqb, nkb = -(-n_q // block), -(-n_k // block)
@@ -243,8 +255,7 @@ def test_vertical_slash_keeps_heads_each_equal_mmi_core(n_q, n_k, block) -> None
     offs = torch.rand(4, n_k, generator=g) < 0.05
     offs[1] = False  # a head with the local diagonals only
     cols[2] = False
-    width = int((cols | (torch.arange(n_k) < vs.sink)).sum(1).max()) + 3  # a loose bound pads with -1
-    got = vertical_slash_keeps(n_q, n_k, vs, cols, offs, width=width)
+    got = vertical_slash_keeps(n_q, n_k, vs, _ids(cols, vs.sink, 3), _ids(offs, vs.local, 0))
     for h, keep in enumerate(got):
         sel = vertical_slash_selection(n_q, n_k, vs, torch.nonzero(cols[h]).flatten(), torch.nonzero(offs[h]).flatten())
         assert_same_keep(keep, sel)

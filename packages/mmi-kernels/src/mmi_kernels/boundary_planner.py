@@ -66,9 +66,7 @@ import triton.language as tl
 from mmi_core import (
     Dense,
     Grid,
-    HeadConfigs,
     HeadSpec,
-    LayerConfig,
     Modality,
     ModalityLayout,
     PatternConfig,
@@ -104,54 +102,48 @@ def _sub_keeps(
     q: torch.Tensor,
     k: torch.Tensor,
     lt: LayoutTensors,
-    cfgs: dict[int, PatternConfig],
-    end: int,
-    rows: int,
+    requests: list[tuple[dict[int, PatternConfig], int, int]],
     block: int,
     scale: float | None,
-    group: int,
-) -> dict[int, SlotKeep]:
-    """`mmi_core.boundary._sub_selection` of head ``h`` with pattern ``cfgs[h]``, for every head of ``cfgs`` (one
-    pattern per head; heads may differ): the keep set on queries ``[prefix, end)`` and keys ``[0, end)`` (sub
-    coordinates = global ones), ``last_q`` clamped to ``rows``. Each query head is estimated alone (its own KV head,
-    no GQA pooling), as in the reference.
+) -> list[dict[int, SlotKeep]]:
+    """`mmi_core.boundary._sub_selection` of every head of every request ``(cfgs, end, rows)`` (head -> pattern,
+    one pattern per head): the keep set on queries ``[prefix, end)`` and keys ``[0, end)`` (sub coordinates = global
+    ones), ``last_q`` clamped to ``rows``. Each query head is estimated alone (its own KV head, no GQA pooling), as
+    in the reference.
 
-    Patterns whose clamped ``last_q`` agree are estimated in ONE `estimate_layer_keeps` call (a layer of per-head
-    patterns: one last-query statistics pass for all of them); a Grid's fold starts at the call's longest
-    ``last_q``, so a Grid with a shorter one goes into a call of its own. When the statistics run in Triton, q and k
-    go in as views of every head with their GQA grouping (the kernels compute per query head; heads of no pattern
-    here are Dense placeholders, which cost no estimate); otherwise one copy of each head's q and KV head."""
-    from mmi_kernels.estimate import estimate_layer_keeps  # local: estimate dispatches boundary heads to us
+    One `estimate_problems` call for all requests (the statistics of every sub-problem in one set of launches, the
+    vertical-slash ranking of all in one sort): a request's patterns whose clamped ``last_q`` agree form one problem
+    (a Grid's fold starts at the problem's longest ``last_q``, so a Grid with a shorter one gets a problem of its
+    own); heads of no pattern there are Dense placeholders, which cost no estimate."""
+    from mmi_kernels.estimate import EstimationProblem, estimate_problems  # local: estimate imports us
 
     prefix = lt.layout.num_tokens - q.shape[0]
-    n_q_sub = end - prefix
-    out: dict[int, SlotKeep] = {}
-    calls: dict[int | None, dict[int, PatternConfig]] = {}  # clamped last_q (None: no statistics) -> head -> cfg
-    sub_layout = lt.layout
-    dense: SlotKeep | None = None  # one object for every dense sub (the index stacks a shared one once)
-    for h, cfg in cfgs.items():
-        sub_layout, sub = sub_problem(lt.layout, cfg, end, rows)
-        if isinstance(sub, Dense):
-            out[h] = dense = dense or dense_keep(n_q_sub, end, block, q.device)
-        else:
-            calls.setdefault(getattr(sub, "last_q", None), {})[h] = sub
-    if None in calls and len(calls) > 1:  # patterns without statistics join any call
-        calls[next(lq for lq in calls if lq is not None)].update(calls.pop(None))
-    sub_lt = lt.truncated(sub_layout)
-    for need in calls.values():
-        if triton_runs(q):
-            hq, hkv, heads = q.shape[1], k.shape[1], list(range(q.shape[1]))
-            qs, ks = q[:n_q_sub], k[:end]
-        else:
-            heads = sorted(need)
-            hq = hkv = len(heads)
-            at = to_device(heads, q.device)
-            qs, ks = q[:n_q_sub].index_select(1, at), k[:end].index_select(1, at // group)
-        specs = [HeadSpec(pattern=need.get(h, Dense())) for h in heads]
-        hc = HeadConfigs(num_layers=1, num_q_heads=hq, num_kv_heads=hkv,
-                         layers=[LayerConfig(heads=specs, gqa=["head"] * hkv)])  # fmt: skip
-        keeps = estimate_layer_keeps(qs, ks, sub_lt, hc, 0, scale=scale)
-        out.update((h, keeps[i]) for i, h in enumerate(heads) if h in need)
+    hq, hkv = q.shape[1], k.shape[1]
+    out: list[dict[int, SlotKeep]] = [{} for _ in requests]
+    problems: list[EstimationProblem] = []
+    owner: list[tuple[int, dict[int, PatternConfig]]] = []  # per problem: its request and heads
+    dense: dict[int, SlotKeep] = {}  # one object per end for every dense sub (the index stacks a shared one once)
+    for r, (cfgs, end, rows) in enumerate(requests):
+        calls: dict[int | None, dict[int, PatternConfig]] = {}  # clamped last_q (None: no statistics) -> head -> cfg
+        sub_layout = lt.layout
+        for h, cfg in cfgs.items():
+            sub_layout, sub = sub_problem(lt.layout, cfg, end, rows)
+            if isinstance(sub, Dense):
+                if end not in dense:
+                    dense[end] = dense_keep(end - prefix, end, block, q.device)
+                out[r][h] = dense[end]
+            else:
+                calls.setdefault(getattr(sub, "last_q", None), {})[h] = sub
+        if None in calls and len(calls) > 1:  # patterns without statistics join any call
+            calls[next(lq for lq in calls if lq is not None)].update(calls.pop(None))
+        sub_lt = lt.truncated(sub_layout)
+        for need in calls.values():
+            patterns = tuple(need.get(h, Dense()) for h in range(hq))
+            problems.append(EstimationProblem(end, sub_lt, patterns, ("head",) * hkv))
+            owner.append((r, need))
+    keeps = estimate_problems(q, k, problems, scale=scale)
+    for (r, need), kp in zip(owner, keeps, strict=True):
+        out[r].update((h, kp[h]) for h in need)  # type: ignore[misc]
     return out
 
 
@@ -627,7 +619,7 @@ def boundary_keeps(
     if len(blocks_of) != 1:
         raise ValueError(f"boundary heads of one layer must share one block size, got {sorted(blocks_of)}")
     block = blocks_of.pop()
-    dev, group = q.device, q.shape[1] // k.shape[1]
+    dev = q.device
     prefix = n_k - n_q
     kmod = lt.modality
     mods = layout.modalities()
@@ -636,13 +628,16 @@ def boundary_keeps(
 
     # sub-problems, batched: per query modality, rounds of one pattern per head (a 2D head's i-th distinct pattern
     # in round i), each round estimated for all its heads together
-    subs: dict[tuple[int, Modality, PatternConfig], SlotKeep] = {}
-    for m, (end, rows) in last.items():
+    requests: list[tuple[Modality, dict[int, PatternConfig]]] = []
+    for m in last:
         distinct = {h: list(dict.fromkeys(_pairs_of(spec, m, mods).values())) for h, spec in specs.items()}
         for r in range(max(len(c) for c in distinct.values())):
-            cfgs = {h: c[r] for h, c in distinct.items() if r < len(c)}
-            for h, kp in _sub_keeps(q, k, lt, cfgs, end, rows, block, scale, group).items():
-                subs[(h, m, cfgs[h])] = kp
+            requests.append((m, {h: c[r] for h, c in distinct.items() if r < len(c)}))
+    subs: dict[tuple[int, Modality, PatternConfig], SlotKeep] = {}
+    done = _sub_keeps(q, k, lt, [(cfgs, *last[m]) for m, cfgs in requests], block, scale)
+    for (m, cfgs), keeps in zip(requests, done, strict=True):
+        for h, kp in keeps.items():
+            subs[(h, m, cfgs[h])] = kp
 
     # per query modality: the part of every head, in two batches. Heads whose subs of the part are all non-Grid
     # (identity orders) share the part's orders and incidences (tables of one row, expanded); heads with a Grid sub

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -36,7 +37,6 @@ from mmi_core.estimation import (
     estimate_grid,
     grid_key_scores,
     last_query_scores,
-    stable_top,
     vertical_slash_scores,
 )
 from mmi_kernels.boundary_planner import boundary_keeps
@@ -51,9 +51,17 @@ from mmi_kernels.keep_planner import (
     union_keeps,
     vertical_slash_keeps,
 )
-from mmi_kernels.last_query import last_query_stats_triton
+from mmi_kernels.last_query import LastQueryStats, last_query_stats_groups, last_query_stats_triton
+from mmi_kernels.ranking import top_ids
 
-__all__ = ["estimate_layer_keeps", "last_query_stats", "layer_block", "layer_slots"]
+__all__ = [
+    "EstimationProblem",
+    "estimate_layer_keeps",
+    "estimate_problems",
+    "last_query_stats",
+    "layer_block",
+    "layer_slots",
+]
 
 STATS_CHUNK = 32768
 """Keys per chunk of the last-query statistics. Up to this many keys the exact mmi_core functions are called (same
@@ -151,6 +159,196 @@ def last_query_stats(
     return vertical, slash if need_slash else None, log_mean
 
 
+@dataclass(frozen=True)
+class EstimationProblem:
+    """One keep-set estimation on a request's queries and keys: keys ``[0, end)`` and the queries that end there (the
+    request's whole chunk, or a boundary head's sub-problem), one pattern per query head (`Dense`: nothing to
+    estimate) and the GQA mode of each KV head (`LayerConfig.gqa`: Grid heads of a "group" pool their statistics).
+    ``lt``: the layout tensors of those ``end`` keys."""
+
+    end: int
+    lt: LayoutTensors
+    patterns: tuple[PatternConfig, ...]
+    gqa: tuple[str, ...]
+
+
+def estimate_problems(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    problems: list[EstimationProblem],
+    *,
+    scale: float | None = None,
+    chunk: int = STATS_CHUNK,
+) -> list[list[SlotKeep | None]]:
+    """Keep sets of every problem (`EstimationProblem`, keys ``[0, end)`` of ``k``, queries ``q[:end - prefix]``)
+    per query head: None where the pattern is `Dense`. ``q [n_q, Hq, D]`` holds the request's last n_q keys' queries.
+
+    Work that does not depend on a problem's layout is batched over all of them: the last-query statistics of every
+    (end, last_q) in one set of launches (`last_query_stats_groups`), and the vertical-slash ranking of every head of
+    every problem in one sort (`mmi_kernels.ranking.top_ids`); Grid, block-sparse and A-shape keep sets are built per
+    problem (their layouts, or query rows, differ)."""
+    n_q, hq = q.shape[0], q.shape[1]
+    n_k, hkv = k.shape[0], k.shape[1]
+    g, prefix, dev = hq // hkv, n_k - n_q, q.device
+    for p in problems:
+        if p.lt.layout.num_tokens != p.end or not prefix <= p.end <= n_k:
+            raise ValueError(f"problem of {p.end} keys (layout {p.lt.layout.num_tokens}) with k {n_k}, q {n_q}")
+
+    # last-query statistics: one group per distinct (end, last_q); diagonal sums when some VS head needs them
+    groups: dict[tuple[int, int], int] = {}
+    need_slash = False
+    for p in problems:
+        for cfg in p.patterns:
+            if isinstance(cfg, VerticalSlash | Grid):
+                groups.setdefault((p.end, cfg.last_q), len(groups))
+                need_slash |= isinstance(cfg, VerticalSlash)
+    stats = _group_stats(q, k, list(groups), scale=scale, chunk=chunk, need_slash=need_slash) if groups else None
+
+    keep: list[list[SlotKeep | None]] = [[None] * hq for _ in problems]
+    vs: list[tuple[int, VerticalSlash, list[int]]] = []  # (problem, config, heads) ranked together below
+    for i, p in enumerate(problems):
+        n_q_p = p.end - prefix
+        by_cfg: dict[PatternConfig, list[int]] = defaultdict(list)
+        for h, cfg in enumerate(p.patterns):
+            by_cfg[cfg].append(h)
+        for cfg, heads in by_cfg.items():
+            if isinstance(cfg, AShape):
+                kp = ashape_keep(n_q_p, p.end, cfg, dev)
+                for h in heads:
+                    keep[i][h] = kp
+            elif isinstance(cfg, VerticalSlash):
+                vs.append((i, cfg, heads))
+            elif isinstance(cfg, BlockSparse):
+                kv = k[: p.end].index_select(1, to_device([h // g for h in heads], dev))
+                top = estimate_block_sparse(q[:n_q_p].index_select(1, to_device(heads, dev)), kv, cfg, scale=scale)
+                for j, h in enumerate(heads):
+                    keep[i][h] = block_sparse_keep(n_q_p, p.end, cfg, top[j])
+    for cov in dict.fromkeys(cfg.coverage for _, cfg, _ in vs):
+        entries = [e for e in vs if e[1].coverage == cov]
+        _vertical_slash(problems, entries, stats, groups, prefix, keep)  # type: ignore[arg-type]
+    for i, p in enumerate(problems):
+        if stats is not None:
+            _grid(p, stats.log_mean, groups, p.end - prefix, g, keep[i])
+    return keep
+
+
+def _group_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    groups: list[tuple[int, int]],
+    *,
+    scale: float | None,
+    chunk: int,
+    need_slash: bool,
+) -> LastQueryStats:
+    """`last_query_stats` of every sub-problem ``(end, last_q)`` (keys ``[0, end)``, the queries ending there) as
+    fp32 ``[G, Hq, n_k]`` tables (entries past a group's end: unspecified). Where the kernels run, one set of
+    launches for all groups (`last_query_stats_groups`); otherwise `last_query_stats` per group."""
+    if triton_runs(q):
+        return last_query_stats_groups(q, k, groups, scale=scale, need_slash=need_slash)
+    hq, n_k, prefix = q.shape[1], k.shape[0], k.shape[0] - q.shape[0]
+    vertical = torch.zeros(len(groups), hq, n_k, device=q.device)
+    log_mean, slash = torch.zeros_like(vertical), torch.zeros_like(vertical) if need_slash else None
+    for i, (end, lq) in enumerate(groups):
+        v, s, lm = last_query_stats(q[: end - prefix], k[:end], lq, scale=scale, chunk=chunk, need_slash=need_slash)
+        vertical[i, :, :end], log_mean[i, :, :end] = v, lm
+        if slash is not None:
+            slash[i, :, :end] = s
+    return LastQueryStats(vertical, slash, log_mean)
+
+
+def _vertical_slash(
+    problems: list[EstimationProblem],
+    entries: list[tuple[int, VerticalSlash, list[int]]],
+    stats: LastQueryStats,
+    groups: dict[tuple[int, int], int],
+    prefix: int,
+    keep: list[list[SlotKeep | None]],
+) -> None:
+    """Vertical-slash keep sets of ``entries`` (problem, config, heads; one coverage): every head's columns and
+    diagonals ranked in one `top_ids` call (rows: the heads' vertical sums, then their diagonal sums)."""
+    hq, n_k = stats.vertical.shape[1], stats.vertical.shape[2]
+    rows, budget, forced, length = [], [], [], []
+    for i, cfg, heads in entries:
+        end = problems[i].end
+        rows += [groups[(end, cfg.last_q)] * hq + h for h in heads]
+        budget += [cfg.vertical] * len(heads)
+        forced += [cfg.sink] * len(heads)
+        length += [end] * len(heads)
+    for _, cfg, heads in entries:
+        budget += [cfg.slash] * len(heads)
+        forced += [cfg.local] * len(heads)
+    r = len(rows)
+    dev = stats.vertical.device
+    at, per_row = to_device(rows, dev), to_device(budget + forced + length * 2, dev).view(3, 2 * r)  # one copy
+    assert stats.slash is not None
+    scores = torch.cat(
+        [stats.vertical.view(-1, n_k).index_select(0, at), stats.slash.view(-1, n_k).index_select(0, at)]
+    )
+    width = max(max(c.vertical + c.sink, c.slash + c.local) for _, c, _ in entries)
+    ids = top_ids(scores, per_row[0], per_row[1], per_row[2], width=width, max_forced=max(forced),
+                  coverage=entries[0][1].coverage)  # fmt: skip
+    a = 0
+    for i, cfg, heads in entries:
+        end, b = problems[i].end, a + len(heads)
+        cols = ids[a:b, : pattern_capacity(cfg, end)[1]]  # the budget bounds the list: no host read for its width
+        offs = ids[r + a : r + b, : min(cfg.slash + cfg.local, end)]
+        for h, kp in zip(heads, vertical_slash_keeps(end - prefix, end, cfg, cols, offs), strict=True):
+            keep[i][h] = kp
+        a = b
+
+
+def _grid(
+    p: EstimationProblem,
+    log_mean: torch.Tensor,
+    groups: dict[tuple[int, int], int],
+    n_q: int,
+    g: int,
+    keep: list[SlotKeep | None],
+) -> None:
+    """Grid keep sets of one problem: one unit per executing group (pooled) or per head, exactly as mmi_core.layer."""
+    patterns, n_k = p.patterns, p.end
+    units: list[list[int]] = []
+    for j, mode in enumerate(p.gqa):
+        grid_heads = [h for h in range(j * g, (j + 1) * g) if isinstance(patterns[h], Grid)]
+        if grid_heads:
+            units += [grid_heads] if mode == "group" else [[h] for h in grid_heads]
+    if not units:
+        return
+    # mmi_core scores every VS/Grid head over the layer's longest last_q: the fold excludes keys near its first row
+    longest = max(c.last_q for c in patterns if isinstance(c, VerticalSlash | Grid))
+    first_row = n_k - min(longest, n_q)
+    by_cfg: dict[Grid, list[int]] = defaultdict(list)  # units whose first head has this config
+    for u, heads in enumerate(units):
+        by_cfg[patterns[heads[0]]].append(u)  # type: ignore[index]
+    fold = p.lt.grid_fold(first_row)
+
+    def scores(h: int) -> torch.Tensor:  # [n_k] log-mean row of head h at its own last_q
+        return log_mean[groups[(n_k, patterns[h].last_q)], h, :n_k]  # type: ignore[union-attr]
+
+    for cfg0, us in by_cfg.items():
+        lqs = {patterns[h].last_q for u in us for h in units[u]}  # type: ignore[union-attr]
+        if all(len(units[u]) == 1 for u in us) and len(lqs) == 1:  # one head per unit: one gather, no means
+            rows = log_mean[groups[(n_k, lqs.pop())], :, :n_k]
+            unit_scores = rows.index_select(0, to_device([units[u][0] for u in us], rows.device))
+        else:
+            unit_scores = torch.stack([torch.stack([scores(h) for h in units[u]]).mean(0) for u in us])
+        # stride and residues stay on the device: the planner computes the permutation from them in closed form
+        stride, residues = estimate_grid(unit_scores, p.lt.layout, cfg0, first_row, masks=fold)
+        # heads of one unit with one config share one keep set; the units of each config are built together
+        needs: dict[Grid, list[int]] = defaultdict(list)  # config -> the units (positions in `us`) using it
+        for i, u in enumerate(us):
+            for cfg_h in dict.fromkeys(patterns[h] for h in units[u]):
+                needs[cfg_h].append(i)  # type: ignore[index]
+        for cfg_h, at in needs.items():
+            sel = to_device(at, stride.device)
+            built = dict(zip(at, grid_keeps(p.lt, n_q, cfg_h, stride[sel], residues[sel]), strict=True))
+            for i in at:
+                for h in units[us[i]]:
+                    if patterns[h] == cfg_h:
+                        keep[h] = built[i]
+
+
 def estimate_layer_keeps(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -164,93 +362,18 @@ def estimate_layer_keeps(
     """One request's keep sets, one per slot of `layer_slots`. ``q [n_q, Hq, D]`` (the request's queries, the last
     n_q of its keys), ``k [n_k, Hkv, D]`` on the layout tensors' device. Boundary kinds 'q'/'2d' are built by
     `mmi_kernels.boundary_planner.boundary_keeps` (mmi_core.boundary's parts in O(n + nqb·nkb) memory on the
-    device), one `SlotKeep` per part."""
-    n_q, hq = q.shape[0], q.shape[1]
-    n_k, hkv = k.shape[0], k.shape[1]
+    device), one `SlotKeep` per part; every other head by `estimate_problems` on the whole chunk."""
+    n_q, n_k = q.shape[0], k.shape[0]
     if lt.layout.num_tokens != n_k:
         raise ValueError(f"layout has {lt.layout.num_tokens} tokens but k has {n_k}")
     lc = head_configs.layers[layer]
-    g = hq // hkv
     boundary = {h for h, spec in enumerate(lc.heads) if _is_boundary(spec)}
     # as in mmi_core.layer: boundary heads leave the pattern dispatch (Dense() placeholder) and are built below
-    patterns: list[PatternConfig] = [Dense() if h in boundary else spec.pattern for h, spec in enumerate(lc.heads)]
+    patterns = tuple(Dense() if h in boundary else spec.pattern for h, spec in enumerate(lc.heads))
     block = layer_block(head_configs, layer) or 64
     dev = q.device
-
-    # last-query statistics per distinct last_q (heads use their own last rows); diagonal sums only for VS heads
-    stats: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
-    for lq in sorted({p.last_q for p in patterns if isinstance(p, VerticalSlash | Grid)}):
-        slash = any(isinstance(p, VerticalSlash) and p.last_q == lq for p in patterns)
-        stats[lq] = last_query_stats(q, k, lq, scale=scale, chunk=chunk, need_slash=slash)
-
-    keep: list[SlotKeep | None] = [None] * hq
+    keep = estimate_problems(q, k, [EstimationProblem(n_k, lt, patterns, tuple(lc.gqa))], scale=scale, chunk=chunk)[0]
     parts = boundary_keeps(q, k, lt, {h: lc.heads[h] for h in boundary}, scale=scale)  # head -> its three parts
-
-    by_cfg: dict[PatternConfig, list[int]] = defaultdict(list)
-    for h, p in enumerate(patterns):
-        by_cfg[p].append(h)
-    idx = torch.arange(n_k, device=dev)
-    for cfg, heads in by_cfg.items():
-        if isinstance(cfg, AShape):
-            kp = ashape_keep(n_q, n_k, cfg, dev)
-            for h in heads:
-                keep[h] = kp
-        elif isinstance(cfg, VerticalSlash):
-            at = to_device(heads, dev)  # a list index would be a blocking copy
-            vertical, slash = (t.index_select(0, at) for t in stats[cfg.last_q][:2])  # type: ignore[union-attr]
-            forced_c = (idx < cfg.sink).expand(len(heads), n_k)
-            forced_s = (idx < cfg.local).expand(len(heads), n_k)
-            cols = stable_top(vertical, cfg.vertical, forced=forced_c, coverage=cfg.coverage)
-            offs = stable_top(slash, cfg.slash, forced=forced_s, coverage=cfg.coverage)
-            # the column budget bounds every head's list: no host read for its width
-            width = pattern_capacity(cfg, n_k)[1]
-            for h, kp in zip(heads, vertical_slash_keeps(n_q, n_k, cfg, cols, offs, width=width), strict=True):
-                keep[h] = kp
-        elif isinstance(cfg, BlockSparse):
-            kv = k.index_select(1, to_device([h // g for h in heads], dev))
-            top = estimate_block_sparse(q.index_select(1, to_device(heads, dev)), kv, cfg, scale=scale)
-            for i, h in enumerate(heads):
-                keep[h] = block_sparse_keep(n_q, n_k, cfg, top[i])
-
-    # Grid: one unit per executing group (pooled) or per head, exactly as mmi_core.layer
-    units: list[list[int]] = []
-    for j in range(hkv):
-        grid_heads = [h for h in range(j * g, (j + 1) * g) if isinstance(patterns[h], Grid)]
-        if grid_heads:
-            units += [grid_heads] if lc.gqa[j] == "group" else [[h] for h in grid_heads]
-    if units:
-        # mmi_core scores every VS/Grid head over the layer's longest last_q: the fold excludes keys near its first row
-        longest = max(p.last_q for p in patterns if isinstance(p, VerticalSlash | Grid))
-        first_row = n_k - min(longest, n_q)
-        by_cfg_grid: dict[Grid, list[int]] = defaultdict(list)  # units whose first head has this config
-        for u, heads in enumerate(units):
-            cfg0 = patterns[heads[0]]
-            assert isinstance(cfg0, Grid)
-            by_cfg_grid[cfg0].append(u)
-        fold = lt.grid_fold(first_row)
-        for cfg0, us in by_cfg_grid.items():
-            lqs = {patterns[h].last_q for u in us for h in units[u]}  # type: ignore[union-attr]
-            if all(len(units[u]) == 1 for u in us) and len(lqs) == 1:  # one head per unit: one gather, no means
-                log_mean = stats[lqs.pop()][2]
-                unit_scores = log_mean[to_device([units[u][0] for u in us], log_mean.device)]
-            else:
-                unit_scores = torch.stack(
-                    [torch.stack([stats[patterns[h].last_q][2][h] for h in units[u]]).mean(0) for u in us]  # type: ignore[union-attr]
-                )
-            # stride and residues stay on the device: the planner computes the permutation from them in closed form
-            stride, residues = estimate_grid(unit_scores, lt.layout, cfg0, first_row, masks=fold)
-            # heads of one unit with one config share one keep set; the units of each config are built together
-            needs: dict[Grid, list[int]] = defaultdict(list)  # config -> the units (positions in `us`) using it
-            for i, u in enumerate(us):
-                for cfg_h in dict.fromkeys(patterns[h] for h in units[u]):
-                    needs[cfg_h].append(i)  # type: ignore[index]
-            for cfg_h, at in needs.items():
-                sel = to_device(at, stride.device)
-                built = dict(zip(at, grid_keeps(lt, n_q, cfg_h, stride[sel], residues[sel]), strict=True))
-                for i in at:
-                    for h in units[us[i]]:
-                        if patterns[h] == cfg_h:
-                            keep[h] = built[i]
 
     out: list[SlotKeep] = []
     slots = layer_slots(head_configs, layer)

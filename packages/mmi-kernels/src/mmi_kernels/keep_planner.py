@@ -149,37 +149,32 @@ def ashape_keep(n_q: int, n_k: int, cfg: AShape, device: torch.device | str) -> 
 
 
 def vertical_slash_keeps(
-    n_q: int, n_k: int, cfg: VerticalSlash, columns: torch.Tensor, offsets: torch.Tensor, *, width: int | None = None
+    n_q: int, n_k: int, cfg: VerticalSlash, column_ids: torch.Tensor, offset_ids: torch.Tensor
 ) -> list[SlotKeep]:
-    """`mmi_core.vertical_slash_selection` of ``H`` heads sharing ``cfg``, from bool masks ``columns [H, n_k]`` (key
-    positions) and ``offsets [H, n_k]`` (diagonal offsets); sinks and local diagonals are added here. One keep per
-    head, all built by the same few launches and without a host read when ``width`` is given.
+    """`mmi_core.vertical_slash_selection` of ``H`` heads sharing ``cfg``, from each head's kept key positions
+    ``column_ids [H, W]`` and diagonal offsets ``offset_ids [H, W']`` (int64, ascending, distinct, ``-1`` padding
+    at the end; sinks and local diagonals included: `mmi_kernels.ranking.top_ids` lists them so). One keep per head,
+    all built by the same few launches, without a host read.
 
     Slashes: a diagonal at offset ``d`` crosses query block ``[first, last]`` on keys ``[first - d, last - d]`` (at
     most two key blocks), so key block ``kb`` is kept iff some kept offset lies in
-    ``[max(first - kb·b - b + 1, 0), last - kb·b]``: a range count on the offsets' prefix sums (`slash_blocks`).
+    ``[max(first - kb·b - b + 1, 0), last - kb·b]``: a range count on the offsets' prefix counts (`slash_blocks`),
+    which a binary search of every index in the sorted list gives.
 
-    Columns: each head's kept positions (sinks included) as one list, ``-1`` padded to ``width`` entries — an upper
-    bound the caller knows from the budget (`pattern_capacity`; `stable_top` never returns more), or None to read
-    the widest head's count (one host read for all heads). Raises ValueError on mismatched masks."""
-    if columns.dim() != 2 or columns.shape != offsets.shape or columns.shape[1] != n_k:
+    Columns: the lists as they are, one for every query block (a view). Raises ValueError on malformed lists."""
+    if column_ids.dim() != 2 or offset_ids.dim() != 2 or column_ids.shape[0] != offset_ids.shape[0]:
         raise ValueError(
-            f"columns and offsets must both be bool [H, {n_k}], got {tuple(columns.shape)} and {tuple(offsets.shape)}"
+            f"column_ids and offset_ids must be int [H, W], got {tuple(column_ids.shape)} and {tuple(offset_ids.shape)}"
         )
-    dev, b, heads = columns.device, cfg.block, columns.shape[0]
+    dev, b = column_ids.device, cfg.block
     qo, ko = _identity(n_q, n_k, dev)
     nqb = _cdiv(n_q, b)
-    idx = torch.arange(n_k, device=dev)
-    kept = torch.zeros(heads, n_k + 1, dtype=torch.int32, device=dev)  # kept[:, i] = kept offsets below i
-    torch.cumsum(offsets | (idx < cfg.local), 1, out=kept[:, 1:])
+    sorted_offs = torch.where(offset_ids < 0, n_k, offset_ids)  # padding past every index
+    idx = torch.arange(n_k + 1, device=dev).repeat(offset_ids.shape[0], 1)  # searchsorted copies a view anyway
+    kept = torch.searchsorted(sorted_offs, idx, out_int32=True)  # kept[:, i] = kept offsets below i
     blocks = slash_blocks(kept, n_q, b)
-    cols = columns | (idx < cfg.sink)
-    if width is None:
-        width = int(cols.sum(1).max()) if heads else 0
-    rank = torch.cumsum(cols, 1) - 1
-    at = torch.where(cols & (rank < width), rank, width)  # entry `width` swallows the rest (none when width holds)
-    ids = torch.full((heads, width + 1), -1, dtype=torch.int64, device=dev).scatter_(1, at, idx.expand(heads, n_k))
-    return [SlotKeep(qo, ko, blocks[h], ids[h, None, :width].expand(nqb, width)) for h in range(heads)]
+    width = column_ids.shape[1]
+    return [SlotKeep(qo, ko, blocks[h], column_ids[h, None, :].expand(nqb, width)) for h in range(len(blocks))]
 
 
 def slash_blocks(kept: torch.Tensor, n_q: int, block: int) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Grouped last-query statistics (one launch set for several sub-problems of one request) vs one call per group and
+vs mmi_core's reference. The Triton kernels run under the interpreter on CPU (see conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmi_core.estimation import grid_key_scores, last_query_scores, vertical_slash_scores
+from mmi_kernels.last_query import last_query_stats_groups, last_query_stats_triton
+
+
+def assert_stats_close(got, vertical, slash, log_mean) -> None:
+    """The tolerances of test_keep_planner's single-call test: fp32 rounding only."""
+    torch.testing.assert_close(got.vertical, vertical, rtol=1e-5, atol=1e-6)
+    if slash is None:
+        assert got.slash is None
+    else:
+        torch.testing.assert_close(got.slash, slash, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.log_mean, log_mean, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("need_slash", [True, False], ids=["slash", "no_slash"])
+@pytest.mark.parametrize(
+    "n_q,n_k,d,dtype,groups",
+    [
+        (200, 300, 32, torch.float32, [(300, 64)]),
+        # ends far apart (one well below n_k), last_q above the group's rows (130 - 100 = 30 < 64) and last_q = 1
+        (200, 300, 32, torch.float32, [(300, 16), (210, 1), (130, 64)]),
+        (250, 260, 16, torch.bfloat16, [(260, 64), (75, 5), (190, 1)]),
+        # no prefix; a group of one query row; the longest group not first
+        (150, 150, 16, torch.float32, [(1, 8), (97, 20), (150, 33)]),
+        (40, 290, 32, torch.bfloat16, [(251, 1), (290, 64)]),  # one row of a group, ends on no tile edge
+    ],
+    ids=["one_group", "three_groups", "bf16_three", "no_prefix", "bf16_short_q"],
+)
+def test_groups_match_single_calls_and_mmi_core(n_q, n_k, d, dtype, groups, need_slash) -> None:
+    hq, hkv = 4, 2
+    g = torch.Generator().manual_seed(n_k * 7 + n_q)
+    q = torch.randn(n_q, hq, d, generator=g).to(dtype)
+    k = torch.randn(n_k, hkv, d, generator=g).to(dtype)
+    prefix = n_k - n_q
+    got = last_query_stats_groups(q, k, groups, need_slash=need_slash)
+    assert got.vertical.shape == (len(groups), hq, max(end for end, _ in groups))
+    for i, (end, last_q) in enumerate(groups):
+        st = got.group(i, end)
+        for t in (st.vertical, st.log_mean) + ((st.slash,) if need_slash else ()):
+            assert t.shape == (hq, end) and t.dtype == torch.float32
+        one = last_query_stats_triton(q[: end - prefix], k[:end], last_q, need_slash=need_slash)
+        assert_stats_close(st, one.vertical, one.slash, one.log_mean)
+        p = last_query_scores(q[: end - prefix], k[:end], last_q)
+        v_ref, s_ref = vertical_slash_scores(p)
+        assert_stats_close(st, v_ref, s_ref if need_slash else None, grid_key_scores(p))
+
+
+def test_groups_strided_heads_and_scale() -> None:
+    """q and k as views of wider tensors (strided heads and tokens), an explicit scale, small key tiles."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(180, 4 + 2 + 2, 16, generator=g)
+    q, k = qkv[60:, :4], qkv[:, 4:6]
+    groups = [(180, 12), (100, 64)]
+    got = last_query_stats_groups(q, k, groups, scale=0.3, block_n=32)
+    for i, (end, last_q) in enumerate(groups):
+        st = got.group(i, end)
+        p = last_query_scores(q[: end - 60], k[:end], last_q, scale=0.3)
+        v_ref, s_ref = vertical_slash_scores(p)
+        assert_stats_close(st, v_ref, s_ref, grid_key_scores(p))
+
+
+def test_groups_reject_bad_groups() -> None:
+    q = torch.randn(30, 4, 16)
+    k = torch.randn(100, 2, 16)  # prefix 70
+    with pytest.raises(ValueError, match="end=70 must satisfy prefix=70"):
+        last_query_stats_groups(q, k, [(100, 8), (70, 8)])
+    with pytest.raises(ValueError, match="end=101"):
+        last_query_stats_groups(q, k, [(101, 8)])
+    with pytest.raises(ValueError, match="group 1: need last_q >= 1"):
+        last_query_stats_groups(q, k, [(100, 8), (90, 0)])
+    with pytest.raises(ValueError, match="non-empty"):
+        last_query_stats_groups(q, k, [])
+    with pytest.raises(ValueError, match="do not fit"):
+        last_query_stats_groups(q, k[:, :, :-1], [(100, 8)])
