@@ -48,7 +48,8 @@ def top_ids(
     valid = idx < length[:, None]
     is_forced = idx < forced[:, None]
     s = scores.float().masked_fill(~valid | is_forced, float("-inf"))
-    sorted_neg, order = torch.sort(-s, dim=1, stable=True)
+    # descending and stable: ties keep index order, as stable_top's ascending sort of -s does
+    ranked_scores, order = torch.sort(s, dim=1, descending=True, stable=True)
     rankable = (length - forced).clamp(min=0)
     if coverage is None:
         count = torch.minimum(rankable, budget)
@@ -58,7 +59,7 @@ def top_ids(
         total = scores.float().masked_fill(~valid, 0.0).sum(1)
         have = scores.float().masked_fill(~(valid & is_forced), 0.0).sum(1)
         need = coverage.threshold * total - have
-        csum = torch.cumsum((-sorted_neg[:, :hi_all]).clamp_min(0.0).nan_to_num(0.0), dim=1)
+        csum = torch.cumsum(ranked_scores[:, :hi_all].clamp_min(0.0).nan_to_num(0.0), dim=1)
         adaptive = torch.where(need > 0, (csum < need[:, None]).sum(1) + 1, 0)
         b64 = budget.double()  # mmi_core rounds the fractions of a Python int in float64
         lo, hi = torch.ceil(coverage.min_fraction * b64).long(), torch.floor(coverage.max_fraction * b64).long()
