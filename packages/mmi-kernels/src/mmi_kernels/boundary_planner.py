@@ -491,6 +491,10 @@ def _round_tiles(
         return
     if not key_blocks:  # no group key before the sub's end: nothing to round
         return
+    lo, hi = key_blocks[0], key_blocks[-1] + 1
+    if hi - lo == len(key_blocks):  # one run (every group key before a sub's end, e.g. all modalities): in place
+        _tiles(s_ext.transpose(1, 2), k_slot[:, lo:hi], -k_min[:, lo:hi], q_slot, -q_pmax, block, out_t[:, lo:hi])
+        return
     at = to_device(key_blocks, out.device, torch.int64)
     part = torch.zeros(heads, len(key_blocks), out.shape[1], dtype=torch.bool, device=out.device)
     _tiles(s_ext.transpose(1, 2), k_slot[:, at], -k_min[:, at], q_slot, -q_pmax, block, part)
