@@ -18,9 +18,8 @@ what their keys cost.
    program per head and group) turns them into the rows' log-sum-exp.
 2. `_stats_kernel`, grid ``(key tiles, Hq, G)``: recomputes the tile's scores, ``logp = s - lse``, and writes the
    column sum and the mean clamped log-probability of each key (one key belongs to one program: no atomics), and,
-   only when a vertical-slash head needs it, the tile's diagonal sums: a tile's ``L x BLOCK_N`` pairs lie on
-   ``L + BLOCK_N - 1`` diagonals, summed in registers (a gather skews the rows so each diagonal is a column) and
-   added with one atomic each (a diagonal collects rows from several tiles).
+   only when a vertical-slash head needs it, adds each probability into its diagonal's sum (atomics: one diagonal
+   collects up to L rows from L different tiles).
 
 Scores are fp32 (`tl.dot` accumulates bf16/fp16 products in fp32, fp32 inputs use IEEE products), so results equal
 mmi_core's to fp32 rounding (summation order differs). The diagonal sums use atomics and are not bitwise
@@ -144,13 +143,13 @@ def _lse_combine_kernel(META, M_PART, L_PART, LSE, hq, tiles_per_prog, splits,
 def _stats_kernel(Q, K, META, LSE, VERT, SLASH, LOGM, hq, width, gqa,
                   stride_ql, stride_qh, stride_kn, stride_kh, scale, log_floor,
                   L_PAD: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                  UPCAST: tl.constexpr, PREC: tl.constexpr, NEED_SLASH: tl.constexpr, DIAG: tl.constexpr):  # fmt: skip
+                  UPCAST: tl.constexpr, PREC: tl.constexpr, NEED_SLASH: tl.constexpr):  # fmt: skip
     tile = tl.program_id(0)
     h = tl.program_id(1)
     grp = tl.program_id(2)
     q0, n_last, n_k = _group(META, grp)
     if tile * BLOCK_N < n_k:  # the grid covers the longest group: tiles past this group's end do nothing
-        s, ok, rows, keys, _pos = _scores(Q + q0 * stride_ql, K, h, gqa, n_k, n_last, stride_ql, stride_qh,
+        s, ok, rows, keys, row_pos = _scores(Q + q0 * stride_ql, K, h, gqa, n_k, n_last, stride_ql, stride_qh,
                                              stride_kn, stride_kh, tile * BLOCK_N, scale, L_PAD, BLOCK_N, D, D_PAD,
                                              UPCAST, PREC)  # fmt: skip
         head = grp * hq + h
@@ -166,16 +165,8 @@ def _stats_kernel(Q, K, META, LSE, VERT, SLASH, LOGM, hq, width, gqa,
         clamped = tl.where(real, tl.maximum(logp, log_floor), 0.0)
         tl.store(LOGM + out, tl.sum(clamped, 0) / n_last.to(tl.float32), mask=kmask)
         if NEED_SLASH:
-            # the tile's pairs lie on L_PAD + BLOCK_N - 1 diagonals: sum each in registers first (row r meets slot d
-            # at column r - d + BLOCK_N - 1), then one atomic per diagonal instead of one per pair (32x fewer at
-            # L_PAD = BLOCK_N = 64; the atomics were most of this kernel's time)
-            d = tl.arange(0, DIAG)
-            col = rows[:, None] - d[None, :] + (BLOCK_N - 1)
-            on = (col >= 0) & (col < BLOCK_N)
-            diag = tl.sum(tl.where(on, tl.gather(p, tl.where(on, col, 0), axis=1), 0.0), 0)
-            offs = n_k - n_last - tile * BLOCK_N + d - (BLOCK_N - 1)  # row_pos - key on slot d
-            tl.atomic_add(SLASH + head.to(tl.int64) * width + offs, diag, mask=(offs >= 0) & (offs < n_k),
-                          sem="relaxed")  # fmt: skip
+            offs = row_pos[:, None] - keys[None, :]
+            tl.atomic_add(SLASH + head.to(tl.int64) * width + offs, p, mask=ok, sem="relaxed")
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -264,8 +255,7 @@ def last_query_stats_groups(
     _lse_combine_kernel[(hq, n_groups)](meta, m_part, l_part, lse, hq, per_prog, splits, L_PAD=l_pad, BLOCK_N=block_n,
                                         S_PAD=triton.next_power_of_2(splits))  # fmt: skip
     _stats_kernel[(tiles, hq, n_groups)](q_rows, k, meta, lse, vertical, slash, log_mean, hq, width, hq // hkv,
-                                         *strides, scale, LOG_FLOOR, NEED_SLASH=need_slash,
-                                         DIAG=triton.next_power_of_2(l_pad + block_n - 1), **consts)  # fmt: skip
+                                         *strides, scale, LOG_FLOOR, NEED_SLASH=need_slash, **consts)  # fmt: skip
     return LastQueryStats(vertical, slash if need_slash else None, log_mean)
 
 
