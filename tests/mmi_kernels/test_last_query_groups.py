@@ -1,5 +1,6 @@
 """Grouped last-query statistics (one launch set for several sub-problems of one request) vs one call per group and
-vs mmi_core's reference. The Triton kernels run under the interpreter on CPU (see conftest.py)."""
+vs mmi_core's reference. The Triton kernels run compiled where a GPU is, under the interpreter on a CPU (see
+conftest.py); the references run on the CPU."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import torch
 from mmi_core.estimation import grid_key_scores, last_query_scores, vertical_slash_scores
 from mmi_kernels.last_query import last_query_stats_groups, last_query_stats_triton
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # where the kernels run (the conftest's rule)
+
 
 def assert_stats_close(got, vertical, slash, log_mean) -> None:
     """The tolerances of test_keep_planner's single-call test: fp32 rounding only."""
-    torch.testing.assert_close(got.vertical, vertical, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.vertical.cpu(), vertical.cpu(), rtol=1e-5, atol=1e-6)
     if slash is None:
         assert got.slash is None
     else:
-        torch.testing.assert_close(got.slash, slash, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got.log_mean, log_mean, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(got.slash.cpu(), slash.cpu(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.log_mean.cpu(), log_mean.cpu(), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("need_slash", [True, False], ids=["slash", "no_slash"])
@@ -40,13 +43,13 @@ def test_groups_match_single_calls_and_mmi_core(n_q, n_k, d, dtype, groups, need
     q = torch.randn(n_q, hq, d, generator=g).to(dtype)
     k = torch.randn(n_k, hkv, d, generator=g).to(dtype)
     prefix = n_k - n_q
-    got = last_query_stats_groups(q, k, groups, need_slash=need_slash)
+    got = last_query_stats_groups(q.to(DEV), k.to(DEV), groups, need_slash=need_slash)
     assert got.vertical.shape == (len(groups), hq, max(end for end, _ in groups))
     for i, (end, last_q) in enumerate(groups):
         st = got.group(i, end)
         for t in (st.vertical, st.log_mean) + ((st.slash,) if need_slash else ()):
             assert t.shape == (hq, end) and t.dtype == torch.float32
-        one = last_query_stats_triton(q[: end - prefix], k[:end], last_q, need_slash=need_slash)
+        one = last_query_stats_triton(q[: end - prefix].to(DEV), k[:end].to(DEV), last_q, need_slash=need_slash)
         assert_stats_close(st, one.vertical, one.slash, one.log_mean)
         p = last_query_scores(q[: end - prefix], k[:end], last_q)
         v_ref, s_ref = vertical_slash_scores(p)
@@ -59,7 +62,8 @@ def test_groups_strided_heads_and_scale() -> None:
     qkv = torch.randn(180, 4 + 2 + 2, 16, generator=g)
     q, k = qkv[60:, :4], qkv[:, 4:6]
     groups = [(180, 12), (100, 64)]
-    got = last_query_stats_groups(q, k, groups, scale=0.3, block_n=32)
+    on_dev = qkv.to(DEV)  # the views taken on the kernels' device, so they stay strided there
+    got = last_query_stats_groups(on_dev[60:, :4], on_dev[:, 4:6], groups, scale=0.3, block_n=32)
     for i, (end, last_q) in enumerate(groups):
         st = got.group(i, end)
         p = last_query_scores(q[: end - 60], k[:end], last_q, scale=0.3)
