@@ -2,7 +2,13 @@
 GPU estimation and the plan/run wrapper). Depends on mmi-core and triton; flashinfer optional."""
 
 from mmi_kernels.boundary_planner import boundary_keeps
-from mmi_kernels.estimate import estimate_layer_keeps, last_query_stats, layer_slots
+from mmi_kernels.estimate import (
+    EstimationProblem,
+    estimate_layer_keeps,
+    estimate_problems,
+    last_query_stats,
+    layer_slots,
+)
 from mmi_kernels.flashinfer_backend import (
     FlashInferBlockSparse,
     FlashInferBSR,
@@ -36,11 +42,13 @@ from mmi_kernels.keep_planner import (
     grid_keeps,
     vertical_slash_keeps,
 )
+from mmi_kernels.ranking import top_ids
 from mmi_kernels.sparse_attention import KernelConfig, sparse_attention, sparse_attention_fwd
 from mmi_kernels.wrapper import PrefillPlan, SparsePrefillWrapper, dense_causal_attention, sparse_prefill
 
 __all__: list[str] = [
     "BlockSparseRows",
+    "EstimationProblem",
     "FlashInferBSR",
     "FlashInferBlockSparse",
     "FlexExport",
@@ -58,6 +66,7 @@ __all__: list[str] = [
     "dense_causal_attention",
     "dense_keep",
     "estimate_layer_keeps",
+    "estimate_problems",
     "flashinfer_available",
     "flex_permute",
     "flex_sparse_attention",
@@ -75,5 +84,6 @@ __all__: list[str] = [
     "sparse_attention",
     "sparse_attention_fwd",
     "sparse_prefill",
+    "top_ids",
     "vertical_slash_keeps",
 ]

@@ -5,6 +5,12 @@ through the index for exact equality) and reuses mmi_core's scoring and ranking 
 O(n_q·n_k) tensor: last-query statistics are accumulated over key chunks, and keep sets come from
 `mmi_kernels.keep_planner`.
 
+The unit of work is an `EstimationProblem` (keys ``[0, end)`` of the request and the queries ending there, one pattern
+per head): the layer's chunk is one, and each boundary head's (query modality, pattern) sub-problem is another
+(`mmi_kernels.boundary_planner`). `estimate_problems` takes all of a layer's problems at once, so the per-launch
+work that does not depend on a problem's layout is done once: every problem's last-query statistics in one launch
+set, every vertical-slash head of every problem in one ranking sort.
+
 Head slots are fixed per layer from the configs alone (`layer_slots`), so that one index layout serves every
 request of a batch: a KV head whose group executes together is one slot (a dense member makes it a dense slot) unless
 the group mixes Grid heads with identity-order patterns, which cannot share a permutation, or holds a boundary head;
