@@ -232,8 +232,8 @@ def estimate_problems(
     for cov in dict.fromkeys(cfg.coverage for _, cfg, _ in vs):
         entries = [e for e in vs if e[1].coverage == cov]
         _vertical_slash(problems, entries, stats, groups, prefix, keep)  # type: ignore[arg-type]
-    for i, p in enumerate(problems):
-        if stats is not None:
+    if stats is not None:  # no statistics: no Grid head either
+        for i, p in enumerate(problems):
             _grid(p, stats.log_mean, groups, p.end - prefix, g, keep[i])
     return keep
 
@@ -286,7 +286,8 @@ def _vertical_slash(
         forced += [cfg.local] * len(heads)
     r = len(rows)
     dev = stats.vertical.device
-    at, per_row = to_device(rows, dev), to_device(budget + forced + length * 2, dev).view(3, 2 * r)  # one copy
+    table = to_device(rows + budget + forced + length * 2, dev)  # one host-to-device copy for every row's facts
+    at, per_row = table[:r], table[r:].view(3, 2 * r)
     assert stats.slash is not None
     scores = torch.cat(
         [stats.vertical.view(-1, n_k).index_select(0, at), stats.slash.view(-1, n_k).index_select(0, at)]
