@@ -3,7 +3,7 @@ query modality (the parts of `mmi_core.RowGroups`, ``rows`` set), in O(n_q + n_k
 
 `boundary_selection` (the specification, rules in its module docstring) ORs every group's (query, key) pairs into
 [n_q, n_k] masks and rounds them onto the tiles of each part's orders. Here the sub-problems come from the GPU
-estimator (`estimate_layer_keeps` on the truncated sequence, the same rule as `_sub_selection`), batched over every
+estimator (`estimate_problems` on the truncated sequences, the same rule as `_sub_selection`), batched over every
 boundary head of the layer that needs one (query modality, pattern), and the rounding works on block-level
 quantities only. The one identity that makes it linear: a sub tile ``(QB, KB)`` keeps
 every causal pair of its rows and keys, so the final tile ``(X, Y)`` holds one of its (restricted) pairs iff
@@ -630,8 +630,8 @@ def boundary_keeps(
     last = modality_last_rows(layout, n_q)
     rows_of = {m: sum(max(0, s.end - max(s.start, prefix)) for s in layout.segments_of(m)) for m in last}
 
-    # sub-problems, batched: per query modality, rounds of one pattern per head (a 2D head's i-th distinct pattern
-    # in round i), each round estimated for all its heads together
+    # sub-problems: per query modality, rounds of one pattern per head (a 2D head's i-th distinct pattern in round
+    # i); every round of every modality estimated in one call
     requests: list[tuple[Modality, dict[int, PatternConfig]]] = []
     for m in last:
         distinct = {h: list(dict.fromkeys(_pairs_of(spec, m, mods).values())) for h, spec in specs.items()}
