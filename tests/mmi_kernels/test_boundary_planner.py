@@ -4,6 +4,7 @@ through the index), and SparsePrefillWrapper vs mmi_attention_reference on mixed
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -94,17 +95,24 @@ def _slot_selections(sels: list, slots: list[tuple[int, int]], dense):
 
 
 @pytest.mark.parametrize(
-    ("name", "prefix", "grid_heads_per_chunk"),
-    [(name, prefix, None) for name in MIXED for prefix in (0, 37)] + [("t_i_v_t_v_t", 37, 1)],
+    ("name", "prefix", "grid_heads_per_chunk", "loop_max"),
+    [(name, prefix, None, None) for name in MIXED for prefix in (0, 37)]
+    + [("t_i_v_t_v_t", 37, 1, None), ("t_i_v_t_v_t", 37, None, 1)],
 )
-def test_boundary_keeps_equal_mmi_core(name: str, prefix: int, grid_heads_per_chunk: int | None, monkeypatch) -> None:
+def test_boundary_keeps_equal_mmi_core(
+    name: str, prefix: int, grid_heads_per_chunk: int | None, loop_max: int | None, monkeypatch
+) -> None:
     """The whole layer (several boundary heads, Grid and identity-order parts batched over heads; the Grid heads
-    also one per chunk) through the index equals mmi_core's selections."""
+    also one per chunk; with ``loop_max`` 1 every part whose rows meet several sub blocks counts as scattered: the
+    Triton path rounds it as rows, the PyTorch path through the split) through the index equals mmi_core's
+    selections."""
+    from mmi_kernels import boundary_planner
+
     layout = MIXED[name]
     if grid_heads_per_chunk is not None:
-        from mmi_kernels import boundary_planner
-
         monkeypatch.setattr(boundary_planner, "GRID_CHUNK", grid_heads_per_chunk * layout.num_tokens)
+    if loop_max is not None:
+        monkeypatch.setattr(boundary_planner, "SLOT_LOOP_MAX", loop_max)
     n_k = layout.num_tokens
     g = torch.Generator().manual_seed(prefix + n_k)
     q = torch.randn(n_k - prefix, 8, 16, generator=g)
@@ -408,10 +416,10 @@ def test_incidence_kernel_equals_torch(layout_name: str) -> None:
 
 
 @pytest.mark.parametrize("layout_name", list(PLANNER_LAYOUTS))
-def test_group_key_blocks_are_the_blocks_holding_group_keys(layout_name: str) -> None:
-    """The key blocks the transposed rounding keeps (a layout fact) are exactly those holding a key of the group
-    before the sub's end, for every group of modalities and every end of a modality's last segment."""
-    from mmi_kernels.boundary_planner import group_key_blocks
+def test_group_key_runs_are_the_blocks_holding_group_keys(layout_name: str) -> None:
+    """The key blocks the rounding visits (a layout fact) are exactly those holding a key of the group before the
+    sub's end, for every group of modalities and every end of a modality's last segment, as maximal runs."""
+    from mmi_kernels.boundary_planner import group_key_runs
 
     layout, block, _ = PLANNER_LAYOUTS[layout_name]
     mods = layout.token_modalities()
@@ -420,7 +428,9 @@ def test_group_key_blocks_are_the_blocks_holding_group_keys(layout_name: str) ->
         for end in ends:
             holds = torch.isin(mods[:end], torch.tensor(sorted(group)))
             want = sorted({p // block for p in holds.nonzero().flatten().tolist()})
-            assert group_key_blocks(layout, frozenset(group), end, block) == want, (group, end)
+            runs = group_key_runs(layout, frozenset(group), end, block)
+            assert [b for lo, hi in runs for b in range(lo, hi)] == want, (group, end)
+            assert all(a[1] < b[0] for a, b in itertools.pairwise(runs)), runs  # maximal: no two runs touch
 
 
 @pytest.mark.parametrize("width", [1, 2, 5])

@@ -9,6 +9,13 @@ import torch
 
 from mmi_kernels.boundary_tiles import slot_tiles
 
+KERNEL_DEV = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, interpreted on a CPU
+
+
+def _on(triton: str, *ts: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs where that execution runs: the kernel's device for "1", the CPU (PyTorch expression) for "0"."""
+    return [t.to(KERNEL_DEV if triton == "1" else "cpu") for t in ts]
+
 
 def _case(heads: int, nr: int, nc: int, n_rows: int, n_cols: int, wr: int, wc: int, seed: int, dtype: torch.dtype):
     g = torch.Generator().manual_seed(seed)
@@ -37,11 +44,23 @@ def test_slot_tiles_kernel_equals_torch(w: int, heads: int, n_rows: int, n_cols:
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     ref = slot_tiles(*args)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    out = slot_tiles(*args)
+    out = slot_tiles(*_on("1", *args)).cpu()
     assert ref.dtype == out.dtype == torch.bool and ref.shape == (heads, n_rows, n_cols)
     assert torch.equal(ref, want) and torch.equal(out, want)
     if n_rows * n_cols > 1:
         assert want.any() and not want.all()
+
+
+@pytest.mark.parametrize(("wr", "wc"), [(33, 1), (16, 2), (1, 24)])
+def test_slot_tiles_many_slots_on_one_side(wr: int, wc: int, monkeypatch) -> None:
+    """Many slots on one side, few on the other: the planner's scattered rows (up to ``block`` row slots against
+    one key slot) go through the kernel as they are."""
+    args = _case(2, 40, 12, 9, 70, wr=wr, wc=wc, seed=wr + 7 * wc, dtype=torch.int32)
+    want = _brute(*args)
+    for triton in ("0", "1"):
+        monkeypatch.setenv("TRITON_INTERPRET", triton)
+        assert torch.equal(slot_tiles(*_on(triton, *args)).cpu(), want)
+    assert want.any() and not want.all()
 
 
 @pytest.mark.parametrize("triton", ["0", "1"])
@@ -49,12 +68,13 @@ def test_slot_tiles_shared_tables_and_transposed_blocks(triton: str, monkeypatch
     """Slot tables expanded over the heads (stride 0, read in place) and a transposed view of the sub blocks give
     the same tiles as contiguous copies."""
     monkeypatch.setenv("TRITON_INTERPRET", triton)
-    s_ext, r_slot, r_val, c_slot, c_val = _case(3, 6, 4, 19, 70, wr=2, wc=3, seed=7, dtype=torch.int32)
-    r_slot, r_val = r_slot[:1].expand(3, -1, -1), r_val[:1].expand(3, -1, -1)
+    case = _case(3, 6, 4, 19, 70, wr=2, wc=3, seed=7, dtype=torch.int32)
+    want = _brute(case[0], case[1][:1].expand(3, -1, -1), case[2][:1].expand(3, -1, -1), *case[3:])
+    s_ext, r_slot, r_val, c_slot, c_val = _on(triton, *case)
+    r_slot, r_val = r_slot[:1].expand(3, -1, -1), r_val[:1].expand(3, -1, -1)  # expanded where they run
     s_t = s_ext.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major storage
-    want = _brute(s_ext, r_slot.contiguous(), r_val.contiguous(), c_slot, c_val)
-    assert torch.equal(slot_tiles(s_t, r_slot, r_val, c_slot, c_val), want)
-    assert torch.equal(slot_tiles(s_ext, r_slot.contiguous(), r_val.contiguous(), c_slot, c_val), want)
+    assert torch.equal(slot_tiles(s_t, r_slot, r_val, c_slot, c_val).cpu(), want)
+    assert torch.equal(slot_tiles(s_ext, r_slot.contiguous(), r_val.contiguous(), c_slot, c_val).cpu(), want)
 
 
 def test_slot_tiles_ties_and_padding() -> None:
@@ -66,7 +86,7 @@ def test_slot_tiles_ties_and_padding() -> None:
     for triton in ("0", "1"):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("TRITON_INTERPRET", triton)
-            assert torch.equal(slot_tiles(s_ext, r_slot, r_val, c_slot, c_val), want)
+            assert torch.equal(slot_tiles(*_on(triton, s_ext, r_slot, r_val, c_slot, c_val)).cpu(), want)
 
 
 def test_slot_tiles_errors() -> None:
@@ -88,17 +108,18 @@ def test_slot_tiles_ors_into_a_strided_out(triton: str, monkeypatch) -> None:
     """``out`` (here a transposed slice of a larger tensor, partly True already) gets the tiles ORed in, in place;
     the rest of the larger tensor is untouched."""
     monkeypatch.setenv("TRITON_INTERPRET", triton)
-    args = _case(2, 5, 6, 21, 13, wr=2, wc=2, seed=3, dtype=torch.int64)
+    case = _case(2, 5, 6, 21, 13, wr=2, wc=2, seed=3, dtype=torch.int64)
     g = torch.Generator().manual_seed(1)
-    big = torch.rand(2, 15, 25, generator=g) < 0.2  # [H, C + 2, R + 4]
-    before = big.clone()
+    big_cpu = torch.rand(2, 15, 25, generator=g) < 0.2  # [H, C + 2, R + 4]
+    args = _on(triton, *case)
+    (big,) = _on(triton, big_cpu)
     out = big[:, 1:14, 2:23].transpose(1, 2)  # [H, R, C], strided
-    prior = out.clone()
+    prior = out.cpu()
     got = slot_tiles(*args, out=out)
     assert got.data_ptr() == out.data_ptr()
-    assert torch.equal(out, prior | _brute(*args))
-    mask = torch.ones_like(big)
+    assert torch.equal(out.cpu(), prior | _brute(*case))
+    mask = torch.ones_like(big_cpu)
     mask[:, 1:14, 2:23] = False
-    assert torch.equal(big[mask], before[mask])
+    assert torch.equal(big.cpu()[mask], big_cpu[mask])
     with pytest.raises(ValueError, match="out must be bool"):
-        slot_tiles(*args, out=torch.zeros(2, 21, 12, dtype=torch.bool))
+        slot_tiles(*args, out=torch.zeros(2, 21, 12, dtype=torch.bool, device=big.device))

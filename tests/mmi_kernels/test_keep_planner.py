@@ -24,7 +24,7 @@ from mmi_core.estimation import grid_key_scores, last_query_scores, vertical_sla
 from mmi_kernels import (
     LayoutTensors,
     ashape_keep,
-    block_sparse_keep,
+    block_sparse_keeps,
     estimate_layer_keeps,
     grid_keeps,
     index_from_keeps,
@@ -105,10 +105,11 @@ def test_identity_order_keeps_equal_mmi_core(n_q, n_k, block) -> None:
         assert_same_keep(keep, sel)
     bs = BlockSparse(top_k=2, block=block)
     nqb, nkb = -(-n_q // block), -(-n_k // block)
-    top = torch.randint(-1, nkb, (nqb, 3), generator=g)
-    sel = block_sparse_selection(n_q, n_k, bs, top)
-    keep = block_sparse_keep(n_q, n_k, bs, top)
-    assert_same_keep(keep, sel)
+    top = torch.randint(-1, nkb, (3, nqb, 3), generator=g)  # three heads, one call
+    for h, keep in enumerate(block_sparse_keeps(n_q, n_k, bs, top)):
+        assert_same_keep(keep, block_sparse_selection(n_q, n_k, bs, top[h]))
+    with pytest.raises(ValueError, match="top_blocks"):
+        block_sparse_keeps(n_q, n_k, bs, top[0])
 
 
 @pytest.mark.parametrize("layout_name", list(LAYOUTS))

@@ -71,6 +71,38 @@ def test_groups_strided_heads_and_scale() -> None:
         assert_stats_close(st, v_ref, s_ref, grid_key_scores(p))
 
 
+def test_groups_needs_per_head() -> None:
+    """Per (group, head) needs: what is asked for equals the reference (column and log sums for 1, diagonal sums too
+    for 2); a head that needs nothing in one group is still right in another; the diagonal sums of a head that did
+    not ask for them stay untouched (zeros), so the kernel really skipped its atomics."""
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(120, 4, 16, generator=g), torch.randn(200, 2, 16, generator=g)
+    groups = [(200, 16), (150, 8)]
+    needs = [[2, 1, 0, 2], [0, 2, 1, 1]]
+    got = last_query_stats_groups(q.to(DEV), k.to(DEV), groups, needs=needs, block_n=32)
+    for i, (end, last_q) in enumerate(groups):
+        p = last_query_scores(q[: end - 80], k[:end], last_q)
+        v_ref, s_ref = vertical_slash_scores(p)
+        lm_ref = grid_key_scores(p)
+        st = got.group(i, end)
+        for h, code in enumerate(needs[i]):
+            if code == 0:
+                continue
+            torch.testing.assert_close(st.vertical[h].cpu(), v_ref[h], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(st.log_mean[h].cpu(), lm_ref[h], rtol=1e-5, atol=1e-4)
+            assert st.slash is not None
+            if code == 2:
+                torch.testing.assert_close(st.slash[h].cpu(), s_ref[h], rtol=1e-5, atol=1e-6)
+            else:
+                assert not st.slash[h].any()
+    with pytest.raises(ValueError, match="needs must hold 4 codes"):
+        last_query_stats_groups(q, k, groups, needs=[[1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="needs codes"):
+        last_query_stats_groups(q, k, groups, needs=[[2, 1, 0, 3], [0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="needs codes"):
+        last_query_stats_groups(q, k, groups, need_slash=False, needs=[[2, 1, 0, 1], [0, 0, 0, 0]])
+
+
 def test_groups_reject_bad_groups() -> None:
     q = torch.randn(30, 4, 16)
     k = torch.randn(100, 2, 16)  # prefix 70

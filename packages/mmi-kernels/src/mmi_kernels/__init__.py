@@ -37,7 +37,7 @@ from mmi_kernels.index import (
 from mmi_kernels.keep_planner import (
     LayoutTensors,
     ashape_keep,
-    block_sparse_keep,
+    block_sparse_keeps,
     dense_keep,
     grid_keeps,
     vertical_slash_keeps,
@@ -60,7 +60,7 @@ __all__: list[str] = [
     "SparseIndex",
     "SparsePrefillWrapper",
     "ashape_keep",
-    "block_sparse_keep",
+    "block_sparse_keeps",
     "boundary_keeps",
     "bsr_attention_reference",
     "dense_causal_attention",

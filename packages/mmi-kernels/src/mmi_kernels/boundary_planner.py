@@ -27,7 +27,7 @@ Many: the full/partial split of `_split_tiles` (``A`` one [nqb, nkb] pass per ro
 0/1 matmul against the incidence matrix; blocks reached in part, at most one per row slot and final block:
 scattered one incidence at a time). Where that finds too many partly reached blocks, `slot_tiles` with many slots:
 O(block · nqb · nkb) time, still O(nqb · nkb) memory. The transposed problem's rows are only the key blocks that
-can hold a key of the group (`group_key_blocks`, a layout fact): the rest have no incidence.
+can hold a key of the group (`group_key_runs`, a layout fact): the rest have no incidence.
 
 Sub columns become columns of every final block whose incident m rows reach them (``pos(c) <= pmax``); columns that
 fall inside the sub's kept blocks are not removed first: their pairs are block pairs, so the final tile holding them
@@ -463,13 +463,17 @@ def _incidences_kernel(MINE, QS_INV, KO, KEY_MASK, Q_SLOT, Q_PMAX, K_SLOT, K_MIN
 
 
 def _round_tiles(
-    sub_blocks: torch.Tensor, inc: _Incidences, block: int, out: torch.Tensor, key_blocks: list[int] | None = None
+    sub_blocks: torch.Tensor,
+    inc: _Incidences,
+    block: int,
+    out: torch.Tensor,
+    key_runs: list[tuple[int, int]] | None = None,
 ) -> None:
     """One group's sub blocks of H heads (bool [H, nqb_s, nkb_s]; ``inc`` per head or one for all) rounded onto the
     final orders and ORed into ``out`` (bool [H, ceil(rows / block), nkb], any strides): the part's own query blocks
-    only (its rows lead its query order; the blocks after them hold none). ``key_blocks``: final key blocks that can
-    hold a group key (`group_key_blocks`, a superset); the others' incidences are empty, so the transposed problem
-    leaves them out."""
+    only (its rows lead its query order; the blocks after them hold none). ``key_runs``: runs ``[lo, hi)`` of final
+    key blocks that can hold a group key (`group_key_runs`, a superset); the others have no incidence, so only the
+    runs are rounded (in place, one call each)."""
     heads = sub_blocks.shape[0]
     s_ext = torch.zeros(heads, inc.nqb_s + 1, inc.nkb_s + 1, dtype=torch.bool, device=sub_blocks.device)
     s_ext[:, : inc.nqb_s, : inc.nkb_s] = sub_blocks  # row / column nqb_s, nkb_s: padding
@@ -478,39 +482,38 @@ def _round_tiles(
         return t.expand(heads, *t.shape[1:])
 
     q_slot, q_pmax, k_slot, k_min = map(per_head, (inc.q_slot, inc.q_pmax, inc.k_slot, inc.k_min))
-    if q_slot.shape[2] <= k_slot.shape[2]:
-        _tiles(s_ext, q_slot, q_pmax, k_slot, k_min, block, out)
-        return
-    # rows scattered (e.g. identity-ordered sub rows, grid-ordered final video rows): the transposed problem, its
-    # rows the key blocks. Its cost grows with the rows (`_split_tiles`' matmul: rows x sub query blocks x final
-    # query blocks), so only the key blocks that can hold a group key go in: a video row's text/image group at 1M
-    # tokens is a quarter of the key blocks
-    out_t = out.transpose(1, 2)
-    if key_blocks is None or len(key_blocks) == k_slot.shape[1]:
-        _tiles(s_ext.transpose(1, 2), k_slot, -k_min, q_slot, -q_pmax, block, out_t)
-        return
-    if not key_blocks:  # no group key before the sub's end: nothing to round
-        return
-    lo, hi = key_blocks[0], key_blocks[-1] + 1
-    if hi - lo == len(key_blocks):  # one run (every group key before a sub's end, e.g. all modalities): in place
-        _tiles(s_ext.transpose(1, 2), k_slot[:, lo:hi], -k_min[:, lo:hi], q_slot, -q_pmax, block, out_t[:, lo:hi])
-        return
-    at = to_device(key_blocks, out.device, torch.int64)
-    part = torch.zeros(heads, len(key_blocks), out.shape[1], dtype=torch.bool, device=out.device)
-    _tiles(s_ext.transpose(1, 2), k_slot[:, at], -k_min[:, at], q_slot, -q_pmax, block, part)
-    out_t[:, at] |= part
+    # more row slots than key slots: the transposed problem, its rows the key blocks. Except where the Triton pass
+    # runs and the rows scatter (identity-ordered sub rows against grid-ordered final video rows: up to `block` row
+    # slots against one key slot): it takes them as rows, O(Wr) per tile in registers, where the transposed problem
+    # goes to `_split_tiles` (its reach, sorts, matmul and a host read). A 131K 2D layer's video part, 28 heads, 128
+    # row slots, 800 rows: 1.09 ms against 4.47 ms; with 2 row slots the transposed pass stays faster, 0.38 against
+    # 0.55 ms (H100, 2026-12-07)
+    q_w, k_w = q_slot.shape[2], k_slot.shape[2]
+    transposed = q_w > k_w and (q_w <= SLOT_LOOP_MAX or not triton_runs(s_ext))
+    for lo, hi in key_runs if key_runs is not None else [(0, k_slot.shape[1])]:
+        if transposed:
+            _tiles(s_ext.transpose(1, 2), k_slot[:, lo:hi], -k_min[:, lo:hi], q_slot, -q_pmax, block,
+                   out.transpose(1, 2)[:, lo:hi])  # fmt: skip
+        else:
+            _tiles(s_ext, q_slot, q_pmax, k_slot[:, lo:hi], k_min[:, lo:hi], block, out[:, :, lo:hi])
 
 
 @functools.lru_cache(maxsize=256)
-def group_key_blocks(layout: ModalityLayout, group: frozenset[int], end: int, block: int) -> list[int]:
-    """Final key blocks that can hold a key of modalities ``group`` before ``end``: those overlapping such a
-    segment (a layout fact: every sub order, and so the final key order, permutes keys only inside their own
-    segment; keys past ``end`` keep their positions)."""
-    out: set[int] = set()
+def group_key_runs(layout: ModalityLayout, group: frozenset[int], end: int, block: int) -> list[tuple[int, int]]:
+    """Runs ``[lo, hi)`` of final key blocks that can hold a key of modalities ``group`` before ``end``, ascending
+    and disjoint: the blocks overlapping such a segment (a layout fact: every sub order, and so the final key order,
+    permutes keys only inside their own segment; keys past ``end`` keep their positions)."""
+    blocks: set[int] = set()
     for s in layout.segments:
         if int(s.modality) in group and s.start < end:
-            out.update(range(s.start // block, _cdiv(min(s.end, end), block)))
-    return sorted(out)
+            blocks.update(range(s.start // block, _cdiv(min(s.end, end), block)))
+    runs: list[tuple[int, int]] = []
+    for b in sorted(blocks):
+        if runs and runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], b + 1)
+        else:
+            runs.append((b, b + 1))
+    return runs
 
 
 def _round_columns(
@@ -525,7 +528,8 @@ def _round_columns(
     stop early), or None for a sub without columns. ``k_sub``
     [Hs, end]: the subs' key orders, ``kinv`` [Hs, n_k]: the inverse final key orders, ``inc``: per head or one
     for all (``Hs = 1``). Lists that are one list for every sub query block (vertical-slash: an expanded view, known
-    without a host read) are done for all heads at once, padded to the longest."""
+    without a host read) are done for all heads at once, padded to the longest, and stay one list (an expanded view:
+    the index drops a block's non-causal columns)."""
     dev = kinv.device
     out: list[torch.Tensor | None] = [None] * len(cids)
     one: list[int] = []
@@ -555,10 +559,13 @@ def _round_columns(
             universe = torch.stack(lists)  # [H', U]
         else:
             universe = torch.nn.utils.rnn.pad_sequence(lists, batch_first=True, padding_value=-1)
-        col_reach = _rows(inc.q_pmax, one).amax(2)[:, :, None]  # [H' or 1, nqb_m, 1]: each block's last group row
-        final = _final_columns(universe, _rows(k_sub, one), key_mask, _rows(kinv, one), col_reach)
+        # one list for every final block, a view: a column after all of a block's rows holds no causal pair there,
+        # which the index drops itself (the reach test of the differing lists above would only repeat it per block,
+        # [H', nqb_m, U] int64: ~150 MB and ~3.5 ms of a 131K Q-boundary layer's device time, H100)
+        final = _final_columns(universe, _rows(k_sub, one), key_mask, _rows(kinv, one), None)
+        nqb_m = inc.q_slot.shape[1]
         for i, c in zip(one, final, strict=True):
-            out[i] = c
+            out[i] = c[None, :].expand(nqb_m, -1)
     return out
 
 
@@ -567,15 +574,19 @@ def _final_columns(
     k_sub: torch.Tensor,
     key_mask: torch.Tensor,
     kinv: torch.Tensor,
-    col_reach: torch.Tensor,
+    col_reach: torch.Tensor | None,
 ) -> torch.Tensor:
-    """int64 [H, nqb_m, U]: sub column ``universe[h, u]`` (sub key-permuted id, -1 padding) as a final key-permuted
-    id where the final block's rows reach it (``pos <= col_reach[h, X, u]``, broadcastable [H, nqb_m, U]) and it is
-    one of the group's keys, else -1. ``k_sub`` [H or 1, end], ``kinv`` [H or 1, n_k]."""
+    """Sub column ``universe[h, u]`` (sub key-permuted id, -1 padding) as a final key-permuted id where it is one of
+    the group's keys, else -1: int64 [H, U], or [H, nqb_m, U] with ``col_reach`` (broadcastable [H, nqb_m, U]): only
+    where the final block's rows reach it (``pos <= col_reach[h, X, u]``). ``k_sub`` [H or 1, end], ``kinv`` [H or
+    1, n_k]."""
     heads = universe.shape[0]
     pos = _gather(k_sub.expand(heads, -1), universe.clamp(min=0))  # original position of each column
-    keep = ((universe >= 0) & key_mask[pos])[:, None, :] & (pos[:, None, :] <= col_reach)
-    return torch.where(keep, _gather(kinv.expand(heads, -1), pos)[:, None, :], -1)
+    keep = (universe >= 0) & key_mask[pos]
+    final = _gather(kinv.expand(heads, -1), pos)
+    if col_reach is None:
+        return torch.where(keep, final, -1)
+    return torch.where(keep[:, None, :] & (pos[:, None, :] <= col_reach), final[:, None, :], -1)
 
 
 def _pairs_of(spec: HeadSpec, m: Modality, layout_modalities: tuple[Modality, ...]) -> dict[Modality, PatternConfig]:
@@ -729,13 +740,13 @@ def boundary_keeps(
                 q_width = part_row_width(layout, m, prefix, block) if agree else None
                 inc = _incidences(q_sub, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block, q_width)
                 sub_blocks = torch.stack([sub.blocks.to(dev) for sub in gsubs])
-                kb_of_group = group_key_blocks(layout, group, end, block)
+                runs = group_key_runs(layout, group, end, block)
                 if len(idx) == heads:  # in place
-                    _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m], kb_of_group)
+                    _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m], runs)
                 else:
                     at = to_device(idx, dev)
                     tiles = blocks[at, :nqb_m]  # a copy: ORed into, then written back
-                    _round_tiles(sub_blocks, inc, block, tiles, kb_of_group)
+                    _round_tiles(sub_blocks, inc, block, tiles, runs)
                     blocks[at, :nqb_m] = tiles
                 cids = [sub.column_ids for sub in gsubs]
                 for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv), strict=True):

@@ -45,12 +45,14 @@ def _slot_tiles_kernel(
     acc = tl.zeros([BR, BC], tl.int32)
     if ACCUMULATE:  # OR into what is there
         acc = (tl.load(at, mask=m, other=0) != 0).to(tl.int32)
-    for w in range(wr):
-        rs = tl.load(RS + h * rs_h + x * wr + w, mask=mx, other=0)
-        rv = tl.load(RV + h * rv_h + x * wr + w, mask=mx, other=0)
-        for v in range(wc):
-            cs = tl.load(CS + h * cs_h + y * wc + v, mask=my, other=0)
-            cv = tl.load(CV + h * cv_h + y * wc + v, mask=my, other=0)
+    # column slots outside: the planner's many-slot case is many row slots against one column slot (scattered
+    # rows), whose column ids and values are then loaded once
+    for v in range(wc):
+        cs = tl.load(CS + h * cs_h + y * wc + v, mask=my, other=0)
+        cv = tl.load(CV + h * cv_h + y * wc + v, mask=my, other=0)
+        for w in range(wr):
+            rs = tl.load(RS + h * rs_h + x * wr + w, mask=mx, other=0)
+            rv = tl.load(RV + h * rv_h + x * wr + w, mask=mx, other=0)
             s = tl.load(S + h * s_h + rs[:, None] * s_r + cs[None, :] * s_c, mask=m, other=0)
             acc = acc | ((s != 0) & (cv[None, :] <= rv[:, None])).to(tl.int32)
     tl.store(at, acc.to(tl.uint8), mask=m)
@@ -99,8 +101,8 @@ def slot_tiles(
     ``s_ext`` bool ``[H, nr + 1, nc + 1]`` (any strides; row ``nr`` and column ``nc`` all False: the padding ids);
     ``r_slot`` int64 / ``r_val`` ``[H, R, Wr]``; ``c_slot`` int64 / ``c_val`` ``[H, C, Wc]`` (ids in ``[0, nr]`` /
     ``[0, nc]``; values int32 or int64, one dtype). A table expanded over the heads (head stride 0) is read in place.
-    Raises ValueError for other shapes, dtypes or devices. Meant for few slots (the planner's ``SLOT_LOOP_MAX``):
-    the work is ``H · R · C · Wr · Wc``.
+    Raises ValueError for other shapes, dtypes or devices. The work is ``H · R · C · Wr · Wc``: meant for few slots
+    on one side (the planner's ``SLOT_LOOP_MAX``) and, where the kernel runs, up to ``block`` on the other.
     """
     _check(s_ext, r_slot, r_val, c_slot, c_val)
     heads, n_rows, n_cols = s_ext.shape[0], r_slot.shape[1], c_slot.shape[1]

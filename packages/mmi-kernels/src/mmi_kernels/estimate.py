@@ -51,7 +51,7 @@ from mmi_kernels.index import SlotKeep, pattern_capacity
 from mmi_kernels.keep_planner import (
     LayoutTensors,
     ashape_keep,
-    block_sparse_keep,
+    block_sparse_keeps,
     dense_keep,
     grid_keeps,
     union_keeps,
@@ -200,15 +200,18 @@ def estimate_problems(
         if p.lt.layout.num_tokens != p.end or not prefix <= p.end <= n_k:
             raise ValueError(f"problem of {p.end} keys (layout {p.lt.layout.num_tokens}) with k {n_k}, q {n_q}")
 
-    # last-query statistics: one group per distinct (end, last_q); diagonal sums when some VS head needs them
+    # last-query statistics: one group per distinct (end, last_q); per group and head what it needs: a Grid head
+    # the log sums (1), a vertical-slash head also the diagonal sums (2), any other nothing (0)
     groups: dict[tuple[int, int], int] = {}
-    need_slash = False
+    needs: list[list[int]] = []
     for p in problems:
-        for cfg in p.patterns:
+        for h, cfg in enumerate(p.patterns):
             if isinstance(cfg, VerticalSlash | Grid):
-                groups.setdefault((p.end, cfg.last_q), len(groups))
-                need_slash |= isinstance(cfg, VerticalSlash)
-    stats = _group_stats(q, k, list(groups), scale=scale, chunk=chunk, need_slash=need_slash) if groups else None
+                gi = groups.setdefault((p.end, cfg.last_q), len(groups))
+                if gi == len(needs):
+                    needs.append([0] * hq)
+                needs[gi][h] = max(needs[gi][h], 2 if isinstance(cfg, VerticalSlash) else 1)
+    stats = _group_stats(q, k, list(groups), scale=scale, chunk=chunk, needs=needs) if groups else None
 
     keep: list[list[SlotKeep | None]] = [[None] * hq for _ in problems]
     vs: list[tuple[int, VerticalSlash, list[int]]] = []  # (problem, config, heads) ranked together below
@@ -227,8 +230,8 @@ def estimate_problems(
             elif isinstance(cfg, BlockSparse):
                 kv = k[: p.end].index_select(1, to_device([h // g for h in heads], dev))
                 top = estimate_block_sparse(q[:n_q_p].index_select(1, to_device(heads, dev)), kv, cfg, scale=scale)
-                for j, h in enumerate(heads):
-                    keep[i][h] = block_sparse_keep(n_q_p, p.end, cfg, top[j])
+                for h, kp in zip(heads, block_sparse_keeps(n_q_p, p.end, cfg, top), strict=True):
+                    keep[i][h] = kp
     for cov in dict.fromkeys(cfg.coverage for _, cfg, _ in vs):
         entries = [e for e in vs if e[1].coverage == cov]
         _vertical_slash(problems, entries, stats, groups, prefix, keep)  # type: ignore[arg-type]
@@ -245,13 +248,15 @@ def _group_stats(
     *,
     scale: float | None,
     chunk: int,
-    need_slash: bool,
+    needs: list[list[int]],
 ) -> LastQueryStats:
     """`last_query_stats` of every sub-problem ``(end, last_q)`` (keys ``[0, end)``, the queries ending there) as
-    fp32 ``[G, Hq, n_k]`` tables (entries past a group's end: unspecified). Where the kernels run, one set of
-    launches for all groups (`last_query_stats_groups`); otherwise `last_query_stats` per group."""
+    fp32 ``[G, Hq, n_k]`` tables (entries past a group's end, or of a (group, head) whose need is 0 or, for the
+    diagonal sums, 1: unspecified). Where the kernels run, one set of launches for all groups
+    (`last_query_stats_groups`, which skips what is not needed); otherwise `last_query_stats` per group."""
+    need_slash = any(c == 2 for row in needs for c in row)
     if triton_runs(q):
-        return last_query_stats_groups(q, k, groups, scale=scale, need_slash=need_slash)
+        return last_query_stats_groups(q, k, groups, scale=scale, need_slash=need_slash, needs=needs)
     hq, n_k, prefix = q.shape[1], k.shape[0], k.shape[0] - q.shape[0]
     vertical = torch.zeros(len(groups), hq, n_k, device=q.device)
     log_mean, slash = torch.zeros_like(vertical), torch.zeros_like(vertical) if need_slash else None

@@ -27,7 +27,7 @@ from mmi_kernels.index import SlotKeep
 __all__ = [
     "LayoutTensors",
     "ashape_keep",
-    "block_sparse_keep",
+    "block_sparse_keeps",
     "dense_keep",
     "grid_blocks",
     "grid_inverse_reference",
@@ -221,20 +221,25 @@ def _slash_blocks_kernel(KEPT, OUT, n_k, prefix, nqb, nkb, B: tl.constexpr, BK: 
         tl.store(OUT + (h * nqb + qb) * nkb + kb, (ok & (z > a)).to(tl.uint8), mask=kb < nkb)
 
 
-def block_sparse_keep(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> SlotKeep:
-    """`mmi_core.block_sparse_selection`: ``top_blocks`` int [nqb, w] (-1 padding) plus own block(s) and block 0."""
-    dev, b = top_blocks.device, cfg.block
-    qo, ko = _identity(n_q, n_k, dev)
+def block_sparse_keeps(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> list[SlotKeep]:
+    """`mmi_core.block_sparse_selection` of ``H`` heads sharing ``cfg``: ``top_blocks`` int ``[H, nqb, w]`` (-1
+    padding; `mmi_core.estimate_block_sparse`) plus each query block's own block(s) and block 0. One keep per head,
+    all from one ``[H, nqb, nkb]`` scatter: a 2D layer asks this of every head (28 per-head builds were ~420 host
+    ops). Raises ValueError for another shape."""
+    b = cfg.block
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+    if top_blocks.dim() != 3 or top_blocks.shape[1] != nqb:
+        raise ValueError(f"top_blocks must be int [H, {nqb}, w] ({n_q} rows), got {tuple(top_blocks.shape)}")
+    dev, heads = top_blocks.device, top_blocks.shape[0]
+    qo, ko = _identity(n_q, n_k, dev)
     first, last = _own_blocks(n_q, n_k, b, dev)
     kb = torch.arange(nkb, device=dev)
-    blocks = (kb[None, :] >= (first // b)[:, None]) & (kb[None, :] <= (last // b)[:, None])
-    blocks[:, 0] = True
+    base = ((kb[None, :] >= (first // b)[:, None]) & (kb[None, :] <= (last // b)[:, None])) | (kb == 0)[None, :]
     tb = top_blocks.to(torch.int64)
-    ok = (tb >= 0) & (tb < nkb)
-    extra = torch.zeros(nqb, nkb + 1, dtype=torch.bool, device=dev)
-    extra.scatter_(1, torch.where(ok, tb, nkb), True)
-    return SlotKeep(qo, ko, blocks | extra[:, :nkb])
+    slot = torch.where((tb >= 0) & (tb < nkb), tb, nkb)
+    blocks = torch.zeros(heads, nqb, nkb + 1, dtype=torch.bool, device=dev).scatter_(2, slot, True)[:, :, :nkb]
+    blocks |= base
+    return [SlotKeep(qo, ko, blocks[h]) for h in range(heads)]
 
 
 GRID_CHUNK_ELEMENTS = 2**28

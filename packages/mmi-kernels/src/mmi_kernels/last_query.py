@@ -21,6 +21,10 @@ what their keys cost.
    only when a vertical-slash head needs it, adds each probability into its diagonal's sum (atomics: one diagonal
    collects up to L rows from L different tiles).
 
+Each (group, head) carries a need (`last_query_stats_groups`' ``needs``): a head that needs nothing in a group (its
+pattern there has no statistics) costs no program work, and only vertical-slash heads pay for the diagonal atomics
+(a Grid head reads the log sums only; at 131K the atomics are most of the statistics kernel's time).
+
 Scores are fp32 (`tl.dot` accumulates bf16/fp16 products in fp32, fp32 inputs use IEEE products), so results equal
 mmi_core's to fp32 rounding (summation order differs). The diagonal sums use atomics and are not bitwise
 deterministic on a GPU; the column and log sums are.
@@ -48,8 +52,8 @@ _COMBINE_TILE = 4096  # lse partials (splits x padded rows) one combine program 
 @dataclass(frozen=True)
 class LastQueryStats:
     """fp32 ``[Hq, n_k]`` each (one problem), or ``[G, Hq, W]`` (the groups of `last_query_stats_groups`; entries
-    past a group's end unspecified): column sums, diagonal sums (None when not asked for) and mean clamped
-    log-probs."""
+    past a group's end, and those a (group, head)'s need left out, unspecified): column sums, diagonal sums (None
+    when not asked for) and mean clamped log-probs."""
 
     vertical: torch.Tensor
     slash: torch.Tensor | None
@@ -91,7 +95,7 @@ def _scores(Q, K, h, gqa, n_k, n_last, stride_ql, stride_qh, stride_kn, stride_k
 
 
 @triton.jit
-def _lse_kernel(Q, K, META, M_OUT, L_OUT, hq, gqa, tiles_per_prog, splits,
+def _lse_kernel(Q, K, META, NEED, M_OUT, L_OUT, hq, gqa, tiles_per_prog, splits,
                 stride_ql, stride_qh, stride_kn, stride_kh, scale,
                 L_PAD: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                 UPCAST: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
@@ -101,8 +105,8 @@ def _lse_kernel(Q, K, META, M_OUT, L_OUT, hq, gqa, tiles_per_prog, splits,
     q0, n_last, n_k = _group(META, grp)
     first = split * tiles_per_prog
     # splits are sized for the longest group: a shorter group's programs past its end write nothing (the combine
-    # reads only the group's own splits)
-    if first * BLOCK_N < n_k:
+    # reads only the group's own splits); nor do the programs of a head that needs no statistics in this group
+    if (first * BLOCK_N < n_k) & (tl.load(NEED + grp * hq + h) > 0):
         m_i = tl.full([L_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([L_PAD], tl.float32)
         for t in range(first, tl.minimum(first + tiles_per_prog, tl.cdiv(n_k, BLOCK_N))):
@@ -140,15 +144,17 @@ def _lse_combine_kernel(META, M_PART, L_PART, LSE, hq, tiles_per_prog, splits,
 
 
 @triton.jit
-def _stats_kernel(Q, K, META, LSE, VERT, SLASH, LOGM, hq, width, gqa,
+def _stats_kernel(Q, K, META, NEED, LSE, VERT, SLASH, LOGM, hq, width, gqa,
                   stride_ql, stride_qh, stride_kn, stride_kh, scale, log_floor,
                   L_PAD: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                  UPCAST: tl.constexpr, PREC: tl.constexpr, NEED_SLASH: tl.constexpr):  # fmt: skip
+                  UPCAST: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     tile = tl.program_id(0)
     h = tl.program_id(1)
     grp = tl.program_id(2)
     q0, n_last, n_k = _group(META, grp)
-    if tile * BLOCK_N < n_k:  # the grid covers the longest group: tiles past this group's end do nothing
+    need = tl.load(NEED + grp * hq + h)  # 0: nothing, 1: column and log sums, 2: also diagonal sums
+    # the grid covers the longest group: tiles past this group's end do nothing, nor do heads without a need
+    if (tile * BLOCK_N < n_k) & (need > 0):
         s, ok, rows, keys, row_pos = _scores(Q + q0 * stride_ql, K, h, gqa, n_k, n_last, stride_ql, stride_qh,
                                              stride_kn, stride_kh, tile * BLOCK_N, scale, L_PAD, BLOCK_N, D, D_PAD,
                                              UPCAST, PREC)  # fmt: skip
@@ -164,7 +170,7 @@ def _stats_kernel(Q, K, META, LSE, VERT, SLASH, LOGM, hq, width, gqa,
         # masked (non-causal) entries have p = 0, which mmi_core clamps to the floor too
         clamped = tl.where(real, tl.maximum(logp, log_floor), 0.0)
         tl.store(LOGM + out, tl.sum(clamped, 0) / n_last.to(tl.float32), mask=kmask)
-        if NEED_SLASH:
+        if need > 1:  # the atomics are most of the kernel's cost: only for vertical-slash heads (never without SLASH)
             offs = row_pos[:, None] - keys[None, :]
             tl.atomic_add(SLASH + head.to(tl.int64) * width + offs, p, mask=ok, sem="relaxed")
 
@@ -187,6 +193,7 @@ def last_query_stats_groups(
     *,
     scale: float | None = None,
     need_slash: bool = True,
+    needs: Sequence[Sequence[int]] | None = None,
     block_n: int = 64,
 ) -> LastQueryStats:
     """Statistics of several sub-problems of one request in one launch set. ``q [n_q, Hq, D]`` holds the queries of
@@ -194,9 +201,10 @@ def last_query_stats_groups(
     along tokens and heads, unit stride along D), same float dtype and device. Group ``(end, last_q)`` is keys
     ``[0, end)`` with the queries ending at ``end``: its statistics are those of ``last_query_stats_triton(q[:end -
     prefix], k[:end], last_q)``; returned as ``[G, Hq, W]`` tables (``W`` the longest end; `LastQueryStats.group`
-    gives one group's ``[Hq, end]`` views), so a caller can gather rows of every group in one op. Raises ValueError
-    for shapes that do not fit, no groups, an end outside ``(prefix, n_k]`` (a group needs a query row) or
-    ``last_q < 1``."""
+    gives one group's ``[Hq, end]`` views), so a caller can gather rows of every group in one op. ``needs``: per
+    group, one code per query head: 0 nothing, 1 column and log sums, 2 also diagonal sums (needs ``need_slash``);
+    default 2 for every head (1 without ``need_slash``). Raises ValueError for shapes that do not fit, no groups, an
+    end outside ``(prefix, n_k]`` (a group needs a query row), ``last_q < 1`` or malformed needs."""
     _check_qk(q, k)
     n_q, hq, d = q.shape
     n_k, hkv, _ = k.shape
@@ -209,6 +217,13 @@ def last_query_stats_groups(
             raise ValueError(f"group {i}: end={end} must satisfy prefix={prefix} < end <= n_k={n_k} (a query row)")
         if lq < 1:
             raise ValueError(f"group {i}: need last_q >= 1, got last_q={lq}")
+    if needs is None:
+        needs = [[2 if need_slash else 1] * hq for _ in groups]
+    needs = [[int(c) for c in row] for row in needs]
+    if len(needs) != len(groups) or any(len(row) != hq for row in needs):
+        raise ValueError(f"needs must hold {hq} codes for each of the {len(groups)} groups")
+    if any(c not in (0, 1, 2) or (c == 2 and not need_slash) for row in needs for c in row):
+        raise ValueError("needs codes are 0 (none), 1 (column and log sums) or 2 (also diagonal sums: need_slash)")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     n_last = [min(lq, end - prefix) for end, lq in groups]
     ends = [end for end, _ in groups]
@@ -222,10 +237,12 @@ def last_query_stats_groups(
     if k.stride(2) != 1:
         k = k.contiguous()
     dev = q.device
-    # one host-to-device copy (no stream synchronisation) of the [G, 3] table the kernels read per group
-    table = [v for f, nl, end in zip(first, n_last, ends, strict=True) for v in (f - lo, nl, end)]
-    meta = to_device(table, dev, torch.int64).view(len(groups), 3)
+    # one host-to-device copy (no stream synchronisation) of the [G, 3] table the kernels read per group and the
+    # [G, Hq] needs
     n_groups = len(groups)
+    table = [v for f, nl, end in zip(first, n_last, ends, strict=True) for v in (f - lo, nl, end)]
+    both = to_device(table + [c for row in needs for c in row], dev, torch.int64)
+    meta, need = both[: 3 * n_groups].view(n_groups, 3), both[3 * n_groups :]
     l_pad = max(16, triton.next_power_of_2(max(n_last)))
     d_pad = max(16, triton.next_power_of_2(d))
     interp = not isinstance(_stats_kernel, triton.runtime.jit.JITFunction)
@@ -246,16 +263,16 @@ def last_query_stats_groups(
     splits = triton.cdiv(tiles, per_prog)
     m_part = torch.empty(n_groups, hq, splits, l_pad, dtype=torch.float32, device=dev)
     l_part = torch.empty_like(m_part)
-    _lse_kernel[(splits, hq, n_groups)](q_rows, k, meta, m_part, l_part, hq, hq // hkv, per_prog, splits, *strides,
-                                        scale, **consts)  # fmt: skip
+    _lse_kernel[(splits, hq, n_groups)](q_rows, k, meta, need, m_part, l_part, hq, hq // hkv, per_prog, splits,
+                                        *strides, scale, **consts)  # fmt: skip
     vertical = torch.empty(n_groups, hq, width, dtype=torch.float32, device=dev)
     log_mean = torch.empty_like(vertical)
     slash = torch.zeros_like(vertical) if need_slash else vertical  # a dummy pointer when not needed
     lse = torch.empty(n_groups, hq, l_pad, dtype=torch.float32, device=dev)
     _lse_combine_kernel[(hq, n_groups)](meta, m_part, l_part, lse, hq, per_prog, splits, L_PAD=l_pad, BLOCK_N=block_n,
                                         S_PAD=triton.next_power_of_2(splits))  # fmt: skip
-    _stats_kernel[(tiles, hq, n_groups)](q_rows, k, meta, lse, vertical, slash, log_mean, hq, width, hq // hkv,
-                                         *strides, scale, LOG_FLOOR, NEED_SLASH=need_slash, **consts)  # fmt: skip
+    _stats_kernel[(tiles, hq, n_groups)](q_rows, k, meta, need, lse, vertical, slash, log_mean, hq, width, hq // hkv,
+                                         *strides, scale, LOG_FLOOR, **consts)  # fmt: skip
     return LastQueryStats(vertical, slash if need_slash else None, log_mean)
 
 
