@@ -756,9 +756,10 @@ def boundary_keeps(
             # tensor, a stream synchronisation)
             own = (torch.arange(n_m, device=dev) // block) * nkb + _gather(kinv, mine + prefix) // block
             blocks.view(heads, -1).scatter_(1, own.expand(heads, n_m), True)
-            for i, h in enumerate(batch):
+            qos, kos = qo.unbind(0), ko.unbind(0)  # one row each, or one for all heads (hs == 1)
+            for i, (h, bl) in enumerate(zip(batch, blocks.unbind(0), strict=True)):
                 cols = columns[h]
                 cid = None if not cols else cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
                 j = i if hs > 1 else 0
-                parts[h].append(SlotKeep(qo[j], ko[j], blocks[i], cid, n_m))
+                parts[h].append(SlotKeep(qos[j], kos[j], bl, cid, n_m))
     return {h: parts[h] for h in specs}

@@ -20,6 +20,7 @@ each in its own orders; a modality without rows in a request leaves its slot emp
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -39,14 +40,17 @@ from mmi_core import (
     to_device,
 )
 from mmi_core.estimation import (
+    GridFold,
     estimate_block_sparse,
     estimate_grid,
     grid_key_scores,
+    grid_stride_candidates,
     last_query_scores,
     vertical_slash_scores,
 )
 from mmi_kernels.boundary_planner import boundary_keeps
 from mmi_kernels.dispatch import triton_runs
+from mmi_kernels.grid_phase import MAX_STRIDE, grid_phases
 from mmi_kernels.index import SlotKeep, pattern_capacity
 from mmi_kernels.keep_planner import (
     LayoutTensors,
@@ -236,8 +240,7 @@ def estimate_problems(
         entries = [e for e in vs if e[1].coverage == cov]
         _vertical_slash(problems, entries, stats, groups, prefix, keep)  # type: ignore[arg-type]
     if stats is not None:  # no statistics: no Grid head either
-        for i, p in enumerate(problems):
-            _grid(p, stats.log_mean, groups, p.end - prefix, g, keep[i])
+        _grids(problems, stats.log_mean, groups, prefix, g, keep)
     return keep
 
 
@@ -310,55 +313,105 @@ def _vertical_slash(
         a = b
 
 
-def _grid(
-    p: EstimationProblem,
+def _grids(
+    problems: list[EstimationProblem],
     log_mean: torch.Tensor,
     groups: dict[tuple[int, int], int],
-    n_q: int,
+    prefix: int,
     g: int,
-    keep: list[SlotKeep | None],
+    keep: list[list[SlotKeep | None]],
 ) -> None:
-    """Grid keep sets of one problem: one unit per executing group (pooled) or per head, exactly as mmi_core.layer."""
-    patterns, n_k = p.patterns, p.end
-    units: list[list[int]] = []
-    for j, mode in enumerate(p.gqa):
-        grid_heads = [h for h in range(j * g, (j + 1) * g) if isinstance(patterns[h], Grid)]
-        if grid_heads:
-            units += [grid_heads] if mode == "group" else [[h] for h in grid_heads]
-    if not units:
-        return
-    # mmi_core scores every VS/Grid head over the layer's longest last_q: the fold excludes keys near its first row
-    longest = max(c.last_q for c in patterns if isinstance(c, VerticalSlash | Grid))
-    first_row = n_k - min(longest, n_q)
-    by_cfg: dict[Grid, list[int]] = defaultdict(list)  # units whose first head has this config
-    for u, heads in enumerate(units):
-        by_cfg[patterns[heads[0]]].append(u)  # type: ignore[index]
-    fold = p.lt.grid_fold(first_row)
+    """Grid keep sets of every problem: one unit per executing group (pooled) or per head, exactly as mmi_core.layer.
+    Where the kernels run, the phases of every unit whose stride is known (one candidate: ``"frame"`` or a fixed
+    stride) come from one `grid_phases` launch over all problems (a boundary layer's sub-problems each cost ~17
+    host ops in PyTorch); the others per (problem, config) through mmi_core's `estimate_grid`."""
+    hq, width = log_mean.shape[1], log_mean.shape[2]
+    jobs: list[tuple[int, Grid, list[list[int]], int]] = []  # (problem, estimating config, its units, first row)
+    for i, p in enumerate(problems):
+        units: list[list[int]] = []
+        for j, mode in enumerate(p.gqa):
+            grid_heads = [h for h in range(j * g, (j + 1) * g) if isinstance(p.patterns[h], Grid)]
+            if grid_heads:
+                units += [grid_heads] if mode == "group" else [[h] for h in grid_heads]
+        if not units:
+            continue
+        # mmi_core scores every VS/Grid head over the layer's longest last_q: the fold excludes keys near its first row
+        longest = max(c.last_q for c in p.patterns if isinstance(c, VerticalSlash | Grid))
+        first_row = p.end - min(longest, p.end - prefix)
+        by_cfg: dict[Grid, list[list[int]]] = defaultdict(list)  # units whose first head has this config
+        for heads in units:
+            by_cfg[p.patterns[heads[0]]].append(heads)  # type: ignore[index]
+        jobs += [(i, cfg0, us, first_row) for cfg0, us in by_cfg.items()]
 
-    def scores(h: int) -> torch.Tensor:  # [n_k] log-mean row of head h at its own last_q
-        return log_mean[groups[(n_k, patterns[h].last_q)], h, :n_k]  # type: ignore[union-attr]
+    def rows(i: int, heads: list[int]) -> list[int]:  # each head's log-mean row at its own last_q
+        return [groups[(problems[i].end, problems[i].patterns[h].last_q)] * hq + h for h in heads]  # type: ignore[union-attr]
 
-    for cfg0, us in by_cfg.items():
-        lqs = {patterns[h].last_q for u in us for h in units[u]}  # type: ignore[union-attr]
-        if all(len(units[u]) == 1 for u in us) and len(lqs) == 1:  # one head per unit: one gather, no means
-            rows = log_mean[groups[(n_k, lqs.pop())], :, :n_k]
-            unit_scores = rows.index_select(0, to_device([units[u][0] for u in us], rows.device))
-        else:
-            unit_scores = torch.stack([torch.stack([scores(h) for h in units[u]]).mean(0) for u in us])
-        # stride and residues stay on the device: the planner computes the permutation from them in closed form
-        stride, residues = estimate_grid(unit_scores, p.lt.layout, cfg0, first_row, masks=fold)
+    estimates: dict[int, tuple[int | torch.Tensor, torch.Tensor]] = {}  # job -> (stride, residues [U, lines])
+    fast = []  # (job, its one stride candidate)
+    if triton_runs(log_mean):
+        for jb, (i, cfg0, _, _) in enumerate(jobs):
+            cands = grid_stride_candidates(problems[i].lt.layout, cfg0)
+            if len(cands) == 1 and cands[0] <= MAX_STRIDE:
+                fast.append((jb, cands[0]))
+    if fast:
+        masks: dict[tuple[int, int], int] = {}  # (problem, first row) -> its row of the mask tables
+        units_all = []
+        for jb, stride in fast:
+            i, _, us, first_row = jobs[jb]
+            row = masks.setdefault((i, first_row), len(masks))
+            units_all += [(row, stride, rows(i, heads)) for heads in us]
+        folds = tuple(problems[i].lt.grid_fold(first_row) for i, first_row in masks)
+        fold, signal = _fold_tables(folds, width)
+        ends = [problems[i].end for i, _ in masks]
+        lines = max(jobs[jb][1].lines for jb, _ in fast)
+        res = grid_phases(log_mean.view(-1, width), units_all, fold, signal, ends, lines)
+        a = 0
+        for jb, stride in fast:
+            n_units = len(jobs[jb][2])
+            estimates[jb] = (stride, res[a : a + n_units, : jobs[jb][1].lines])
+            a += n_units
+    for jb, (i, cfg0, us, first_row) in enumerate(jobs):
+        p = problems[i]
+        if jb not in estimates:
+            if all(len(heads) == 1 for heads in us):  # one head per unit: one gather, no means
+                at = to_device([r for heads in us for r in rows(i, heads)], log_mean.device)
+                unit_scores = log_mean.view(-1, width).index_select(0, at)[:, : p.end]
+            else:
+                unit_scores = torch.stack(
+                    [log_mean.view(-1, width)[rows(i, heads)][:, : p.end].mean(0) for heads in us]
+                )
+            # stride and residues stay on the device: the planner computes the permutation from them in closed form
+            estimates[jb] = estimate_grid(unit_scores, p.lt.layout, cfg0, first_row, masks=p.lt.grid_fold(first_row))
+        stride, residues = estimates[jb]
         # heads of one unit with one config share one keep set; the units of each config are built together
         needs: dict[Grid, list[int]] = defaultdict(list)  # config -> the units (positions in `us`) using it
-        for i, u in enumerate(us):
-            for cfg_h in dict.fromkeys(patterns[h] for h in units[u]):
-                needs[cfg_h].append(i)  # type: ignore[index]
-        for cfg_h, at in needs.items():
-            sel = to_device(at, stride.device)
-            built = dict(zip(at, grid_keeps(p.lt, n_q, cfg_h, stride[sel], residues[sel]), strict=True))
-            for i in at:
-                for h in units[us[i]]:
-                    if patterns[h] == cfg_h:
-                        keep[h] = built[i]
+        for u, heads in enumerate(us):
+            for cfg_h in dict.fromkeys(p.patterns[h] for h in heads):
+                needs[cfg_h].append(u)  # type: ignore[index]
+        for cfg_h, at_u in needs.items():
+            if len(at_u) == len(us):
+                st, rs = stride, residues
+            else:
+                sel = to_device(at_u, residues.device)
+                st, rs = (stride if isinstance(stride, int) else stride[sel]), residues[sel]
+            built = dict(zip(at_u, grid_keeps(p.lt, p.end - prefix, cfg_h, st, rs), strict=True))  # type: ignore[arg-type]
+            for u in at_u:
+                for h in us[u]:
+                    if p.patterns[h] == cfg_h:
+                        keep[i][h] = built[u]
+
+
+@functools.lru_cache(maxsize=4)
+def _fold_tables(folds: tuple[GridFold, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool ``[P, width]`` fold and signal masks of sub-problems (False past each one's keys), built once per batch:
+    the folds are cached per (layout, first row), so every layer of a request asks with the same ones."""
+    dev = folds[0].fold.device
+    fold = torch.zeros(len(folds), width, dtype=torch.bool, device=dev)
+    signal = torch.zeros_like(fold)
+    for row, gf in enumerate(folds):
+        fold[row, : gf.fold.numel()] = gf.fold
+        signal[row, : gf.signal.numel()] = gf.signal
+    return fold, signal
 
 
 def estimate_layer_keeps(

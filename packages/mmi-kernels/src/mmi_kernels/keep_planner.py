@@ -173,8 +173,9 @@ def vertical_slash_keeps(
     idx = torch.arange(n_k + 1, device=dev).repeat(offset_ids.shape[0], 1)  # searchsorted copies a view anyway
     kept = torch.searchsorted(sorted_offs, idx, out_int32=True)  # kept[:, i] = kept offsets below i
     blocks = slash_blocks(kept, n_q, b)
-    width = column_ids.shape[1]
-    return [SlotKeep(qo, ko, blocks[h], column_ids[h, None, :].expand(nqb, width)) for h in range(len(blocks))]
+    # one unbind per table: per-head indexing cost ~4 host-side view ops per head (a q_same layer: ~230)
+    cols = column_ids[:, None, :].expand(-1, nqb, -1).unbind(0)
+    return [SlotKeep(qo, ko, bl, c) for bl, c in zip(blocks.unbind(0), cols, strict=True)]
 
 
 def slash_blocks(kept: torch.Tensor, n_q: int, block: int) -> torch.Tensor:
@@ -239,7 +240,7 @@ def block_sparse_keeps(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.T
     slot = torch.where((tb >= 0) & (tb < nkb), tb, nkb)
     blocks = torch.zeros(heads, nqb, nkb + 1, dtype=torch.bool, device=dev).scatter_(2, slot, True)[:, :, :nkb]
     blocks |= base
-    return [SlotKeep(qo, ko, blocks[h]) for h in range(heads)]
+    return [SlotKeep(qo, ko, bl) for bl in blocks.unbind(0)]
 
 
 GRID_CHUNK_ELEMENTS = 2**28
@@ -249,6 +250,8 @@ tokens (8,192 blocks of 128) four units at a time, at 128K every unit of a layer
 
 def _column(x: int | torch.Tensor, units: int, dev: torch.device) -> torch.Tensor:
     """int64 ``[units, 1]`` from an int, a 0-dim tensor or a ``[units]`` tensor (kept on the device: no host read)."""
+    if isinstance(x, int):  # a known stride: a cached device list, no copy
+        return to_device([x] * units, dev).view(units, 1)
     t = to_device(x, dev, torch.int64)
     return t.reshape(-1, 1).expand(units, 1) if t.numel() == 1 else t.reshape(units, 1)
 
@@ -364,7 +367,7 @@ def _grid_keeps(lt: LayoutTensors, n_q: int, cfg: Grid, stride: torch.Tensor, re
     kmin, col_min, q_max, h_max = grid_block_bounds(lt, ko, q_pos, stride, res, cfg, b)
     diff = grid_row_intervals(lt, kinv, q_pos, stride, cfg.slash, cfg.local, b, nkb)
     blocks = grid_blocks(diff.view(units, nqb, nkb + 1), col_min, q_max, kmin, h_max)
-    return [SlotKeep(qo[u], ko[u], blocks[u]) for u in range(units)]
+    return [SlotKeep(*t) for t in zip(qo.unbind(0), ko.unbind(0), blocks.unbind(0), strict=True)]
 
 
 def grid_block_bounds(
