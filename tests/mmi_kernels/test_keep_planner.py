@@ -101,7 +101,8 @@ def test_identity_order_keeps_equal_mmi_core(n_q, n_k, block) -> None:
     offs = torch.rand(n_k, generator=g) < 0.1
     sel = vertical_slash_selection(n_q, n_k, vs, torch.nonzero(cols).flatten(), torch.nonzero(offs).flatten())
     for pad in (0, 4):  # exact and loose list widths
-        keep = vertical_slash_keeps(n_q, n_k, vs, _ids(cols[None], vs.sink, pad), _ids(offs[None], vs.local, pad))[0]
+        part = (n_q, n_k, vs, _ids(cols[None], vs.sink, pad), _ids(offs[None], vs.local, pad))
+        keep = vertical_slash_keeps([part])[0][0]
         assert_same_keep(keep, sel)
     bs = BlockSparse(top_k=2, block=block)
     nqb, nkb = -(-n_q // block), -(-n_k // block)
@@ -236,7 +237,7 @@ def test_slash_blocks_kernel_equals_reference(n_q, n_k, block, density) -> None:
     offs = torch.rand(3, n_k, generator=g) < density
     kept = torch.zeros(3, n_k + 1, dtype=torch.int32)
     kept[:, 1:] = torch.cumsum(offs, 1)
-    got = slash_blocks(kept, n_q, block)
+    (got,) = slash_blocks(kept, [(n_q, n_k, block, 3)])
     assert torch.equal(got, slash_blocks_reference(kept, n_q, block))
     rows = torch.arange(n_k - n_q, n_k)[:, None]
     d = rows - torch.arange(n_k)[None, :]  # offset of each (row, key) pair; causal: >= 0
@@ -244,6 +245,29 @@ def test_slash_blocks_kernel_equals_reference(n_q, n_k, block, density) -> None:
     nqb, nkb = -(-n_q // block), -(-n_k // block)
     brute = torch.nn.functional.pad(pairs, (0, nkb * block - n_k, 0, nqb * block - n_q)).view(nqb, block, nkb, block)
     assert torch.equal(got[0], brute.any(3).any(1))
+
+
+def test_vertical_slash_keeps_parts_of_one_call_each_equal_mmi_core() -> None:
+    """Parts of different lengths, cached prefixes, block sizes, head counts and list widths in one call (a boundary
+    layer's sub-problems): each head equals mmi_core."""
+    g = torch.Generator().manual_seed(9)
+    specs = [(100, 100, 16, 2), (37, 150, 32, 3), (1, 65, 16, 1), (60, 90, 16, 2)]
+    parts, masks = [], []
+    for n_q, n_k, block, heads in specs:
+        vs = VerticalSlash(vertical=6, slash=5, sink=2, local=3, block=block)
+        cols = torch.rand(heads, n_k, generator=g) < 0.05
+        offs = torch.rand(heads, n_k, generator=g) < 0.06
+        parts.append((n_q, n_k, vs, _ids(cols, vs.sink, n_q % 3), _ids(offs, vs.local, n_k % 4)))
+        masks.append((cols, offs))
+    got = vertical_slash_keeps(parts)
+    assert [len(kps) for kps in got] == [h for *_, h in specs]
+    for (n_q, n_k, vs, _, _), (cols, offs), kps in zip(parts, masks, got, strict=True):
+        for h, keep in enumerate(kps):
+            sel = vertical_slash_selection(
+                n_q, n_k, vs, torch.nonzero(cols[h]).flatten(), torch.nonzero(offs[h]).flatten()
+            )
+            assert_same_keep(keep, sel)
+    assert vertical_slash_keeps([]) == []
 
 
 @pytest.mark.parametrize("n_q,n_k,block", [(100, 100, 16), (37, 150, 32), (1, 65, 16), (130, 200, 64)])
@@ -256,7 +280,7 @@ def test_vertical_slash_keeps_heads_each_equal_mmi_core(n_q, n_k, block) -> None
     offs = torch.rand(4, n_k, generator=g) < 0.05
     offs[1] = False  # a head with the local diagonals only
     cols[2] = False
-    got = vertical_slash_keeps(n_q, n_k, vs, _ids(cols, vs.sink, 3), _ids(offs, vs.local, 0))
+    (got,) = vertical_slash_keeps([(n_q, n_k, vs, _ids(cols, vs.sink, 3), _ids(offs, vs.local, 0))])
     for h, keep in enumerate(got):
         sel = vertical_slash_selection(n_q, n_k, vs, torch.nonzero(cols[h]).flatten(), torch.nonzero(offs[h]).flatten())
         assert_same_keep(keep, sel)

@@ -52,10 +52,7 @@ def to_device(
             _cache.move_to_end(key)
             return hit
     t = torch.as_tensor(values, dtype=dtype)
-    if t.device.type == "cpu" and dev.type == "cuda":
-        t = t.pin_memory().to(dev, non_blocking=True)
-    else:
-        t = t.to(dev)
+    t = t.pin_memory().to(dev, non_blocking=True) if t.device.type == "cpu" and dev.type == "cuda" else t.to(dev)
     if key is not None:
         _cache[key] = t
         if len(_cache) > CACHE_ENTRIES:

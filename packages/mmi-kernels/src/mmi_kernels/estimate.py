@@ -303,14 +303,15 @@ def _vertical_slash(
     width = max(max(c.vertical + c.sink, c.slash + c.local) for _, c, _ in entries)
     ids = top_ids(scores, per_row[0], per_row[1], per_row[2], width=width, max_forced=max(forced),
                   coverage=entries[0][1].coverage)  # fmt: skip
-    a = 0
-    for i, cfg, heads in entries:
+    parts, a = [], 0
+    for i, cfg, heads in entries:  # every entry's keep sets from one prefix count and one diagonal-to-block launch
         end, b = problems[i].end, a + len(heads)
         cols = ids[a:b, : pattern_capacity(cfg, end)[1]]  # the budget bounds the list: no host read for its width
-        offs = ids[r + a : r + b, : min(cfg.slash + cfg.local, end)]
-        for h, kp in zip(heads, vertical_slash_keeps(end - prefix, end, cfg, cols, offs), strict=True):
-            keep[i][h] = kp
+        parts.append((end - prefix, end, cfg, cols, ids[r + a : r + b]))
         a = b
+    for (i, _, heads), kps in zip(entries, vertical_slash_keeps(parts), strict=True):
+        for h, kp in zip(heads, kps, strict=True):
+            keep[i][h] = kp
 
 
 def _grids(

@@ -14,6 +14,7 @@ key-permuted index up to the row's own key — one interval per row, turned into
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 import triton
@@ -149,12 +150,13 @@ def ashape_keep(n_q: int, n_k: int, cfg: AShape, device: torch.device | str) -> 
 
 
 def vertical_slash_keeps(
-    n_q: int, n_k: int, cfg: VerticalSlash, column_ids: torch.Tensor, offset_ids: torch.Tensor
-) -> list[SlotKeep]:
-    """`mmi_core.vertical_slash_selection` of ``H`` heads sharing ``cfg``, from each head's kept key positions
-    ``column_ids [H, W]`` and diagonal offsets ``offset_ids [H, W']`` (int64, ascending, distinct, ``-1`` padding
-    at the end; sinks and local diagonals included: `mmi_kernels.ranking.top_ids` lists them so). One keep per head,
-    all built by the same few launches, without a host read.
+    parts: Sequence[tuple[int, int, VerticalSlash, torch.Tensor, torch.Tensor]],
+) -> list[list[SlotKeep]]:
+    """`mmi_core.vertical_slash_selection` of the heads of every part ``(n_q, n_k, cfg, column_ids, offset_ids)``:
+    ``H`` heads sharing ``cfg``, each with its kept key positions ``column_ids [H, W]`` and diagonal offsets
+    ``offset_ids [H, W']`` (int64, ascending, distinct, ``-1`` padding at the end; sinks and local diagonals
+    included: `mmi_kernels.ranking.top_ids` lists them so). One keep per head, every part's heads built by the same
+    few launches (a boundary layer's sub-problems are parts of one call), without a host read.
 
     Slashes: a diagonal at offset ``d`` crosses query block ``[first, last]`` on keys ``[first - d, last - d]`` (at
     most two key blocks), so key block ``kb`` is kept iff some kept offset lies in
@@ -162,36 +164,66 @@ def vertical_slash_keeps(
     which a binary search of every index in the sorted list gives.
 
     Columns: the lists as they are, one for every query block (a view). Raises ValueError on malformed lists."""
-    if column_ids.dim() != 2 or offset_ids.dim() != 2 or column_ids.shape[0] != offset_ids.shape[0]:
-        raise ValueError(
-            f"column_ids and offset_ids must be int [H, W], got {tuple(column_ids.shape)} and {tuple(offset_ids.shape)}"
-        )
-    dev, b = column_ids.device, cfg.block
-    qo, ko = _identity(n_q, n_k, dev)
-    nqb = _cdiv(n_q, b)
-    sorted_offs = torch.where(offset_ids < 0, n_k, offset_ids)  # padding past every index
-    idx = torch.arange(n_k + 1, device=dev).repeat(offset_ids.shape[0], 1)  # searchsorted copies a view anyway
+    for _, _, _, column_ids, offset_ids in parts:
+        if column_ids.dim() != 2 or offset_ids.dim() != 2 or column_ids.shape[0] != offset_ids.shape[0]:
+            raise ValueError(
+                f"column_ids and offset_ids must be int [H, W], got {tuple(column_ids.shape)} and "
+                f"{tuple(offset_ids.shape)}"
+            )
+    if not parts:
+        return []
+    dev = parts[0][3].device
+    n_max = max(n_k for _, n_k, *_ in parts)
+    offs = [o for *_, o in parts]
+    wide = max(o.shape[1] for o in offs)
+    offs = [torch.nn.functional.pad(o, (0, wide - o.shape[1]), value=-1) if o.shape[1] < wide else o for o in offs]
+    offs = offs[0] if len(offs) == 1 else torch.cat(offs)
+    sorted_offs = torch.where(offs < 0, n_max, offs)  # padding past every index of every part
+    idx = torch.arange(n_max + 1, device=dev).repeat(offs.shape[0], 1)  # searchsorted copies a view anyway
     kept = torch.searchsorted(sorted_offs, idx, out_int32=True)  # kept[:, i] = kept offsets below i
-    blocks = slash_blocks(kept, n_q, b)
-    # one unbind per table: per-head indexing cost ~4 host-side view ops per head (a q_same layer: ~230)
-    cols = column_ids[:, None, :].expand(-1, nqb, -1).unbind(0)
-    return [SlotKeep(qo, ko, bl, c) for bl, c in zip(blocks.unbind(0), cols, strict=True)]
+    blocks = slash_blocks(kept, [(n_q, n_k, cfg.block, c.shape[0]) for n_q, n_k, cfg, c, _ in parts])
+    ids = torch.arange(max(n_max, max(n_q for n_q, *_ in parts)), device=dev)  # identity orders: views of one
+    out = []
+    for (n_q, n_k, cfg, column_ids, _), bl in zip(parts, blocks, strict=True):
+        # one unbind per table: per-head indexing cost ~4 host-side view ops per head (a q_same layer: ~230)
+        cols = column_ids[:, None, :].expand(-1, _cdiv(n_q, cfg.block), -1).unbind(0)
+        out.append([SlotKeep(ids[:n_q], ids[:n_k], b, c) for b, c in zip(bl.unbind(0), cols, strict=True)])
+    return out
 
 
-def slash_blocks(kept: torch.Tensor, n_q: int, block: int) -> torch.Tensor:
-    """bool ``[H, nqb, nkb]``: key blocks crossed by a kept diagonal, from ``kept`` int32 ``[H, n_k + 1]`` (kept
-    offsets below each index: an exclusive prefix count). Query block ``qb`` spans positions ``[first, last]``
-    (``first = n_k - n_q + qb·block``, ``last`` clipped to ``n_k - 1``); offset ``d`` meets key block ``kb`` iff
-    ``first - kb·block - block + 1 <= d <= last - kb·block``. One Triton program per (query block, head) where the
-    kernels run; `slash_blocks_reference` otherwise."""
-    heads, n_k = kept.shape[0], kept.shape[1] - 1
-    nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
+def slash_blocks(kept: torch.Tensor, parts: Sequence[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+    """bool ``[H, nqb, nkb]`` per part ``(n_q, n_k, block, H)``: key blocks crossed by a kept diagonal, from ``kept``
+    int32 ``[R, n + 1]`` (kept offsets below each index: an exclusive prefix count; the parts' heads are its rows in
+    order, ``n >= n_k``). Query block ``qb`` spans positions ``[first, last]`` (``first = n_k - n_q + qb·block``,
+    ``last`` clipped to ``n_k - 1``); offset ``d`` meets key block ``kb`` iff ``first - kb·block - block + 1 <= d <=
+    last - kb·block``. One Triton program per (query block, head) of all parts (a launch per block size) where the
+    kernels run; `slash_blocks_reference` per part otherwise."""
+    starts = list(accumulate((h for *_, h in parts), initial=0))
     if not triton_runs(kept):
-        return slash_blocks_reference(kept, n_q, block)
-    out = torch.empty(heads, nqb, nkb, dtype=torch.uint8, device=kept.device)
-    if heads and nqb and nkb:
-        _slash_blocks_kernel[(nqb, heads)](kept.contiguous(), out, n_k, n_k - n_q, nqb, nkb, B=block, BK=1024)
-    return out.view(torch.bool)
+        return [
+            slash_blocks_reference(kept[r : r + h, : n_k + 1], n_q, b)
+            for (n_q, n_k, b, h), r in zip(parts, starts, strict=False)
+        ]
+    sizes = [h * _cdiv(n_q, b) * _cdiv(n_k, b) for n_q, n_k, b, h in parts]
+    flat = torch.empty(sum(sizes), dtype=torch.uint8, device=kept.device)
+    at = list(accumulate(sizes, initial=0))
+    kept = kept.contiguous()
+    for block in dict.fromkeys(b for _, _, b, _ in parts):
+        table, nqb_max = [], 0
+        for (n_q, n_k, b, h), r, o in zip(parts, starts, at, strict=False):
+            if b != block:
+                continue
+            nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
+            nqb_max = max(nqb_max, nqb)
+            table += [v for i in range(h) for v in (r + i, n_k, n_k - n_q, nqb, nkb, o + i * nqb * nkb)]
+        if table and nqb_max:
+            rows = len(table) // 6
+            _slash_blocks_kernel[(nqb_max, rows)](kept, to_device(table, kept.device), flat, kept.shape[1], B=block,
+                                                  BK=1024)  # fmt: skip
+    return [
+        flat[o : o + size].view(h, _cdiv(n_q, b), _cdiv(n_k, b)).view(torch.bool)
+        for (n_q, n_k, b, h), o, size in zip(parts, at, sizes, strict=False)
+    ]
 
 
 def slash_blocks_reference(kept: torch.Tensor, n_q: int, block: int) -> torch.Tensor:
@@ -207,19 +239,22 @@ def slash_blocks_reference(kept: torch.Tensor, n_q: int, block: int) -> torch.Te
 
 
 @triton.jit
-def _slash_blocks_kernel(KEPT, OUT, n_k, prefix, nqb, nkb, B: tl.constexpr, BK: tl.constexpr):
+def _slash_blocks_kernel(KEPT, TABLE, OUT, kept_w, B: tl.constexpr, BK: tl.constexpr):
     qb = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1).to(tl.int64)
-    first = prefix + qb * B
-    last = tl.minimum(first + B - 1, n_k - 1)
-    for c0 in range(0, nkb, BK):
-        kb = c0 + tl.arange(0, BK)
-        lo = tl.maximum(first - kb * B - B + 1, 0)
-        hi = last - kb * B
-        ok = (hi >= lo) & (kb < nkb)
-        a = tl.load(KEPT + h * (n_k + 1) + lo, mask=ok, other=0)
-        z = tl.load(KEPT + h * (n_k + 1) + hi + 1, mask=ok, other=0)
-        tl.store(OUT + (h * nqb + qb) * nkb + kb, (ok & (z > a)).to(tl.uint8), mask=kb < nkb)
+    meta = TABLE + tl.program_id(1).to(tl.int64) * 6  # [kept row, n_k, prefix, nqb, nkb, output offset]
+    row, n_k, prefix = tl.load(meta), tl.load(meta + 1), tl.load(meta + 2)
+    nqb, nkb, out = tl.load(meta + 3), tl.load(meta + 4), tl.load(meta + 5)
+    if qb < nqb:  # the grid covers the part with the most query blocks
+        first = prefix + qb * B
+        last = tl.minimum(first + B - 1, n_k - 1)
+        for c0 in range(0, nkb, BK):
+            kb = c0 + tl.arange(0, BK)
+            lo = tl.maximum(first - kb * B - B + 1, 0)
+            hi = last - kb * B
+            ok = (hi >= lo) & (kb < nkb)
+            a = tl.load(KEPT + row * kept_w + lo, mask=ok, other=0)
+            z = tl.load(KEPT + row * kept_w + hi + 1, mask=ok, other=0)
+            tl.store(OUT + out + qb * nkb + kb, (ok & (z > a)).to(tl.uint8), mask=kb < nkb)
 
 
 def block_sparse_keeps(n_q: int, n_k: int, cfg: BlockSparse, top_blocks: torch.Tensor) -> list[SlotKeep]:
