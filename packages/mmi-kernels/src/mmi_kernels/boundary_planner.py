@@ -85,10 +85,16 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@functools.lru_cache(maxsize=8)
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    """``arange(n)`` on ``device``, one per length and device (a layer asks for the same few every time). Shared:
+    never written into."""
+    return torch.arange(n, device=device)
+
+
 def _inverse(order: torch.Tensor) -> torch.Tensor:
     """Inverse permutation of each row of ``order`` (int64 [H, n])."""
-    idx = torch.arange(order.shape[1], device=order.device)
-    return torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
+    return torch.empty_like(order).scatter_(1, order, _arange(order.shape[1], order.device).expand_as(order))
 
 
 def _rows(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
@@ -315,6 +321,13 @@ def _pad_view(x: torch.Tensor, block: int, value: int) -> torch.Tensor:
 def _gather(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``src[h, index[h, ...]]`` for ``src`` [H, n] and ``index`` [H, ...]."""
     return torch.gather(src, 1, index.reshape(index.shape[0], -1)).view(index.shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_blocks(rows: int, block: int, nkb: int, device: torch.device) -> torch.Tensor:
+    """int64 [rows]: the flat ``[nqb, nkb]`` offset of each part row's query block (``(r // block) · nkb``), a layout
+    fact kept across layers. Shared: never written into."""
+    return (torch.arange(rows, device=device) // block) * nkb
 
 
 @dataclass(frozen=True)
@@ -674,7 +687,6 @@ def boundary_keeps(
             stacked[tag] = _orders(keeps, kind, dev)
         return stacked[tag]
 
-    k_idx = torch.arange(n_k, device=dev)
     nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
     for m in Modality:
         if m not in last:
@@ -714,7 +726,9 @@ def boundary_keeps(
                 key_subs = [subs[(h, m, of_key[h][n])] for h in batch[:hs]]
                 tag_of[n] = tag = tuple(map(id, key_subs))
                 if tag not in inv_of:
-                    ext = torch.cat([orders(key_subs, "k"), k_idx[end:].expand(hs, -1)], 1)
+                    ext = orders(key_subs, "k")
+                    if end < n_k:  # keys past the sub's end keep their positions
+                        ext = torch.cat([ext, _arange(n_k, dev)[end:].expand(hs, -1)], 1)
                     inv_of[tag] = (ext, _inverse(ext))
             if len(inv_of) == 1:  # one sub order for every key (Q-boundary, 2D with one key order): the final order
                 ko, kinv = next(iter(inv_of.values()))
@@ -765,7 +779,7 @@ def boundary_keeps(
                         columns[batch[i]].append(c)
             # every row keeps its own position (a scatter of a scalar: `blocks[...] = True` would copy a host
             # tensor, a stream synchronisation)
-            own = (torch.arange(n_m, device=dev) // block) * nkb + _gather(kinv, mine + prefix) // block
+            own = _row_blocks(n_m, block, nkb, dev) + _gather(kinv, mine + prefix if prefix else mine) // block
             blocks.view(heads, -1).scatter_(1, own.expand(heads, n_m), True)
             qos, kos = qo.unbind(0), ko.unbind(0)  # one row each, or one for all heads (hs == 1)
             for i, (h, bl) in enumerate(zip(batch, blocks.unbind(0), strict=True)):
