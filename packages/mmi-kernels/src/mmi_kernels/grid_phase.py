@@ -9,8 +9,9 @@ heads' log scores are averaged), the excess of each residue ``r`` of the stride 
 with ``mu`` the mean score of the signal keys (`grid_fold_excess`: neutral keys count with the mean), ``-inf`` on
 residues without a folded key; the ``lines`` best residues, ties to the lowest (the phase first; past ``s`` entries
 repeat the phase); ``0 … lines-1`` (mod ``s``) when no excess is positive. A layer's boundary heads estimate one
-Grid per (sub-problem, unit), each ~17 host ops in PyTorch; here all of them are one program each of one launch
-(masks of each unit's sub-problem in a ``[P, W]`` table, scores of its heads in ``[R, W]`` rows).
+Grid per (sub-problem, unit), each ~17 host ops in PyTorch; here every unit's excess is one program of one launch
+(masks of each unit's sub-problem in a ``[P, W]`` table, scores of its heads in ``[R, W]`` rows) and the selection a
+few ops over all units (a sort of ``[U, stride]``).
 
 The sums run in another order than PyTorch's ``index_add``, so an excess may differ in its last bits: units whose
 two best residues tie to fp32 rounding may pick the other one. The tests compare on tie-free inputs.
@@ -31,8 +32,8 @@ MAX_STRIDE = 4096
 
 
 @triton.jit
-def _grid_phase_kernel(SCORES, FOLD, SIGNAL, UNITS, OUT, width, n_heads_max,
-                       S_PAD: tl.constexpr, CH: tl.constexpr, LINES: tl.constexpr):  # fmt: skip
+def _grid_excess_kernel(SCORES, FOLD, SIGNAL, UNITS, OUT, width, n_heads_max,
+                        S_PAD: tl.constexpr, CH: tl.constexpr):  # fmt: skip
     u = tl.program_id(0).to(tl.int64)
     meta = UNITS + u * (n_heads_max + 3)  # [problem, stride, keys, rows ... (-1 padding)]
     p = tl.load(meta)
@@ -55,27 +56,18 @@ def _grid_phase_kernel(SCORES, FOLD, SIGNAL, UNITS, OUT, width, n_heads_max,
         for i in range(n_heads_max):  # the unit's mean score over its heads' rows
             row = tl.load(meta + 3 + i)
             ks += tl.load(SCORES + row * width + j, mask=sig & (row >= 0), other=0.0)
-        sig_sum += tl.where(sig, ks / n_heads, 0.0)
+        sig_sum += tl.where(sig, tl.div_rn(ks, n_heads), 0.0)
         n_fold += fold.to(tl.float32)
         n_sig += sig.to(tl.float32)
     per_r = tl.sum(sig_sum, 0)
     folded = tl.sum(n_fold, 0)
     neutral = folded - tl.sum(n_sig, 0)
-    mu = tl.sum(per_r, 0) / tl.maximum(tl.sum(tl.sum(n_sig, 0), 0), 1.0)
-    excess = (per_r + mu * neutral) / tl.maximum(folded, 1.0) - mu
+    # IEEE divisions (Triton's default fp32 division is approximate): uniform scores must give an excess of exactly
+    # 0, as in PyTorch, or the "no positive excess" default would turn on rounding noise
+    mu = tl.div_rn(tl.sum(per_r, 0), tl.maximum(tl.sum(tl.sum(n_sig, 0), 0), 1.0))
+    excess = tl.div_rn(per_r + mu * neutral, tl.maximum(folded, 1.0)) - mu
     excess = tl.where((r < s) & (folded > 0), excess, float("-inf"))
-    empty = tl.max(excess, 0) <= 0.0  # also all -inf (no folded key)
-    free = r < s  # residues not taken yet
-    phase = 0
-    for line in tl.static_range(LINES):  # the best free residue, lowest on ties (a stable sort); past s: the phase
-        best = tl.max(tl.where(free, excess, float("-inf")), 0)
-        pick = tl.min(tl.where(free & (excess == best), r, S_PAD), 0)
-        if line == 0:
-            phase = pick
-        out = tl.where(line < s, pick, phase)
-        out = tl.where(empty, line % s, out)
-        tl.store(OUT + u * LINES + line, out.to(tl.int64))
-        free = free & (r != pick)
+    tl.store(OUT + u * S_PAD + r, excess)
 
 
 def grid_phases(
@@ -108,14 +100,23 @@ def grid_phases(
         return grid_phases_reference(scores, units, fold, signal, ends, lines)
     heads = max(len(rows) for _, _, rows in units)
     table = [v for p, s, rows in units for v in (p, s, ends[p], *rows, *[-1] * (heads - len(rows)))]
-    out = torch.empty(len(units), lines, dtype=torch.int64, device=scores.device)
     s_pad = triton.next_power_of_2(max(s for _, s, _ in units))
-    _grid_phase_kernel[(len(units),)](
+    excess = torch.empty(len(units), s_pad, dtype=torch.float32, device=scores.device)
+    _grid_excess_kernel[(len(units),)](
         scores.contiguous(), fold.contiguous().view(torch.uint8), signal.contiguous().view(torch.uint8),
-        to_device(table, scores.device), out, scores.shape[1], heads, S_PAD=s_pad, CH=max(1, 2048 // s_pad),
-        LINES=lines,
+        to_device(table, scores.device), excess, scores.shape[1], heads, S_PAD=s_pad, CH=max(1, 2048 // s_pad),
     )  # fmt: skip
-    return out
+    # the selection of `estimate_stride_phase`, for every unit at once: the best residues (a stable sort: ties to
+    # the lowest; residues past a unit's stride are -inf, after its own), the phase repeated past the stride, the
+    # default residues where no excess is positive
+    dev = scores.device
+    top = torch.sort(excess, dim=1, descending=True, stable=True).indices[:, : min(lines, s_pad)]
+    if top.shape[1] < lines:
+        top = torch.cat([top, top[:, :1].expand(-1, lines - top.shape[1])], dim=1)
+    stride = to_device([s for _, s, _ in units], dev)[:, None]
+    line = torch.arange(lines, device=dev)[None, :]
+    top = torch.where(line < stride, top, top[:, :1])
+    return torch.where((excess.amax(1) > 0)[:, None], top, line % stride)
 
 
 def grid_phases_reference(
