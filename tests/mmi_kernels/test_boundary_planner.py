@@ -486,7 +486,7 @@ def test_tiles_core_equals_brute_force(case: str, monkeypatch) -> None:
         c_slot < nc, 10 * c_slot * (case != "overlapping") + torch.randint(0, spread, c_slot.shape, generator=g), 10**9
     )
     got = torch.zeros(heads, n_rows, n_cols, dtype=torch.bool)
-    boundary_planner._tiles(s_ext, r_slot, r_val, c_slot, c_val, block, got)
+    boundary_planner._tiles(s_ext[:, :nr, :nc], r_slot, r_val, c_slot, c_val, block, got)  # ids nr / nc: empty
     hd = torch.arange(heads)[:, None, None, None, None]
     hit = s_ext[hd, r_slot[:, :, :, None, None], c_slot[:, None, None, :, :]]  # [H, R, Wr, C, Wc]
     want = (hit & (c_val[:, None, None] <= r_val[:, :, :, None, None])).any(4).any(2)
@@ -505,7 +505,7 @@ def test_tiles_core_ties_count(loop_max: int, monkeypatch) -> None:
     r_val, c_val = torch.tensor([[5], [4]]), torch.tensor([[5, 0], [6, 0]])
     want = torch.tensor([[True, False], [False, False]])
     got = torch.zeros(1, 2, 2, dtype=torch.bool)
-    boundary_planner._tiles(s_ext[None], r_slot[None], r_val[None], c_slot[None], c_val[None], 16, got)
+    boundary_planner._tiles(s_ext[None, :1, :1], r_slot[None], r_val[None], c_slot[None], c_val[None], 16, got)
     assert torch.equal(got[0], want)
 
 

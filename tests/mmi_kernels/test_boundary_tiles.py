@@ -19,17 +19,17 @@ def _on(triton: str, *ts: torch.Tensor) -> list[torch.Tensor]:
 
 def _case(heads: int, nr: int, nc: int, n_rows: int, n_cols: int, wr: int, wc: int, seed: int, dtype: torch.dtype):
     g = torch.Generator().manual_seed(seed)
-    s_ext = torch.rand(heads, nr + 1, nc + 1, generator=g) < 0.3
-    s_ext[:, nr], s_ext[:, :, nc] = False, False  # padding row / column
+    s = torch.rand(heads, nr, nc, generator=g) < 0.3
     r_slot = torch.randint(0, nr + 1, (heads, n_rows, wr), generator=g)  # id nr: padding
     c_slot = torch.randint(0, nc + 1, (heads, n_cols, wc), generator=g)
     # small value range: many ties (a key at exactly the row's position is kept)
     r_val = torch.randint(-3, 12, (heads, n_rows, wr), generator=g).to(dtype)
     c_val = torch.randint(-3, 12, (heads, n_cols, wc), generator=g).to(dtype)
-    return s_ext, r_slot, r_val, c_slot, c_val
+    return s, r_slot, r_val, c_slot, c_val
 
 
-def _brute(s_ext, r_slot, r_val, c_slot, c_val) -> torch.Tensor:
+def _brute(s, r_slot, r_val, c_slot, c_val) -> torch.Tensor:
+    s_ext = torch.nn.functional.pad(s, (0, 1, 0, 1))  # ids nr / nc: empty slots, no pair
     h = torch.arange(s_ext.shape[0])[:, None, None, None, None]
     hit = s_ext[h, r_slot[:, :, :, None, None], c_slot[:, None, None, :, :]]  # [H, R, Wr, C, Wc]
     return (hit & (c_val[:, None, None] <= r_val[:, :, :, None, None])).any(4).any(2)
@@ -79,7 +79,7 @@ def test_slot_tiles_shared_tables_and_transposed_blocks(triton: str, monkeypatch
 
 def test_slot_tiles_ties_and_padding() -> None:
     """A key at exactly the row's value is kept; a padding id never is, whatever its value."""
-    s_ext = torch.tensor([[[True, False], [False, False]]])
+    s_ext = torch.tensor([[[True]]])  # one sub block; id 1: an empty slot
     r_slot, c_slot = torch.tensor([[[0], [0], [1]]]), torch.tensor([[[0, 1], [0, 1]]])
     r_val, c_val = torch.tensor([[[5], [4], [99]]]), torch.tensor([[[5, -9], [6, -9]]])
     want = torch.tensor([[[True, False], [False, False], [False, False]]])
@@ -91,7 +91,7 @@ def test_slot_tiles_ties_and_padding() -> None:
 
 def test_slot_tiles_errors() -> None:
     s_ext, r_slot, r_val, c_slot, c_val = _case(2, 3, 3, 4, 5, wr=1, wc=2, seed=0, dtype=torch.int32)
-    with pytest.raises(ValueError, match="s_ext must be bool"):
+    with pytest.raises(ValueError, match="s must be bool"):
         slot_tiles(s_ext[0], r_slot, r_val, c_slot, c_val)
     with pytest.raises(ValueError, match="r_slot must be"):
         slot_tiles(s_ext, r_slot[:1], r_val, c_slot, c_val)

@@ -222,7 +222,7 @@ int64 orders and incidence tables take ~10 ``[heads, n_k]`` temporaries (16M ele
 
 
 def _tiles(
-    s_ext: torch.Tensor,
+    s: torch.Tensor,
     r_slot: torch.Tensor,
     r_val: torch.Tensor,
     c_slot: torch.Tensor,
@@ -233,24 +233,24 @@ def _tiles(
     """OR into ``out`` (bool [H, R, C], any strides) per head ``T[X, Y] = OR over slots w, v of
     S[r_slot[X, w], c_slot[Y, v]] and c_val[Y, v] <= r_val[X, w]``.
 
-    ``s_ext`` bool [H, nr + 1, nc + 1] (sub blocks per head; last row / column: the padding id, all False);
+    ``s`` bool [H, nr, nc] (sub blocks per head; ids nr / nc: an empty slot);
     ``r_slot``, ``r_val`` [H, R, Wr]; ``c_slot``, ``c_val`` [H, C, Wc] (ids int64, values int32 or int64; a table
     expanded over the heads is read in place); every sub block id occurs in at most ``block`` slots of a head's
     ``c_slot``. Call it with the side of few slots as rows. Few column slots: `mmi_kernels.boundary_tiles.slot_tiles`
     (one fused pass for all heads). Many: `_split_tiles`, heads in chunks of `SPLIT_CHUNK` elements.
     """
     if c_slot.shape[2] <= SLOT_LOOP_MAX:
-        slot_tiles(s_ext, r_slot, r_val, c_slot, c_val, out=out)
+        slot_tiles(s, r_slot, r_val, c_slot, c_val, out=out)
         return
-    heads, n_rows, n_cols = s_ext.shape[0], r_slot.shape[1], c_slot.shape[1]
-    step = max(1, SPLIT_CHUNK // max(s_ext.shape[2] * (n_rows + n_cols + 1), 1))
+    heads, n_rows, n_cols = s.shape[0], r_slot.shape[1], c_slot.shape[1]
+    step = max(1, SPLIT_CHUNK // max((s.shape[2] + 1) * (n_rows + n_cols + 1), 1))
     for a in range(0, heads, step):
         c = slice(a, a + step)
-        out[c] |= _split_tiles(s_ext[c], r_slot[c], r_val[c], c_slot[c], c_val[c], block)
+        out[c] |= _split_tiles(s[c], r_slot[c], r_val[c], c_slot[c], c_val[c], block)
 
 
 def _split_tiles(
-    s_ext: torch.Tensor,
+    s: torch.Tensor,
     r_slot: torch.Tensor,
     r_val: torch.Tensor,
     c_slot: torch.Tensor,
@@ -266,7 +266,8 @@ def _split_tiles(
     many partial blocks (sub orders that overlap, e.g. a grid-ordered sub against another order): `slot_tiles`
     instead (O(Wr · Wc) per tile). One host read (the number of partial blocks of all heads).
     """
-    dev = s_ext.device
+    dev = s.device
+    s_ext = torch.nn.functional.pad(s, (0, 1, 0, 1))  # the empty slots' row and column: all False
     heads, nc = s_ext.shape[0], s_ext.shape[2] - 1
     n_rows, n_cols, wc = r_slot.shape[1], c_slot.shape[1], c_slot.shape[2]
     low = torch.iinfo(r_val.dtype).min
@@ -296,7 +297,7 @@ def _split_tiles(
     partial = (reached > 0) & (reached < count)
     ph, pc, px = partial.nonzero(as_tuple=True)  # host sync: the number of partly reached blocks
     if pc.numel() * block > max(heads * n_rows * n_cols, 1):
-        return slot_tiles(s_ext, r_slot, r_val, c_slot, c_val)
+        return slot_tiles(s, r_slot, r_val, c_slot, c_val)
     incidence = torch.zeros(heads, nc + 1, n_cols + 1, dtype=torch.bool, device=dev)
     incidence[hd, inc_c, torch.where(real, inc_y, n_cols)] = True
     mm = torch.float16 if dev.type == "cuda" else torch.float32
@@ -487,9 +488,7 @@ def _round_tiles(
     only (its rows lead its query order; the blocks after them hold none). ``key_runs``: runs ``[lo, hi)`` of final
     key blocks that can hold a group key (`group_key_runs`, a superset); the others have no incidence, so only the
     runs are rounded (in place, one call each)."""
-    heads = sub_blocks.shape[0]
-    s_ext = torch.zeros(heads, inc.nqb_s + 1, inc.nkb_s + 1, dtype=torch.bool, device=sub_blocks.device)
-    s_ext[:, : inc.nqb_s, : inc.nkb_s] = sub_blocks  # row / column nqb_s, nkb_s: padding
+    heads = sub_blocks.shape[0]  # sub block ids nqb_s / nkb_s: empty slots
 
     def per_head(t: torch.Tensor) -> torch.Tensor:  # one table for every head: an expanded view, not a copy
         return t.expand(heads, *t.shape[1:])
@@ -502,13 +501,13 @@ def _round_tiles(
     # row slots, 800 rows: 1.09 ms against 4.47 ms; with 2 row slots the transposed pass stays faster, 0.38 against
     # 0.55 ms (H100, 2026-12-07)
     q_w, k_w = q_slot.shape[2], k_slot.shape[2]
-    transposed = q_w > k_w and (q_w <= SLOT_LOOP_MAX or not triton_runs(s_ext))
+    transposed = q_w > k_w and (q_w <= SLOT_LOOP_MAX or not triton_runs(sub_blocks))
     for lo, hi in key_runs if key_runs is not None else [(0, k_slot.shape[1])]:
         if transposed:
-            _tiles(s_ext.transpose(1, 2), k_slot[:, lo:hi], -k_min[:, lo:hi], q_slot, -q_pmax, block,
+            _tiles(sub_blocks.transpose(1, 2), k_slot[:, lo:hi], -k_min[:, lo:hi], q_slot, -q_pmax, block,
                    out.transpose(1, 2)[:, lo:hi])  # fmt: skip
         else:
-            _tiles(s_ext, q_slot, q_pmax, k_slot[:, lo:hi], k_min[:, lo:hi], block, out[:, :, lo:hi])
+            _tiles(sub_blocks, q_slot, q_pmax, k_slot[:, lo:hi], k_min[:, lo:hi], block, out[:, :, lo:hi])
 
 
 @functools.lru_cache(maxsize=256)
