@@ -371,8 +371,9 @@ def test_part_row_width_equals_the_read_width(layout_name: str) -> None:
         for m, (end, _) in modality_last_rows(layout, n_q).items():
             mine = torch.tensor([p - prefix for s in layout.segments_of(m) for p in range(max(s.start, prefix), s.end)])
             mask = layout.token_modalities() == int(m)
-            q_sub, k_sub, ko = torch.arange(end - prefix)[None], torch.arange(end)[None], torch.arange(n_k)[None]
-            inc = _incidences(q_sub, k_sub, mine[None], n_q, mask, ko, prefix, block, None)
+            qs_inv = torch.arange(end - prefix)[None]  # the identity sub order: its own inverse
+            k_sub, ko = torch.arange(end)[None], torch.arange(n_k)[None]
+            inc = _incidences(qs_inv, k_sub, mine[None], n_q, mask, ko, prefix, block, None)
             assert inc.q_slot.shape[2] == part_row_width(layout, m, prefix, block), (m, prefix)
 
 

@@ -347,7 +347,7 @@ class _Incidences:
 
 
 def _incidences(
-    q_sub: torch.Tensor,
+    qs_inv: torch.Tensor,
     k_sub: torch.Tensor,
     mine: torch.Tensor,
     n_q: int,
@@ -357,7 +357,8 @@ def _incidences(
     block: int,
     q_width: int | None,
 ) -> _Incidences:
-    """Per head (row) of the int64 tables: ``q_sub`` [Hs, n_q_sub] / ``k_sub`` [Hs, end] the sub's orders; ``mine``
+    """Per head (row) of the int64 tables: ``qs_inv`` [Hs, n_q_sub] the inverse of the sub's query order, ``k_sub``
+    [Hs, end] its key order; ``mine``
     [Hs, rows] the part's rows (query indices of modality m, all inside the sub chunk) in the final query order;
     ``ko`` [Hs, n_k] the final key order; ``key_mask`` bool [n_k]: the group's keys; ``q_width``: the query table's
     width when the orders agree on the part's rows (`part_row_width`), else None: one host read (all heads).
@@ -366,9 +367,8 @@ def _incidences(
     group's keys are exactly the keys of this sub, so each of them has the same index in both orders and a final key
     block meets one sub key block, itself (W = 1; the block's smallest group-key position, or none)."""
     b = block
-    n_q_sub, end = q_sub.shape[1], k_sub.shape[1]
+    n_q_sub, end = qs_inv.shape[1], k_sub.shape[1]
     nqb_s, nkb_s = _cdiv(n_q_sub, b), _cdiv(end, b)
-    qs_inv = _inverse(q_sub)
     if triton_runs(ko):  # one launch for the key side and, when the width is a layout fact, the query side
         q_tables, k_slot, k_min = _incidence_tables(mine, qs_inv, ko, key_mask, end, prefix, b, q_width)
         q_slot, q_pmax = q_tables or _query_incidences(mine, qs_inv, n_q, prefix, b, None)
@@ -678,13 +678,22 @@ def boundary_keeps(
     # (orders from each head's stride/phase estimate) get per-head tables, one row each, computed together. When
     # all heads' tables fit one chunk, one per-head batch for all (the host's work per batch is the cost).
     parts: dict[int, list[SlotKeep]] = {h: [] for h in specs}
-    stacked: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # one batch's stacked sub orders
+    stacked: dict[tuple[int, ...], torch.Tensor] = {}  # one batch's stacked sub orders
 
     def orders(keeps: list[SlotKeep], kind: str) -> torch.Tensor:  # `_orders`, stacked once per list and batch
-        tag = (kind, tuple(map(id, keeps)))
+        # by the order tensors themselves: a sub whose rows are all its keys (no cached prefix) has one order for
+        # both, so its query and key stacks (and their inverses) are one
+        tag = tuple(id(kp.q_order if kind == "q" else kp.k_order) for kp in keeps)
         if tag not in stacked:
             stacked[tag] = _orders(keeps, kind, dev)
         return stacked[tag]
+
+    inverses: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (stacked order, its inverse), per batch
+
+    def inverse(order: torch.Tensor) -> torch.Tensor:
+        if id(order) not in inverses:
+            inverses[id(order)] = (order, _inverse(order))
+        return inverses[id(order)][1]
 
     nqb, nkb = _cdiv(n_q, block), _cdiv(n_k, block)
     for m in Modality:
@@ -709,6 +718,7 @@ def boundary_keeps(
                 continue
             heads = len(batch)
             stacked.clear()  # the next batch's subs differ: free the last one's [heads, n] tables
+            inverses.clear()
 
             # m's rows in its own pattern's row order first, then the rest (ascending); every key in its own pair's
             # key order. A sub order maps each segment's rows onto the segment's own range, so m's rows in sub order
@@ -728,7 +738,7 @@ def boundary_keeps(
                     ext = orders(key_subs, "k")
                     if end < n_k:  # keys past the sub's end keep their positions
                         ext = torch.cat([ext, _arange(n_k, dev)[end:].expand(hs, -1)], 1)
-                    inv_of[tag] = (ext, _inverse(ext))
+                    inv_of[tag] = (ext, inverse(ext))
             if len(inv_of) == 1:  # one sub order for every key (Q-boundary, 2D with one key order): the final order
                 ko, kinv = next(iter(inv_of.values()))
             else:
@@ -758,7 +768,8 @@ def boundary_keeps(
                     for i in idx
                 )
                 q_width = part_row_width(layout, m, prefix, block) if agree else None
-                inc = _incidences(q_sub, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block, q_width)
+                qs_inv = inverse(q_sub)  # the key order's inverse too when the sub has no cached prefix
+                inc = _incidences(qs_inv, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block, q_width)
                 sub_blocks = torch.stack([sub.blocks.to(dev) for sub in gsubs])
                 runs = group_key_runs(layout, group, end, block)
                 if len(idx) == heads:  # in place

@@ -120,7 +120,10 @@ def query_row_ranges(layout: ModalityLayout, modalities: frozenset[Modality], pr
 
 
 def _identity(n_q: int, n_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.arange(n_q, device=device), torch.arange(n_k, device=device)
+    """Identity query and key orders: one tensor for both without a cached prefix (the boundary planner then stacks
+    and inverts one order, not two)."""
+    ko = torch.arange(n_k, device=device)
+    return (ko if n_q == n_k else torch.arange(n_q, device=device)), ko
 
 
 def _own_blocks(n_q: int, n_k: int, block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +190,9 @@ def vertical_slash_keeps(
     for (n_q, n_k, cfg, column_ids, _), bl in zip(parts, blocks, strict=True):
         # one unbind per table: per-head indexing cost ~4 host-side view ops per head (a q_same layer: ~230)
         cols = column_ids[:, None, :].expand(-1, _cdiv(n_q, cfg.block), -1).unbind(0)
-        out.append([SlotKeep(ids[:n_q], ids[:n_k], b, c) for b, c in zip(bl.unbind(0), cols, strict=True)])
+        ko = ids[:n_k]
+        qo = ko if n_q == n_k else ids[:n_q]  # one order for both without a cached prefix (as `_identity`)
+        out.append([SlotKeep(qo, ko, b, c) for b, c in zip(bl.unbind(0), cols, strict=True)])
     return out
 
 
