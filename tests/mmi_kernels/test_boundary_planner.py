@@ -599,3 +599,21 @@ def test_row_group_index_is_refused_by_exports() -> None:
     plain = HeadConfigs.uniform(1, 8, 4, VS)
     keeps = estimate_layer_keeps(q, k, LayoutTensors(layout, "cpu"), plain, 0)
     assert not index_from_keeps([keeps], block=B, num_q_heads=8, num_kv_heads=4).has_row_groups()
+
+
+@pytest.mark.parametrize(("shared", "prefix"), [(True, 0), (False, 0), (False, 7), (True, 5)])
+def test_own_positions_kernel_equals_reference(shared: bool, prefix: int) -> None:
+    """Each part row's own tile: the Triton pass (interpreted on a CPU) equals the PyTorch scatter, with one order
+    table for all heads or one per head, a cached prefix, a partial last query block, on top of tiles already set."""
+    from mmi_kernels.boundary_planner import _own_positions, _own_positions_reference
+
+    g = torch.Generator().manual_seed(prefix + shared)
+    heads, n_k, rows, block = 3, 90, 37, 8
+    hs = 1 if shared else heads
+    mine = torch.stack([torch.randperm(n_k - prefix, generator=g)[:rows] for _ in range(hs)])
+    kinv = torch.stack([torch.randperm(n_k, generator=g) for _ in range(hs)])
+    start = torch.rand(heads, -(-rows // block), -(-n_k // block), generator=g) < 0.2
+    want, got = start.clone(), start.clone()
+    _own_positions_reference(want, mine, kinv, prefix, block)
+    _own_positions(got, mine[:, :].T.contiguous().T if not shared else mine, kinv, prefix, block)  # strided rows too
+    assert torch.equal(got, want) and not torch.equal(want, start)

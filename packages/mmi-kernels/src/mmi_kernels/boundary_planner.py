@@ -324,11 +324,45 @@ def _gather(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(src, 1, index.reshape(index.shape[0], -1)).view(index.shape)
 
 
-@functools.lru_cache(maxsize=16)
-def _row_blocks(rows: int, block: int, nkb: int, device: torch.device) -> torch.Tensor:
-    """int64 [rows]: the flat ``[nqb, nkb]`` offset of each part row's query block (``(r // block) · nkb``), a layout
-    fact kept across layers. Shared: never written into."""
-    return (torch.arange(rows, device=device) // block) * nkb
+def _own_positions(blocks: torch.Tensor, mine: torch.Tensor, kinv: torch.Tensor, prefix: int, block: int) -> None:
+    """Set in ``blocks`` (bool [H, nqb, nkb], contiguous) the tile of each part row's own position: row ``r``
+    (query index ``mine[h, r]``, int64 [Hs, rows], ``Hs`` 1 or H) in final query block ``r // block`` against key
+    block ``kinv[h, mine[h, r] + prefix] // block`` (``kinv`` int64 [Hs, n_k]). One Triton launch where the kernels
+    run (was five ops); `_own_positions_reference` otherwise."""
+    heads, rows = blocks.shape[0], mine.shape[1]
+    if not triton_runs(blocks):
+        _own_positions_reference(blocks, mine, kinv, prefix, block)
+        return
+    mine = mine if mine.stride(1) == 1 else mine.contiguous()
+    kinv = kinv if kinv.stride(1) == 1 else kinv.contiguous()
+    if heads and rows:
+        _own_positions_kernel[(triton.cdiv(rows, 1024), heads)](
+            blocks.view(torch.uint8), mine, kinv, mine.stride(0) if mine.shape[0] > 1 else 0,
+            kinv.stride(0) if kinv.shape[0] > 1 else 0, rows, prefix, blocks.shape[1], blocks.shape[2], B=block,
+            BR=1024,
+        )  # fmt: skip
+
+
+def _own_positions_reference(
+    blocks: torch.Tensor, mine: torch.Tensor, kinv: torch.Tensor, prefix: int, block: int
+) -> None:
+    """`_own_positions` in PyTorch ops (a scatter of a scalar: ``blocks[...] = True`` would copy a host tensor, a
+    stream synchronisation)."""
+    heads, rows, nkb = blocks.shape[0], mine.shape[1], blocks.shape[2]
+    own = (torch.arange(rows, device=blocks.device) // block) * nkb + _gather(kinv, mine + prefix) // block
+    blocks.view(heads, -1).scatter_(1, own.expand(heads, rows), True)
+
+
+@triton.jit
+def _own_positions_kernel(BLOCKS, MINE, KINV, mine_h, kinv_h, rows, prefix, nqb, nkb, B: tl.constexpr,
+                          BR: tl.constexpr):  # fmt: skip
+    h = tl.program_id(1).to(tl.int64)
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    ok = r < rows
+    pos = tl.load(MINE + h * mine_h + r, mask=ok, other=0) + prefix
+    kb = tl.load(KINV + h * kinv_h + pos, mask=ok, other=0) // B
+    one = tl.full([BR], 1, tl.uint8)
+    tl.store(BLOCKS + (h * nqb + r // B) * nkb + kb, one, mask=ok)
 
 
 @dataclass(frozen=True)
@@ -787,10 +821,7 @@ def boundary_keeps(
                 for i, c in zip(idx, _round_columns(cids, k_sub, inc, key_mask, sub_kinv, plain), strict=True):
                     if c is not None:
                         columns[batch[i]].append(c)
-            # every row keeps its own position (a scatter of a scalar: `blocks[...] = True` would copy a host
-            # tensor, a stream synchronisation)
-            own = _row_blocks(n_m, block, nkb, dev) + _gather(kinv, mine + prefix if prefix else mine) // block
-            blocks.view(heads, -1).scatter_(1, own.expand(heads, n_m), True)
+            _own_positions(blocks, mine, kinv, prefix, block)  # every row keeps its own position
             qos, kos = qo.unbind(0), ko.unbind(0)  # one row each, or one for all heads (hs == 1)
             for i, (h, bl) in enumerate(zip(batch, blocks.unbind(0), strict=True)):
                 cols = columns[h]
