@@ -769,10 +769,12 @@ def boundary_keeps(
                 key_subs = [subs[(h, m, of_key[h][n])] for h in batch[:hs]]
                 tag_of[n] = tag = tuple(map(id, key_subs))
                 if tag not in inv_of:
-                    ext = orders(key_subs, "k")
-                    if end < n_k:  # keys past the sub's end keep their positions
-                        ext = torch.cat([ext, _arange(n_k, dev)[end:].expand(hs, -1)], 1)
-                    inv_of[tag] = (ext, inverse(ext))
+                    ks = orders(key_subs, "k")
+                    ext = ks if end == n_k else torch.cat([ks, _arange(n_k, dev)[end:].expand(hs, -1)], 1)
+                    inv_of[tag] = (ext, inverse(ext))  # keys past the sub's end keep their positions
+                    # ext permutes [0, end) within itself: its inverse there is the sub order's (the query order's
+                    # too when the sub has no cached prefix: one inverse for both)
+                    inverses.setdefault(id(ks), (ks, inv_of[tag][1][:, :end]))
             if len(inv_of) == 1:  # one sub order for every key (Q-boundary, 2D with one key order): the final order
                 ko, kinv = next(iter(inv_of.values()))
             else:

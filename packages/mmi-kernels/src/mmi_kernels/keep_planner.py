@@ -403,11 +403,13 @@ def _grid_keeps(lt: LayoutTensors, n_q: int, cfg: Grid, stride: torch.Tensor, re
     nqb, nkb = _cdiv(n_q, b), _cdiv(n_k, b)
     kinv, ko = _grid_inverse(lt, stride, res[:, :1], 0)  # [U, n_k]
     qo = ko if prefix == 0 else _grid_inverse(lt, stride, res[:, :1], prefix)[1]  # [U, n_q]
-    q_pos = qo + prefix  # original position of each query-permuted row
+    q_pos = qo + prefix if prefix else qo  # original position of each query-permuted row
     kmin, col_min, q_max, h_max = grid_block_bounds(lt, ko, q_pos, stride, res, cfg, b)
     diff = grid_row_intervals(lt, kinv, q_pos, stride, cfg.slash, cfg.local, b, nkb)
     blocks = grid_blocks(diff.view(units, nqb, nkb + 1), col_min, q_max, kmin, h_max)
-    return [SlotKeep(*t) for t in zip(qo.unbind(0), ko.unbind(0), blocks.unbind(0), strict=True)]
+    kos = ko.unbind(0)
+    qos = kos if qo is ko else qo.unbind(0)  # one order object per unit for both: the boundary planner stacks one
+    return [SlotKeep(*t) for t in zip(qos, kos, blocks.unbind(0), strict=True)]
 
 
 def grid_block_bounds(
