@@ -89,6 +89,17 @@ def test_slot_tiles_ties_and_padding() -> None:
             assert torch.equal(slot_tiles(*_on(triton, s_ext, r_slot, r_val, c_slot, c_val)).cpu(), want)
 
 
+@pytest.mark.parametrize("triton", ["0", "1"])
+def test_slot_tiles_reverse_equals_negated_values(triton: str, monkeypatch) -> None:
+    """``reverse`` (``c_val >= r_val``: the planner's transposed problem) equals the plain test on negated values,
+    ties included."""
+    monkeypatch.setenv("TRITON_INTERPRET", triton)
+    s, r_slot, r_val, c_slot, c_val = _case(2, 7, 5, 11, 66, wr=3, wc=1, seed=4, dtype=torch.int32)
+    want = _brute(s, r_slot, -r_val, c_slot, -c_val)
+    got = slot_tiles(*_on(triton, s, r_slot, r_val, c_slot, c_val), reverse=True).cpu()
+    assert torch.equal(got, want) and want.any() and not want.all()
+
+
 def test_slot_tiles_errors() -> None:
     s_ext, r_slot, r_val, c_slot, c_val = _case(2, 3, 3, 4, 5, wr=1, wc=2, seed=0, dtype=torch.int32)
     with pytest.raises(ValueError, match="s must be bool"):

@@ -229,9 +229,10 @@ def _tiles(
     c_val: torch.Tensor,
     block: int,
     out: torch.Tensor,
+    reverse: bool = False,
 ) -> None:
     """OR into ``out`` (bool [H, R, C], any strides) per head ``T[X, Y] = OR over slots w, v of
-    S[r_slot[X, w], c_slot[Y, v]] and c_val[Y, v] <= r_val[X, w]``.
+    S[r_slot[X, w], c_slot[Y, v]] and c_val[Y, v] <= r_val[X, w]`` (``>=`` with ``reverse``).
 
     ``s`` bool [H, nr, nc] (sub blocks per head; ids nr / nc: an empty slot);
     ``r_slot``, ``r_val`` [H, R, Wr]; ``c_slot``, ``c_val`` [H, C, Wc] (ids int64, values int32 or int64; a table
@@ -240,8 +241,10 @@ def _tiles(
     (one fused pass for all heads). Many: `_split_tiles`, heads in chunks of `SPLIT_CHUNK` elements.
     """
     if c_slot.shape[2] <= SLOT_LOOP_MAX:
-        slot_tiles(s, r_slot, r_val, c_slot, c_val, out=out)
+        slot_tiles(s, r_slot, r_val, c_slot, c_val, out=out, reverse=reverse)
         return
+    if reverse:
+        r_val, c_val = -r_val, -c_val
     heads, n_rows, n_cols = s.shape[0], r_slot.shape[1], c_slot.shape[1]
     step = max(1, SPLIT_CHUNK // max((s.shape[2] + 1) * (n_rows + n_cols + 1), 1))
     for a in range(0, heads, step):
@@ -538,8 +541,8 @@ def _round_tiles(
     transposed = q_w > k_w and (q_w <= SLOT_LOOP_MAX or not triton_runs(sub_blocks))
     for lo, hi in key_runs if key_runs is not None else [(0, k_slot.shape[1])]:
         if transposed:
-            _tiles(sub_blocks.transpose(1, 2), k_slot[:, lo:hi], -k_min[:, lo:hi], q_slot, -q_pmax, block,
-                   out.transpose(1, 2)[:, lo:hi])  # fmt: skip
+            _tiles(sub_blocks.transpose(1, 2), k_slot[:, lo:hi], k_min[:, lo:hi], q_slot, q_pmax, block,
+                   out.transpose(1, 2)[:, lo:hi], reverse=True)  # fmt: skip
         else:
             _tiles(sub_blocks, q_slot, q_pmax, k_slot[:, lo:hi], k_min[:, lo:hi], block, out[:, :, lo:hi])
 

@@ -35,7 +35,7 @@ def _slot_tiles_kernel(
     o_h, o_r, o_c,  # strides of OUT (any layout, e.g. a transposed slice of the part's blocks)
     rs_h, rv_h, cs_h, cv_h,  # head strides of the slot tables (0: one table shared by every head)
     wr, wc,  # slots per row / column (runtime: one compiled kernel for every width)
-    ACCUMULATE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+    ACCUMULATE: tl.constexpr, REVERSE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0).to(tl.int64)
     x = tl.program_id(1).to(tl.int64) * BR + tl.arange(0, BR)
@@ -56,7 +56,10 @@ def _slot_tiles_kernel(
             rv = tl.load(RV + h * rv_h + x * wr + w, mask=mx, other=0)
             hit = m & (rs[:, None] < nr) & (cs[None, :] < nc)
             s = tl.load(S + h * s_h + rs[:, None] * s_r + cs[None, :] * s_c, mask=hit, other=0)
-            acc = acc | ((s != 0) & (cv[None, :] <= rv[:, None])).to(tl.int32)
+            if REVERSE:  # the transposed problem: c_val >= r_val (no negated copies of the value tables)
+                acc = acc | ((s != 0) & (cv[None, :] >= rv[:, None])).to(tl.int32)
+            else:
+                acc = acc | ((s != 0) & (cv[None, :] <= rv[:, None])).to(tl.int32)
     tl.store(at, acc.to(tl.uint8), mask=m)
 
 
@@ -96,9 +99,12 @@ def slot_tiles(
     c_slot: torch.Tensor,
     c_val: torch.Tensor,
     out: torch.Tensor | None = None,
+    *,
+    reverse: bool = False,
 ) -> torch.Tensor:
     """bool ``[H, R, C]``: ``T[h, X, Y]`` as in the module docstring, ORed into ``out`` when given (bool
     ``[H, R, C]``, any strides, e.g. a slice of a larger tensor: no temporary of its size), which is returned.
+    ``reverse``: the test is ``c_val >= r_val`` (the planner's transposed problem, without negated value tables).
 
     ``s`` bool ``[H, nr, nc]`` (any strides); ``r_slot`` int64 / ``r_val`` ``[H, R, Wr]``; ``c_slot`` int64 /
     ``c_val`` ``[H, C, Wc]`` (ids in ``[0, nr]`` / ``[0, nc]``, ``nr`` / ``nc``: an empty slot; values int32 or
@@ -113,6 +119,8 @@ def slot_tiles(
             f"out must be bool [{heads}, {n_rows}, {n_cols}] on {s.device}, got {out.dtype} {tuple(out.shape)}"
         )
     if not triton_runs(s):
+        if reverse:
+            r_val, c_val = -r_val, -c_val
         s_ext = torch.nn.functional.pad(s, (0, 1, 0, 1))  # the empty slots' row and column: all False
         nc1 = s_ext.shape[2]
         reach = None  # A[h, X, c]: the largest row value reaching sub block c (the dtype's minimum: none)
@@ -135,6 +143,6 @@ def slot_tiles(
         s8, o = s.view(torch.uint8), out.view(torch.uint8)
         grid = (heads, triton.cdiv(n_rows, _BR), triton.cdiv(n_cols, _BC))
         _slot_tiles_kernel[grid](s8, rs, rv, cs, cv, o, n_rows, n_cols, *s.shape[1:], *s8.stride(), *o.stride(), rs_h,
-                                 rv_h, cs_h, cv_h, r_slot.shape[2], c_slot.shape[2], ACCUMULATE=accumulate, BR=_BR,
-                                 BC=_BC)  # fmt: skip
+                                 rv_h, cs_h, cv_h, r_slot.shape[2], c_slot.shape[2], ACCUMULATE=accumulate,
+                                 REVERSE=reverse, BR=_BR, BC=_BC)  # fmt: skip
     return out
