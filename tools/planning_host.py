@@ -42,23 +42,25 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=131072)
     ap.add_argument("--configs", default="none,q_same,q,2d")
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the tool itself (CPU op costs)")
     args = ap.parse_args()
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     kinds = tuple(lb.MIXED_KINDS[h % 3] for h in range(lb.HQ))
-    _, q, k, _, layout = lb.workload("mixed", args.tokens, kinds, lb.real_frame_spec(256), "cuda")
-    lt = LayoutTensors(layout, "cuda")
+    _, q, k, _, layout = lb.workload("mixed", args.tokens, kinds, lb.real_frame_spec(256), args.device)
+    lt = LayoutTensors(layout, args.device)
     scale = 1 / math.sqrt(lb.D)
     configs = {c: lb.mixed_head_configs(c, 128, kinds) for c in args.configs.split(",")}
 
     def timed(fn) -> tuple[float, float]:  # median host issue and wall (to a synchronisation), ms
         for _ in range(2):
             fn()
-        torch.cuda.synchronize()
+        sync()
         issue, wall = [], []
         for _ in range(args.reps):
             t0 = time.perf_counter()
             fn()
             t1 = time.perf_counter()
-            torch.cuda.synchronize()
+            sync()
             issue.append((t1 - t0) * 1e3)
             wall.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(issue), statistics.median(wall)
