@@ -132,8 +132,11 @@ def _sub_keeps(
     for r, (cfgs, end, rows) in enumerate(requests):
         calls: dict[int | None, dict[int, PatternConfig]] = {}  # clamped last_q (None: no statistics) -> head -> cfg
         sub_layout = lt.layout
+        known: dict[PatternConfig, tuple] = {}  # heads share a few patterns: one `sub_problem` each
         for h, cfg in cfgs.items():
-            sub_layout, sub = sub_problem(lt.layout, cfg, end, rows)
+            if cfg not in known:
+                known[cfg] = sub_problem(lt.layout, cfg, end, rows)
+            sub_layout, sub = known[cfg]
             if isinstance(sub, Dense):
                 if end not in dense:
                     dense[end] = dense_keep(end - prefix, end, block, q.device)
@@ -699,9 +702,10 @@ def boundary_keeps(
 
     # sub-problems: per query modality, rounds of one pattern per head (a 2D head's i-th distinct pattern in round
     # i); every round of every modality estimated in one call
+    pairs = {m: {h: _pairs_of(spec, m, mods) for h, spec in specs.items()} for m in last}  # m -> head -> pairs
     requests: list[tuple[Modality, dict[int, PatternConfig]]] = []
     for m in last:
-        distinct = {h: list(dict.fromkeys(_pairs_of(spec, m, mods).values())) for h, spec in specs.items()}
+        distinct = {h: list(dict.fromkeys(of.values())) for h, of in pairs[m].items()}
         for r in range(max(len(c) for c in distinct.values())):
             requests.append((m, {h: c[r] for h, c in distinct.items() if r < len(c)}))
     subs: dict[tuple[int, Modality, PatternConfig], SlotKeep] = {}
@@ -742,7 +746,7 @@ def boundary_keeps(
         n_m, nqb_m = rows_of[m], _cdiv(rows_of[m], block)  # a layout fact: no host read
         m_rows = query_row_ranges(layout, frozenset({m}), prefix)  # every m row lies before `end`
         rest = lt.query_rows(frozenset(mods) - {m}, prefix)  # the other rows, ascending
-        of_key = {h: _pairs_of(spec, m, mods) for h, spec in specs.items()}
+        of_key = pairs[m]
         grid = [h for h in specs if any(isinstance(c, Grid) for c in of_key[h].values())]
         step = max(1, GRID_CHUNK // n_k)
         if grid and len(specs) <= step:  # every head's tables fit one chunk: one batch of per-head tables
@@ -809,7 +813,7 @@ def boundary_keeps(
                 q_width = part_row_width(layout, m, prefix, block) if agree else None
                 qs_inv = inverse(q_sub)  # the key order's inverse too when the sub has no cached prefix
                 inc = _incidences(qs_inv, k_sub, _rows(mine, rows), n_q, key_mask, sub_ko, prefix, block, q_width)
-                sub_blocks = torch.stack([sub.blocks.to(dev) for sub in gsubs])
+                sub_blocks = torch.stack([sub.blocks for sub in gsubs])  # on the device: the estimator made them
                 runs = group_key_runs(layout, group, end, block)
                 if len(idx) == heads:  # in place
                     _round_tiles(sub_blocks, inc, block, blocks[:, :nqb_m], runs)
