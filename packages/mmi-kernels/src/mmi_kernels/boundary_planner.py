@@ -20,14 +20,14 @@ Incidences are grouped per final block into ``W`` slots (``W`` = the most distin
 meets). Keys: always 1, since each key of a group has the same index in the group's sub order and in the final one
 (the final key order takes it from its own pair's sub). Rows: 1–3 plus segment joins when the sub's row order
 agrees with the part's on m's rows (a layout fact: `part_row_width`), up to ``block`` when it does not (identity-
-ordered video rows of a 2D pair against grid-ordered final video rows, or two different Grids). `_tiles` takes the
-side with fewer slots as rows (the transposed problem when rows scatter). Few column slots (<= `SLOT_LOOP_MAX`):
-`mmi_kernels.boundary_tiles.slot_tiles`, one fused Triton pass writing ``T`` once (``A`` is never materialised).
-Many: the full/partial split of `_split_tiles` (``A`` one [nqb, nkb] pass per row slot; blocks reached in full: one
-0/1 matmul against the incidence matrix; blocks reached in part, at most one per row slot and final block:
-scattered one incidence at a time). Where that finds too many partly reached blocks, `slot_tiles` with many slots:
-O(block · nqb · nkb) time, still O(nqb · nkb) memory. The transposed problem's rows are only the key blocks that
-can hold a key of the group (`group_key_runs`, a layout fact): the rest have no incidence.
+ordered video rows of a 2D pair against grid-ordered final video rows, or two different Grids). Where the Triton
+pass runs, `mmi_kernels.boundary_tiles.slot_tiles` rounds every group in one fused pass writing ``T`` once (``A`` is
+never materialised): narrow rows as the transposed problem (rows: the key blocks), scattered rows (more than
+`SLOT_LOOP_MAX` slots) as rows, O(Wr) per tile in registers. The PyTorch path takes the side with fewer slots as
+rows; few column slots: `slot_tiles`' expression; many: the full/partial split of `_split_tiles` (``A`` one [nqb,
+nkb] pass per row slot; blocks reached in full: one 0/1 matmul against the incidence matrix; blocks reached in part,
+at most one per row slot and final block: scattered one incidence at a time). Only the key blocks that can hold a
+key of the group are rounded (`group_key_runs`, a layout fact, in place per run): the rest have no incidence.
 
 Sub columns become columns of every final block whose incident m rows reach them (``pos(c) <= pmax``); columns that
 fall inside the sub's kept blocks are not removed first: their pairs are block pairs, so the final tile holding them
@@ -48,8 +48,9 @@ heads, so a layer's rounding is a few hundred operations whatever its head count
 Host reads per layer (none per head, none per token): none for Q-boundary heads. The incidence tables' widths are
 layout facts where the sub's row order agrees with the part's (`part_row_width`; every Q-boundary part, and 2D
 groups whose pattern orders m's rows as the part does), and the key side always has width 1 (`_incidences`);
-otherwise one read per (query modality, batch, key group) for the query side's width. Beyond: the number of partly
-reached blocks when the split runs (one ``nonzero`` per chunk of heads, `SPLIT_CHUNK`), one ``torch.equal`` per
+otherwise one read per (query modality, batch, key group) for the query side's width. Beyond: on the PyTorch path,
+the number of partly reached blocks when the split runs (one ``nonzero`` per chunk of heads, `SPLIT_CHUNK`); one
+``torch.equal`` per
 sub's column lists unless they are an expanded view (vertical-slash lists are: no read) and ``torch.unique`` when
 they differ between query blocks; the part's row count is a layout fact (no read).
 """
