@@ -362,7 +362,7 @@ def test_part_row_width_equals_the_read_width(layout_name: str) -> None:
     """The query-side incidence width taken from the layout (`part_row_width`, used when the sub's and the part's
     row orders agree) equals the one read from the tables, for every modality and cached prefix (the key side's
     width 1 and the agreeing Grid orders are checked end to end against the reference above)."""
-    from mmi_kernels.boundary_planner import _incidences, part_row_width
+    from mmi_kernels.boundary_planner import _query_incidences, part_row_width
 
     layout, block, prefixes = PLANNER_LAYOUTS[layout_name]
     n_k = layout.num_tokens
@@ -370,11 +370,9 @@ def test_part_row_width_equals_the_read_width(layout_name: str) -> None:
         n_q = n_k - prefix
         for m, (end, _) in modality_last_rows(layout, n_q).items():
             mine = torch.tensor([p - prefix for s in layout.segments_of(m) for p in range(max(s.start, prefix), s.end)])
-            mask = layout.token_modalities() == int(m)
             qs_inv = torch.arange(end - prefix)[None]  # the identity sub order: its own inverse
-            k_sub, ko = torch.arange(end)[None], torch.arange(n_k)[None]
-            inc = _incidences(qs_inv, k_sub, mine[None], n_q, mask, ko, prefix, block, None)
-            assert inc.q_slot.shape[2] == part_row_width(layout, m, prefix, block), (m, prefix)
+            q_slot, _ = _query_incidences(mine[None], qs_inv, n_q, prefix, block, None)  # the width read
+            assert q_slot.shape[2] == part_row_width(layout, m, prefix, block), (m, prefix)
 
 
 @pytest.mark.parametrize("layout_name", list(PLANNER_LAYOUTS))

@@ -48,7 +48,8 @@ heads, so a layer's rounding is a few hundred operations whatever its head count
 Host reads per layer (none per head, none per token): none for Q-boundary heads. The incidence tables' widths are
 layout facts where the sub's row order agrees with the part's (`part_row_width`; every Q-boundary part, and 2D
 groups whose pattern orders m's rows as the part does), and the key side always has width 1 (`_incidences`);
-otherwise one read per (query modality, batch, key group) for the query side's width. Beyond: on the PyTorch path,
+otherwise (PyTorch path only: the Triton path gives scattered rows one slot each) one read per (query modality,
+batch, key group) for the query side's width. Beyond: on the PyTorch path,
 the number of partly reached blocks when the split runs (one ``nonzero`` per chunk of heads, `SPLIT_CHUNK`); one
 ``torch.equal`` per
 sub's column lists unless they are an expanded view (vertical-slash lists are: no read) and ``torch.unique`` when
@@ -402,7 +403,8 @@ def _incidences(
     [Hs, end] its key order; ``mine``
     [Hs, rows] the part's rows (query indices of modality m, all inside the sub chunk) in the final query order;
     ``ko`` [Hs, n_k] the final key order; ``key_mask`` bool [n_k]: the group's keys; ``q_width``: the query table's
-    width when the orders agree on the part's rows (`part_row_width`), else None: one host read (all heads).
+    width when the orders agree on the part's rows (`part_row_width`), else None: one slot per row where the Triton
+    pass rounds (``block`` slots, no read), the distinct sub blocks on the PyTorch path (one host read, all heads).
 
     The key side needs no width: the final key order takes each key's index from the sub of its own pair, and the
     group's keys are exactly the keys of this sub, so each of them has the same index in both orders and a final key
@@ -412,7 +414,8 @@ def _incidences(
     nqb_s, nkb_s = _cdiv(n_q_sub, b), _cdiv(end, b)
     if triton_runs(ko):  # one launch for the key side and, when the width is a layout fact, the query side
         q_tables, k_slot, k_min = _incidence_tables(mine, qs_inv, ko, key_mask, end, prefix, b, q_width)
-        q_slot, q_pmax = q_tables or _query_incidences(mine, qs_inv, n_q, prefix, b, None)
+        # rows that scatter: one slot per row, as the Triton rounding pass takes them (O(block) per tile either way)
+        q_slot, q_pmax = q_tables or _query_incidences(mine, qs_inv, n_q, prefix, b, None, per_row=True)
     else:
         q_slot, q_pmax = _query_incidences(mine, qs_inv, n_q, prefix, b, q_width)
         k_slot, k_min = _key_incidences(ko, key_mask, end, b)
@@ -423,16 +426,20 @@ _POS = torch.int32  # original positions (< 2**31): halves the [nqb, nkb] reach 
 
 
 def _query_incidences(
-    mine: torch.Tensor, qs_inv: torch.Tensor, n_q: int, prefix: int, b: int, q_width: int | None
+    mine: torch.Tensor, qs_inv: torch.Tensor, n_q: int, prefix: int, b: int, q_width: int | None, per_row: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sub query block, final query block) incidences in PyTorch ops: max original position of the group's rows
-    in both, ``[Hs, nqb_m, W]`` (`_incidences`; the reference of `_incidence_tables`)."""
+    in both, ``[Hs, nqb_m, W]`` (`_incidences`; the reference of `_incidence_tables`). ``per_row``: every row its
+    own slot, ``W = b`` (ids may repeat; the rounding ORs over slots, so a sub block's largest position is implied):
+    no sort and no host read for scattered rows."""
     heads, n_q_sub = mine.shape[0], qs_inv.shape[1]
     nqb_s = _cdiv(n_q_sub, b)
     r = _pad_view(mine, b, n_q)  # [Hs, nqb_m, b] query index at each final row of the part
     ok = r < n_q
     q_ids = torch.where(ok, _gather(qs_inv, r.clamp(max=n_q_sub - 1)) // b, nqb_s)
     q_vals = torch.where(ok, r + prefix, -1).to(_POS)
+    if per_row:
+        return q_ids, q_vals
     if q_width is None:
         q_slot, q_pmax = _slots(q_ids.flatten(0, 1), q_vals.flatten(0, 1), nqb_s, True, None)
     else:  # the orders agree on the part's rows: their sub blocks come in order, one run each
